@@ -1,0 +1,1 @@
+"""Reference implementations and wrappers of other attention implementations."""

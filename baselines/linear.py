@@ -1,0 +1,75 @@
+"""Linear attention in plain PyTorch: the float64 oracles and the naive GPU baselines.
+
+Semantics (per head h, decay rate s_h > 0, lambda_h = exp(-s_h); no softmax, no scale)::
+
+    o_t = q_t · sum_{j<=t} lambda_h^(t-j) k_j^T v_j
+
+``decay=None`` means lambda = 1. Shapes: q, k ``(B, H, N, D)``, v ``(B, H, N, E)``,
+decay ``(H,)`` or None; the output is ``(B, H, N, E)``. Each function computes in its
+inputs' dtype, so float64 inputs make it an oracle.
+
+``linear_recurrent`` and ``linear_masked`` compute the same function two independent ways
+(a token-by-token state recurrence and the full n x n decay mask); the tests check them
+against each other before either is trusted as an oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor | None):
+    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"expected q, k (B, H, N, D) and v (B, H, N, E); got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if decay is not None and decay.shape != (q.shape[1],):
+        raise ValueError(f"decay must have shape (H,) = ({q.shape[1]},); got {tuple(decay.shape)}")
+
+
+def decay_mask(decay: torch.Tensor | None, n: int, dtype, device) -> torch.Tensor:
+    """The causal decay mask M[h, i, j] = lambda_h^(i-j) for i >= j, else 0: ``(H, N, N)``."""
+    idx = torch.arange(n, device=device)
+    dist = (idx[:, None] - idx[None, :]).to(dtype)  # [N, N]
+    causal = dist >= 0
+    if decay is None:
+        return causal.to(dtype).unsqueeze(0)  # [1, N, N]
+    rates = decay.to(device=device, dtype=dtype).view(-1, 1, 1)  # [H, 1, 1]
+    # Clamp before exp so the masked-out (negative distance) entries cannot overflow.
+    return torch.where(causal, torch.exp(-rates * dist.clamp(min=0)), 0.0)
+
+
+def linear_recurrent(q, k, v, decay=None):
+    """Token-by-token state recurrence S_t = lambda S_{t-1} + k_t^T v_t, o_t = q_t S_t."""
+    _check(q, k, v, decay)
+    b, h, n, d = q.shape
+    e = v.shape[-1]
+    lam = (
+        torch.exp(-decay.to(q.dtype)).view(1, h, 1, 1) if decay is not None else None
+    )  # [1, H, 1, 1]
+    state = q.new_zeros(b, h, d, e)  # [B, H, D, E]
+    out = []
+    for t in range(n):
+        kv = k[:, :, t, :, None] * v[:, :, t, None, :]  # [B, H, D, E]
+        state = state * lam + kv if lam is not None else state + kv
+        out.append(torch.einsum("bhd,bhde->bhe", q[:, :, t], state))
+    return torch.stack(out, dim=2)  # [B, H, N, E]
+
+
+def linear_masked(q, k, v, decay=None):
+    """The paper's "Vanilla" form (Q K^T * M) V with the full n x n decay mask: O(n^2) memory."""
+    _check(q, k, v, decay)
+    mask = decay_mask(decay, q.shape[2], q.dtype, q.device)  # [H or 1, N, N]
+    scores = torch.matmul(q, k.transpose(-1, -2))  # [B, H, N, N]
+    return torch.matmul(scores * mask, v)  # [B, H, N, E]
+
+
+def linear_cumsum(q, k, v, decay=None):
+    """Naive cumsum linear attention (no decay): every prefix state materialised, O(n·d·e) memory."""
+    _check(q, k, v, decay)
+    if decay is not None:
+        raise ValueError("linear-cumsum has no decay (torch.cumsum cannot weight by lambda^(t-j))")
+    kv = k.unsqueeze(-1) * v.unsqueeze(-2)  # [B, H, N, D, E]
+    states = torch.cumsum(kv, dim=2)  # [B, H, N, D, E]
+    return torch.einsum("bhnd,bhnde->bhne", q, states)  # [B, H, N, E]
