@@ -1,0 +1,93 @@
+"""Timing and memory of one call, done by the libraries that already do it well.
+
+CUDA: ``triton.testing.do_bench`` (CUDA events, L2 flushed before every repetition, warm-up
+first, gradients reset), median and p20/p80 of the repetitions. CPU:
+``torch.utils.benchmark.Timer.blocked_autorange``. The first call (compilation, autotuning,
+lazy initialisation) is timed on its own and never mixed into the repetitions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+MIB = 1024.0 * 1024.0
+MIN_REPS = 10  # at least this many timed repetitions, however long one call takes
+WARMUP_MS, REP_MS = 25.0, 100.0  # do_bench's defaults, raised for slow calls (below)
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    reps: int
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def first_call_seconds(fn: Callable[[], object], device: str) -> float:
+    """Wall time of one synchronised call: for the first call, compilation and autotuning."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_cuda(fn: Callable[[], object], grad_to_none: list[torch.Tensor], estimate_ms: float) -> Timing:
+    """do_bench with enough repetitions for a spread: at least MIN_REPS, L2 flushed each time."""
+    import triton.testing
+
+    rep_ms = max(REP_MS, MIN_REPS * estimate_ms)
+    warmup_ms = max(WARMUP_MS, 2 * estimate_ms)
+    times = triton.testing.do_bench(
+        fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, return_mode="all"
+    )
+    return _summarise(times)
+
+
+def time_cpu(fn: Callable[[], object], min_run_time: float = 0.2) -> Timing:
+    """torch.utils.benchmark: per-block means, blocks sized automatically."""
+    from torch.utils.benchmark import Timer
+
+    m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = m.blocked_autorange(min_run_time=min_run_time)
+    return _summarise([t * 1e3 for t in m.times])
+
+
+def _summarise(times_ms: list[float]) -> Timing:
+    arr = np.asarray(times_ms, dtype=np.float64)
+    p20, p50, p80 = np.quantile(arr, [0.2, 0.5, 0.8])
+    return Timing(float(p50), float(p20), float(p80), len(arr))
+
+
+def peak_memory_mib(fn: Callable[[], object], device: str) -> tuple[float, float]:
+    """(peak allocated during one call, the part of it above what was allocated before).
+
+    On the CPU torch keeps no allocator statistics: both are NaN.
+    """
+    if device != "cuda":
+        return float("nan"), float("nan")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return peak / MIB, (peak - before) / MIB
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Out of memory, on the GPU or the host, whatever raised it."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return "out of memory" in text.lower() or "can't allocate memory" in text

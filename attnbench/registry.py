@@ -1,0 +1,230 @@
+"""Every attention mechanism attnbench knows, in one list.
+
+A mechanism is data: what it is, what it can take, what it needs, how much work it does and
+which float64 oracle checks it. ``available()`` says yes, or no with a reason a person can
+act on. Nothing here imports a mechanism's package until the mechanism is loaded or asked
+whether it is available, and nothing is read from the environment at import.
+
+Mechanism callables share one signature, ``fn(q, k, v, decay) -> o``, with q, k, v and o in
+the mechanism's native layout (``bhnd`` = (B, H, N, D) or ``bnhd`` = (B, N, H, D)) and decay
+either None or the per-head rates ``s_h`` of shape (H,).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from attnbench.errors import UsageError
+
+FAMILIES = ("softmax", "linear")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+MODES = ("fwd", "bwd", "fwdbwd")
+
+AttnFn = Callable[..., torch.Tensor]
+
+
+# --- FLOP models -------------------------------------------------------------------------
+# Forward FLOPs of one call, causal. The backward pass is counted as 2.5x the forward
+# (FlashAttention's convention: 5 matmuls against 2, so TFLOP/s compare with its numbers).
+
+BWD_FLOP_FACTOR = 2.5
+
+
+def quadratic_flops(b: int, h: int, n: int, d: int, e: int) -> float:
+    """Q K^T and (.)V over the causal half: 2·b·h·n²·(d+e)/2 (= 4·b·h·n²·d/2 when e = d)."""
+    return b * h * n * n * (d + e)
+
+
+def linear_state_flops(b: int, h: int, n: int, d: int, e: int) -> float:
+    """The state form's useful work: per token k^T v into the state and q·S out, 4·d·e."""
+    return 4.0 * b * h * n * d * e
+
+
+def mode_flops(fwd_flops: float, mode: str) -> float:
+    return {"fwd": 1.0, "bwd": BWD_FLOP_FACTOR, "fwdbwd": 1.0 + BWD_FLOP_FACTOR}[mode] * fwd_flops
+
+
+# --- the mechanism record ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    name: str
+    family: str  # "softmax" | "linear"
+    load: Callable[[], AttnFn]  # returns the callable; imports happen here, not at import
+    summary: str
+    layout: str = "bhnd"  # native layout of q, k, v and o
+    devices: tuple[str, ...] = ("cuda",)
+    dtypes: tuple[str, ...] = ("fp16", "bf16", "fp32")
+    head_dims: tuple[int, int] = (16, 256)  # inclusive limits on D (and E)
+    head_dim_multiple: int = 1
+    causal: bool = True
+    decay: bool = False  # takes per-head decay rates (linear attention)
+    backward: bool = True
+    package: str | None = None  # import name it needs
+    pip_hint: str = ""  # how to get that package
+    flops: Callable[[int, int, int, int, int], float] = quadratic_flops
+    oracle: str = ""  # the float64 reference that checks it
+    # Extra availability test beyond "the package imports": returns a reason, or "" if fine.
+    probe: Callable[[], str] | None = None
+    # Per-case limits beyond dtype/head dim: returns a reason, or "" if the case is fine.
+    case_limits: Callable[[int, int, str, bool], str] | None = None  # (n, d, dtype, decay)
+
+    def callable(self) -> AttnFn:
+        return self.load()
+
+    def available(self, device: str | None = None) -> Availability:
+        """Can this mechanism run here (on ``device``, if given)? If not, why, in one line."""
+        if device is not None and device not in self.devices:
+            where = " or ".join(self.devices)
+            return Availability(False, f"runs on {where} only, this run is on {device}")
+        if device == "cuda" and not torch.cuda.is_available():
+            return Availability(False, "no CUDA GPU visible to torch")
+        if self.package and importlib.util.find_spec(self.package) is None:
+            return Availability(False, f"{self.package} not installed ({self.pip_hint})")
+        if self.probe is not None:
+            reason = self.probe()
+            if reason:
+                return Availability(False, reason)
+        return Availability(True)
+
+    def unsupported_reason(self, n: int, d: int, dtype: str, decay: bool) -> str:
+        """Why this mechanism cannot take the case, or "" if it can."""
+        if dtype not in self.dtypes:
+            return f"{self.name} does not take {dtype} (takes {', '.join(self.dtypes)})"
+        lo, hi = self.head_dims
+        if not lo <= d <= hi or d % self.head_dim_multiple:
+            multiple = f", multiple of {self.head_dim_multiple}" if self.head_dim_multiple > 1 else ""
+            return f"{self.name} takes head dims {lo}..{hi}{multiple}, not {d}"
+        if self.case_limits is not None:
+            return self.case_limits(n, d, dtype, decay)
+        return ""
+
+
+# --- loaders (imports deferred until a mechanism is used) ---------------------------------
+
+
+def _from(module: str, attr: str) -> Callable[[], AttnFn]:
+    return lambda: getattr(importlib.import_module(module), attr)
+
+
+def _sdpa(backend: str) -> Callable[[], AttnFn]:
+    return lambda: importlib.import_module("attnbench.baselines.softmax").sdpa_backend_fn(backend)
+
+
+# --- the registry --------------------------------------------------------------------------
+
+MECHANISMS: tuple[Mechanism, ...] = (
+    # Linear attention ------------------------------------------------------------------
+    Mechanism(
+        name="linear-recurrent",
+        family="linear",
+        load=_from("attnbench.baselines.linear", "linear_recurrent"),
+        summary="token-by-token state recurrence in PyTorch (oracle; slow: one step per token)",
+        devices=("cpu", "cuda"),
+        head_dims=(1, 1024),
+        decay=True,
+        flops=linear_state_flops,
+        oracle="linear-masked",
+    ),
+    Mechanism(
+        name="linear-masked",
+        family="linear",
+        load=_from("attnbench.baselines.linear", "linear_masked"),
+        summary='(Q K^T * M) V with the full n x n decay mask in PyTorch (the paper\'s "Vanilla")',
+        devices=("cpu", "cuda"),
+        head_dims=(1, 1024),
+        decay=True,
+        flops=quadratic_flops,
+        oracle="linear-recurrent",
+    ),
+    Mechanism(
+        name="linear-cumsum",
+        family="linear",
+        load=_from("attnbench.baselines.linear", "linear_cumsum"),
+        summary="naive cumsum linear attention, no decay: every prefix state materialised",
+        devices=("cpu", "cuda"),
+        head_dims=(1, 1024),
+        decay=False,
+        flops=linear_state_flops,
+        oracle="linear-recurrent",
+    ),
+    # Softmax attention -----------------------------------------------------------------
+    Mechanism(
+        name="softmax-naive",
+        family="softmax",
+        load=_from("attnbench.baselines.softmax", "softmax_naive"),
+        summary="causal softmax with the n x n score matrix materialised in PyTorch (oracle)",
+        devices=("cpu", "cuda"),
+        head_dims=(1, 1024),
+        oracle="sdpa-math",
+    ),
+    Mechanism(
+        name="sdpa-math",
+        family="softmax",
+        load=_sdpa("MATH"),
+        summary="PyTorch SDPA pinned to its math backend (oracle)",
+        devices=("cpu", "cuda"),
+        head_dims=(1, 1024),
+        oracle="softmax-naive",
+    ),
+)
+
+# The plain-PyTorch mechanism whose error in the case's dtype sets the tolerance of each
+# family's check (FlashAttention's rule: err(mechanism) <= 2 x err(plain PyTorch)).
+DTYPE_BASELINE = {"linear": "linear-masked", "softmax": "softmax-naive"}
+
+_BY_NAME = {m.name: m for m in MECHANISMS}
+
+
+def names() -> list[str]:
+    return [m.name for m in MECHANISMS]
+
+
+def get(name: str) -> Mechanism:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UsageError(f"unknown mechanism {name!r}; known: {', '.join(names())}") from None
+
+
+def select(selection: str | None, device: str) -> list[Mechanism]:
+    """Resolve ``"lightning2,softmax"`` (names or families, comma separated) to mechanisms.
+
+    ``None``, ``""`` or ``"all"`` means every mechanism that runs on ``device``. A family
+    means its members that run on ``device``. A mechanism named outright is kept even if it
+    cannot run here: the sweep records why.
+    """
+    if selection is None or selection.strip() in ("", "all"):
+        return [m for m in MECHANISMS if device in m.devices]
+    chosen: list[Mechanism] = []
+    for token in (t.strip() for t in selection.split(",")):
+        if not token:
+            continue
+        if token in FAMILIES:
+            members = [m for m in MECHANISMS if m.family == token and device in m.devices]
+        elif token in _BY_NAME:
+            members = [_BY_NAME[token]]
+        else:
+            raise UsageError(
+                f"unknown mechanism or family {token!r}; families: {', '.join(FAMILIES)}; "
+                f"mechanisms: {', '.join(names())}"
+            )
+        chosen.extend(m for m in members if m not in chosen)
+    if not chosen:
+        raise UsageError(f"no mechanism selected by {selection!r} on {device}")
+    return chosen

@@ -1,0 +1,90 @@
+"""Rich tables of a run: tokens/s, time and memory pivoted by sequence length."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from attnbench.sizes import format_size
+
+METRICS = {
+    # name: (column, title, formatter)
+    "tokens": ("tokens_per_s", "M tokens/s (higher is better)", lambda x: f"{x / 1e6:.3g}"),
+    "time": ("time_ms", "time, ms (median)", lambda x: f"{x:.3g}"),
+    "memory": ("extra_mem_mib", "memory above inputs, MiB", lambda x: f"{x:,.0f}"),
+}
+STATUS_CELL = {"oom": "[red]OOM[/]", "error": "[red]error[/]", "unsupported": "[dim]n/a[/]",
+               "skipped": "[yellow]skip[/]", "timeout": "[yellow]timeout[/]"}
+SHAPE_COLUMNS = ["batch", "heads", "head_dim", "dtype", "decay"]
+
+
+def _cell(row: pd.Series, column: str, fmt) -> str:
+    if row["status"] != "ok":
+        return STATUS_CELL.get(row["status"], row["status"])
+    value = row[column]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "[dim]–[/]"
+    text = fmt(value)
+    return f"[red]{text}✗[/]" if row["check"] == "fail" else text
+
+
+def _label(row: pd.Series) -> str:
+    label = row["mechanism"]
+    if row.get("impl"):
+        label += f" [dim]({row['impl']})[/]"
+    return label
+
+
+def tables(df: pd.DataFrame, metric: str) -> list[Table]:
+    """One table per mode for ``metric`` ("tokens", "time" or "memory")."""
+    column, title, fmt = METRICS[metric]
+    varying = [c for c in SHAPE_COLUMNS if df[c].nunique() > 1]
+    fixed = ", ".join(f"{c}={df[c].iloc[0]}" for c in SHAPE_COLUMNS if c not in varying)
+    seq_lens = sorted(df["seq_len"].unique())
+    out = []
+    for mode, part in df.groupby("mode", sort=False):
+        table = Table(title=f"{mode}: {title}", caption=fixed, title_justify="left",
+                      caption_justify="left")
+        table.add_column("mechanism", no_wrap=True)
+        for c in varying:
+            table.add_column(c)
+        for n in seq_lens:
+            table.add_column(format_size(int(n)), justify="right")
+        keys = ["mechanism", *varying]
+        for _, rows in part.groupby(keys, sort=False):
+            by_len = {int(r["seq_len"]): r for _, r in rows.iterrows()}
+            first = rows.iloc[0]
+            cells = [_label(first), *(str(first[c]) for c in varying)]
+            cells += [_cell(by_len[n], column, fmt) if n in by_len else "" for n in seq_lens]
+            table.add_row(*cells)
+        out.append(table)
+    return out
+
+
+def notes(df: pd.DataFrame) -> list[str]:
+    """One line per distinct reason a case did not give a clean number."""
+    lines = []
+    flagged = df[(df["status"] != "ok") | (df["check"] == "fail")]
+    for (mech, status, reason), group in flagged.groupby(["mechanism", "status", "reason"],
+                                                         sort=False):
+        lens = ", ".join(format_size(int(n)) for n in sorted(group["seq_len"].unique()))
+        lines.append(f"{mech} {status} at {lens}: {reason}")
+    return lines
+
+
+def print_report(df: pd.DataFrame, console: Console, metrics=("tokens", "time", "memory")) -> None:
+    if df["device"].iloc[0] == "cpu":
+        metrics = [m for m in metrics if m != "memory"]  # torch keeps no CPU allocator stats
+    for metric in metrics:
+        for table in tables(df, metric):
+            console.print(table)
+    checked = df[df["check"] != ""].drop_duplicates("mechanism")
+    if len(checked):
+        errs = ", ".join(f"{r.mechanism} {r.max_rel_err:.1e}{'' if r.check == 'pass' else ' FAIL'}"
+                         for r in checked.itertuples())
+        console.print(f"[dim]error vs float64 oracle (✗ = failed, not to be trusted): {errs}[/]")
+    for line in notes(df):
+        console.print(f"[dim]• {line}[/]", highlight=False)
