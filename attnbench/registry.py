@@ -83,6 +83,9 @@ class Mechanism:
     probe: Callable[[], str] | None = None
     # Per-case limits beyond dtype/head dim: returns a reason, or "" if the case is fine.
     case_limits: Callable[[int, int, str, bool], str] | None = None  # (n, d, dtype, decay)
+    # Which implementation really runs for a case (a backend, a dispatched op), where a
+    # mechanism can dispatch to several: stored in the record's ``impl`` column.
+    impl_of: Callable[[int, int, int, int, str], str] | None = None  # (b, h, n, d, dtype)
 
     def callable(self) -> AttnFn:
         return self.load()

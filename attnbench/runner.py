@@ -225,6 +225,9 @@ class Sweep:
                           **checked)
         finally:
             _free_memory(device)
+        if mech.impl_of is not None:
+            values["impl"] = mech.impl_of(case.batch, case.heads, case.seq_len, case.head_dim,
+                                          case.dtype)
         if checked["check"] != "pass":
             values["reason"] = (f"FAILED correctness check: rel err {result.max_rel_err:.2e} > "
                                 f"tol {result.tol:.2e}")
