@@ -1,0 +1,347 @@
+"""Lightning Attention-1: IO-aware causal linear attention with decay, forward and backward.
+
+"FlashAttention without softmax". Per head h with rate s_h >= 0 and lambda_h = exp(-s_h),
+no softmax and no scale::
+
+    o_t = q_t · sum_{j<=t} lambda_h^(t-j) k_j^T v_j,   i.e.   O = (Q K^T * M) V,
+    M[i, j] = lambda^(i-j) for i >= j, else 0.
+
+Each query block loops over every earlier key block, builds its tile of M on chip and
+never writes an n x n matrix: O(n^2 d) work, O(n) memory. Tiles above the diagonal are
+skipped. Off the diagonal the mask factorises, lambda^(i-j) = lambda^(i-i0) lambda^(i0-j)
+with i0 the first row of the query block: both factors are <= 1 (no overflow at any
+distance; an underflow to 0 only where the true weight is smaller still), the key factor
+is one exp2 per key column and the query factor scales the accumulator once at the end.
+The diagonal tile computes lambda^(i-j) directly.
+
+Backward, FlashAttention-2 style without atomics (no fp32 gradient buffers):
+dQ = (dO V^T * M) K is the forward itself with (q, k, v) -> (dO, V, K);
+dK = (dO V^T * M)^T Q and dV = (Q K^T * M)^T dO loop, per key block, over query blocks i >= j.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.jit import JITFunction
+
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e))
+
+
+def _configs(pairs):
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in pairs
+    ]
+
+
+# Forward / dQ: BLOCK_M queries per program, BLOCK_N keys per step (BLOCK_M % BLOCK_N == 0).
+# The last entry is small enough for fp32 at D = E = 256.
+_FWD_CONFIGS = _configs(
+    [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3),
+     (64, 32, 4, 2)]
+)
+# dK/dV: BLOCK_N keys per program, BLOCK_M queries per step (BLOCK_N % BLOCK_M == 0).
+_BWD_CONFIGS = _configs(
+    [(64, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 2),
+     (32, 32, 4, 1)]
+)
+# Under the CPU interpreter every config would run in full while tuning, and small blocks
+# make short test sequences cover several off-diagonal tiles: one small config there.
+_CPU_FWD = _configs([(32, 16, 4, 1)])
+_CPU_BWD = _configs([(16, 32, 4, 1)])
+
+
+def _prune_fwd(configs, named_args, **kwargs):
+    return _CPU_FWD if named_args["q"].device.type == "cpu" else configs
+
+
+def _prune_bwd(configs, named_args, **kwargs):
+    return _CPU_BWD if named_args["q"].device.type == "cpu" else configs
+
+
+@triton.autotune(
+    configs=_FWD_CONFIGS, key=["D", "E"], prune_configs_by={"early_config_prune": _prune_fwd}
+)
+@triton.jit(do_not_specialize=["N"])
+def _lightning1_fwd_kernel(
+    q, k, v, o, decay, N, H,
+    D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+    HAS_DECAY: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """o[i0:i0+BLOCK_M] of one (batch, head); q, k (N, D), v and o (N, E), row-major."""
+    # Heaviest (last) query blocks first, and all blocks of one head side by side so that
+    # they stream the same keys and values through L2.
+    i_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_h = i_bh % H
+    q += i_bh.to(tl.int64) * N * D
+    k += i_bh.to(tl.int64) * N * D
+    v += i_bh.to(tl.int64) * N * E
+    o += i_bh.to(tl.int64) * N * E
+
+    i0 = i_m * BLOCK_M
+    o_i = i0 + tl.arange(0, BLOCK_M)
+    o_j = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BD)
+    o_e = tl.arange(0, BE)
+    m_i = o_i < N
+    m_d = o_d < D
+    m_e = o_e < E
+
+    b_q = tl.load(q + o_i[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :],
+                  other=0.0)  # [BLOCK_M, BD]
+    b_o = tl.zeros([BLOCK_M, BE], dtype=tl.float32)
+    if HAS_DECAY:
+        b_r = tl.load(decay + i_h).to(tl.float32) * LOG2E  # lambda^x = exp2(-b_r * x)
+
+    # Off the diagonal every key j < i0 <= i: no causal and no length mask.
+    for j0 in range(0, i0, BLOCK_N):
+        p_k = k + (j0 + o_j)[:, None] * D + o_d[None, :]
+        p_v = v + (j0 + o_j)[:, None] * E + o_e[None, :]
+        b_k = tl.load(p_k, mask=m_d[None, :], other=0.0)  # [BLOCK_N, BD]
+        b_v = tl.load(p_v, mask=m_e[None, :], other=0.0)  # [BLOCK_N, BE]
+        b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
+        if HAS_DECAY:
+            # Key factor lambda^(i0 - j) <= 1.
+            b_a *= tl.exp2(-b_r * (i0 - j0 - o_j).to(tl.float32))[None, :]
+        b_o += tl.dot(b_a.to(b_v.dtype), b_v, input_precision=PRECISION)
+    if HAS_DECAY:
+        # Query factor lambda^(i - i0) <= 1, shared by every off-diagonal tile.
+        b_o *= tl.exp2(-b_r * tl.arange(0, BLOCK_M).to(tl.float32))[:, None]
+
+    # Diagonal tiles: causal mask, length mask, and lambda^(i-j) computed directly.
+    for j0 in range(i0, tl.minimum(i0 + BLOCK_M, N), BLOCK_N):
+        o_jj = j0 + o_j
+        m_j = o_jj < N
+        p_k = k + o_jj[:, None] * D + o_d[None, :]
+        p_v = v + o_jj[:, None] * E + o_e[None, :]
+        b_k = tl.load(p_k, mask=m_j[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BD]
+        b_v = tl.load(p_v, mask=m_j[:, None] & m_e[None, :], other=0.0)  # [BLOCK_N, BE]
+        b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
+        b_dist = o_i[:, None] - o_jj[None, :]  # i - j, [BLOCK_M, BLOCK_N]
+        if HAS_DECAY:
+            # Clamp first: exp2 of a positive exponent above the diagonal could overflow.
+            b_m = tl.exp2(-b_r * tl.maximum(b_dist, 0).to(tl.float32))
+            b_a = tl.where(b_dist >= 0, b_a * b_m, 0.0)
+        else:
+            b_a = tl.where(b_dist >= 0, b_a, 0.0)
+        b_o += tl.dot(b_a.to(b_v.dtype), b_v, input_precision=PRECISION)
+
+    tl.store(o + o_i[:, None] * E + o_e[None, :], b_o.to(o.dtype.element_ty),
+             mask=m_i[:, None] & m_e[None, :])
+
+
+@triton.autotune(
+    configs=_BWD_CONFIGS, key=["D", "E"], prune_configs_by={"early_config_prune": _prune_bwd}
+)
+@triton.jit(do_not_specialize=["N"])
+def _lightning1_bwd_dkdv_kernel(
+    q, k, v, do, dk, dv, decay, N, H,
+    D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+    HAS_DECAY: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dk, dv[j0:j0+BLOCK_N] of one (batch, head): a sum over query blocks i >= j."""
+    i_n = tl.program_id(0)  # small j has the most query blocks: heaviest first
+    i_bh = tl.program_id(1)
+    i_h = i_bh % H
+    q += i_bh.to(tl.int64) * N * D
+    k += i_bh.to(tl.int64) * N * D
+    dk += i_bh.to(tl.int64) * N * D
+    v += i_bh.to(tl.int64) * N * E
+    do += i_bh.to(tl.int64) * N * E
+    dv += i_bh.to(tl.int64) * N * E
+
+    j0 = i_n * BLOCK_N
+    j_last = j0 + BLOCK_N - 1
+    o_j = j0 + tl.arange(0, BLOCK_N)
+    o_i = tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BD)
+    o_e = tl.arange(0, BE)
+    m_j = o_j < N
+    m_d = o_d < D
+    m_e = o_e < E
+
+    b_k = tl.load(k + o_j[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :],
+                  other=0.0)  # [BLOCK_N, BD]
+    b_v = tl.load(v + o_j[:, None] * E + o_e[None, :], mask=m_j[:, None] & m_e[None, :],
+                  other=0.0)  # [BLOCK_N, BE]
+    b_dk = tl.zeros([BLOCK_N, BD], dtype=tl.float32)
+    b_dv = tl.zeros([BLOCK_N, BE], dtype=tl.float32)
+    if HAS_DECAY:
+        b_r = tl.load(decay + i_h).to(tl.float32) * LOG2E  # lambda^x = exp2(-b_r * x)
+
+    # Off the diagonal every query i > j_last >= j: only the length mask, on the last step.
+    for i0 in range(j0 + BLOCK_N, N, BLOCK_M):
+        o_ii = i0 + o_i
+        m_i = o_ii < N
+        p_q = q + o_ii[:, None] * D + o_d[None, :]
+        p_do = do + o_ii[:, None] * E + o_e[None, :]
+        b_q = tl.load(p_q, mask=m_i[:, None] & m_d[None, :], other=0.0)  # [BLOCK_M, BD]
+        b_do = tl.load(p_do, mask=m_i[:, None] & m_e[None, :], other=0.0)  # [BLOCK_M, BE]
+        b_s = tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION)  # (Q K^T)^T [BLOCK_N, BLOCK_M]
+        b_t = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # (dO V^T)^T, same shape
+        if HAS_DECAY:
+            # Query factor lambda^(i - j_last) <= 1 of
+            # lambda^(i-j) = lambda^(i-j_last) lambda^(j_last-j).
+            b_w = tl.exp2(-b_r * (o_ii - j_last).to(tl.float32))[None, :]
+            b_s *= b_w
+            b_t *= b_w
+        b_dv += tl.dot(b_s.to(b_do.dtype), b_do, input_precision=PRECISION)
+        b_dk += tl.dot(b_t.to(b_q.dtype), b_q, input_precision=PRECISION)
+    if HAS_DECAY:
+        # Key factor lambda^(j_last - j) <= 1, shared by every off-diagonal tile.
+        b_w = tl.exp2(-b_r * (j_last - o_j).to(tl.float32))[:, None]
+        b_dk *= b_w
+        b_dv *= b_w
+
+    # Diagonal tiles: causal mask, length mask, and lambda^(i-j) computed directly.
+    for i0 in range(j0, tl.minimum(j0 + BLOCK_N, N), BLOCK_M):
+        o_ii = i0 + o_i
+        m_i = o_ii < N
+        p_q = q + o_ii[:, None] * D + o_d[None, :]
+        p_do = do + o_ii[:, None] * E + o_e[None, :]
+        b_q = tl.load(p_q, mask=m_i[:, None] & m_d[None, :], other=0.0)  # [BLOCK_M, BD]
+        b_do = tl.load(p_do, mask=m_i[:, None] & m_e[None, :], other=0.0)  # [BLOCK_M, BE]
+        b_s = tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
+        b_t = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
+        b_dist = o_ii[None, :] - o_j[:, None]  # i - j, [BLOCK_N, BLOCK_M]
+        if HAS_DECAY:
+            b_m = tl.where(b_dist >= 0, tl.exp2(-b_r * tl.maximum(b_dist, 0).to(tl.float32)), 0.0)
+        else:
+            b_m = tl.where(b_dist >= 0, 1.0, 0.0)
+        b_dv += tl.dot((b_s * b_m).to(b_do.dtype), b_do, input_precision=PRECISION)
+        b_dk += tl.dot((b_t * b_m).to(b_q.dtype), b_q, input_precision=PRECISION)
+
+    tl.store(dk + o_j[:, None] * D + o_d[None, :], b_dk.to(dk.dtype.element_ty),
+             mask=m_j[:, None] & m_d[None, :])
+    tl.store(dv + o_j[:, None] * E + o_e[None, :], b_dv.to(dv.dtype.element_ty),
+             mask=m_j[:, None] & m_e[None, :])
+
+
+def _meta(q, v, decay):
+    """Kernel arguments shared by both launchers."""
+    d, e = q.shape[-1], v.shape[-1]
+    return dict(
+        H=q.shape[1], D=d, E=e, BD=triton.next_power_of_2(d), BE=triton.next_power_of_2(e),
+        HAS_DECAY=decay is not None,
+        # fp32 inputs get true fp32 products, as torch's matmul does by default.
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+
+
+def _lightning1_fwd(q, k, v, decay):
+    """o = (q k^T * M) v: q, k (B, H, N, D), v (B, H, N, E) contiguous -> o (B, H, N, E)."""
+    b, h, n, _ = q.shape
+    o = torch.empty_like(v)
+    if o.numel() == 0:
+        return o
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), b * h)
+    _lightning1_fwd_kernel[grid](q, k, v, o, decay, n, **_meta(q, v, decay))
+    return o
+
+
+def _lightning1_bwd(q, k, v, do, decay):
+    """dq, dk, dv for o = (q k^T * M) v, all contiguous."""
+    b, h, n, _ = q.shape
+    dq = _lightning1_fwd(do, v, k, decay)  # (dO V^T * M) K
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    if q.numel() == 0 or v.numel() == 0:
+        return dq, dk.zero_(), dv.zero_()
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), b * h)
+    _lightning1_bwd_dkdv_kernel[grid](q, k, v, do, dk, dv, decay, n, **_meta(q, v, decay))
+    return dq, dk, dv
+
+
+class Lightning1Function(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, decay):
+        o = _lightning1_fwd(q, k, v, decay)
+        ctx.save_for_backward(q, k, v, decay)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, decay = ctx.saved_tensors
+        dq, dk, dv = _lightning1_bwd(q, k, v, do.contiguous(), decay)
+        return dq, dk, dv, None
+
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MIN_DIM, _MAX_DIM = 16, 256
+_MAX_GRID_Y = 65535  # CUDA's limit on the grid's second axis, which holds B * H
+
+
+def _interpreted() -> bool:
+    """True when the kernels were built by Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+    return not isinstance(_lightning1_fwd_kernel.fn, JITFunction)
+
+
+def _validate(q, k, v, decay):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have 4 dims (B, H, N, D); got shape {tuple(t.shape)}")
+    if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"expected q, k (B, H, N, D) and v (B, H, N, E); got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"dtype must be float16, bfloat16 or float32; got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if q.device.type == "cpu" and not _interpreted():
+        raise ValueError("CPU tensors run only under Triton's interpreter (TRITON_INTERPRET=1)")
+    b, h, n, d = q.shape
+    e = v.shape[-1]
+    for name, size in (("D", d), ("E", e)):
+        if not _MIN_DIM <= size <= _MAX_DIM:
+            raise ValueError(f"head dim {name} must be in {_MIN_DIM}..{_MAX_DIM}; got {size}")
+    if b * h > _MAX_GRID_Y:
+        raise ValueError(f"B * H must be at most {_MAX_GRID_Y}; got {b * h}")
+    if n * max(d, e) >= 2**31:
+        raise ValueError(f"N * max(D, E) must stay under 2^31 (int32 offsets); got {n * max(d, e)}")
+    if decay is not None:
+        if not isinstance(decay, torch.Tensor) or not decay.is_floating_point():
+            raise ValueError("decay must be None or a floating-point tensor of shape (H,)")
+        if decay.shape != (h,):
+            raise ValueError(f"decay must have shape (H,) = ({h},); got {tuple(decay.shape)}")
+        if decay.device != q.device:
+            raise ValueError(f"decay must be on {q.device}; got {decay.device}")
+
+
+def lightning_attn1(q, k, v, decay=None):
+    """Causal linear attention with per-head exponential decay, O(n^2 d) work, O(n) memory.
+
+    o_t = q_t · sum_{j<=t} lambda_h^(t-j) k_j^T v_j with lambda_h = exp(-decay[h]); no softmax,
+    no scale.
+
+    Args:
+        q: (B, H, N, D) queries, float16, bfloat16 or float32, on a CUDA device (or the CPU
+            under TRITON_INTERPRET=1). 16 <= D <= 256; any N >= 0, B, H.
+        k: (B, H, N, D) keys, same dtype and device as q.
+        v: (B, H, N, E) values, same dtype and device; 16 <= E <= 256, E may differ from D.
+        decay: None (lambda = 1, plain causal linear attention) or a floating tensor (H,) on
+            the same device holding the rates s_h >= 0 (lambda_h = exp(-s_h)). Not checked
+            for sign (that would synchronise with the GPU); it gets no gradient.
+
+    Returns:
+        o: (B, H, N, E) in v's dtype. Accumulation is in float32; float32 inputs get full
+        fp32 products (no TF32). Gradients flow to q, k and v. Non-contiguous inputs are
+        copied to contiguous ones first.
+
+    Raises:
+        ValueError: on wrong ranks or shapes, mismatched dtypes or devices, non-float dtypes,
+            D or E outside 16..256, or a decay that is not a float tensor of shape (H,).
+    """
+    _validate(q, k, v, decay)
+    if decay is not None:
+        decay = decay.detach().to(torch.float32).contiguous()  # [H]
+    return Lightning1Function.apply(q.contiguous(), k.contiguous(), v.contiguous(), decay)
