@@ -72,8 +72,8 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 def _outputs(mech: Mechanism, fn, qkv64, do64, decay64, dtype, device, backward):
     """Output and gradients of ``fn`` on the float64 inputs cast to dtype/device, in bhnd."""
-    q, k, v = (to_layout(x.detach().to(device=device, dtype=dtype), mech.layout).requires_grad_(backward)
-               for x in qkv64)
+    q, k, v = (to_layout(x.detach().to(device=device, dtype=dtype), mech.layout)
+               .requires_grad_(backward) for x in qkv64)
     decay = decay64.to(device=device, dtype=torch.float32) if decay64 is not None else None
     o = fn(q, k, v, decay)
     outs = [from_layout(o, mech.layout)]

@@ -8,13 +8,20 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import torch
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from attnbench import envinfo, records, registry
@@ -72,7 +79,7 @@ def list_mechanisms(
     console.print(table)
 
 
-def _new_run_dir(out: Optional[Path], name: Optional[str], spec: SweepSpec) -> Path:
+def _new_run_dir(out: Path | None, name: str | None, spec: SweepSpec) -> Path:
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("results") / (name or f"{stamp}-{spec.preset}-{spec.device}")
@@ -89,20 +96,20 @@ def _progress() -> Progress:
 
 @app.command()
 def run(
-    preset: Annotated[Optional[str], typer.Option(help=f"One of {', '.join(PRESETS)}; default: quick on a GPU, cpu without.")] = None,
-    mechanisms: Annotated[Optional[str], typer.Option(help="Names or families (softmax, linear), comma separated; default all that run on the device.")] = None,
-    seq_lens: Annotated[Optional[str], typer.Option(help="e.g. 1k..256k (doubling) or 1k,3k,8192.")] = None,
-    batch: Annotated[Optional[str], typer.Option(help="Batch sizes, e.g. 1,4.")] = None,
-    heads: Annotated[Optional[str], typer.Option(help="Head counts, e.g. 16,32.")] = None,
-    head_dim: Annotated[Optional[str], typer.Option(help="Head dims (q/k and v), e.g. 64,128.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="fp16, bf16, fp32, comma separated.")] = None,
-    modes: Annotated[Optional[str], typer.Option(help="fwd, bwd (backward alone), fwdbwd.")] = None,
-    decay: Annotated[Optional[bool], typer.Option("--decay/--no-decay", help="Per-head decay for linear mechanisms that take it.")] = None,
-    max_case_seconds: Annotated[Optional[float], typer.Option(help="Skip cases predicted to take longer to measure.")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"One of {', '.join(PRESETS)}; default: quick on a GPU, cpu without.")] = None,
+    mechanisms: Annotated[str | None, typer.Option(help="Names or families (softmax, linear), comma separated; default all that run on the device.")] = None,
+    seq_lens: Annotated[str | None, typer.Option(help="e.g. 1k..256k (doubling) or 1k,3k,8192.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Batch sizes, e.g. 1,4.")] = None,
+    heads: Annotated[str | None, typer.Option(help="Head counts, e.g. 16,32.")] = None,
+    head_dim: Annotated[str | None, typer.Option(help="Head dims (q/k and v), e.g. 64,128.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp16, bf16, fp32, comma separated.")] = None,
+    modes: Annotated[str | None, typer.Option(help="fwd, bwd (backward alone), fwdbwd.")] = None,
+    decay: Annotated[bool | None, typer.Option("--decay/--no-decay", help="Per-head decay for linear mechanisms that take it.")] = None,
+    max_case_seconds: Annotated[float | None, typer.Option(help="Skip cases predicted to take longer to measure.")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default results/<name>).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Run name under results/.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory; its sweep is kept.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default results/<name>).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name under results/.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory; its sweep is kept.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write plots at the end.")] = True,
 ) -> None:
     """Run a sweep: records appended per case, then a table, tidy files and plots."""
@@ -209,7 +216,7 @@ def report(
 @app.command()
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the figures (default: the run directory).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the figures (default: the run directory).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="png, svg or both, comma separated.")] = "png,svg",
 ) -> None:
     """Plot time, tokens/s and memory against sequence length (log axes, OOM marked)."""
@@ -236,6 +243,57 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = F
         if key == "packages":
             value = ", ".join(f"{k} {v}" for k, v in value.items() if v)
         console.print(f"[bold]{key}[/]: {value}", highlight=False)
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(help="The baseline run directory.")],
+    new: Annotated[Path, typer.Argument(help="The run directory to check against it.")],
+    threshold: Annotated[float, typer.Option(help="Fail when a median time grows by more than this fraction (outside the p20-p80 spread).")] = 0.05,
+    mem_threshold: Annotated[float, typer.Option(help="Fail when memory above the inputs grows by more than this fraction.")] = 0.05,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Do not fail on cases present in one run only.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON instead of a table.")] = False,
+) -> None:
+    """Compare two runs case by case; exit 1 on a regression of tokens/s, memory or status.
+
+    The rule is in attnbench/compare.py: a case regresses when its median time grows by more
+    than --threshold and the new p20 is still slower than the base p80.
+    """
+    from attnbench.compare import compare_dirs, failure_lines, table
+
+    result = compare_dirs(base, new, threshold, mem_threshold, allow_missing)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        console.print(table(result))
+        counts = ", ".join(f"{n} {v}" for v, n in sorted(result.counts().items()))
+        console.print(f"{len(result.cases)} cases: {counts}", highlight=False)
+        for line in result.warnings:
+            err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
+        for line in failure_lines(result):
+            err_console.print(f"[red]FAIL[/] {line}", highlight=False)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    fmt: Annotated[str, typer.Option("--format", help="github-action-benchmark (customBiggerIsBetter) or bencher (BMF JSON).")] = "github-action-benchmark",
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Tokens/s of every measured case as JSON for github-action-benchmark or Bencher."""
+    from attnbench.export import export as export_run
+
+    text, dropped = export_run(records.load(run_dir), fmt)
+    if dropped:
+        err_console.print(f"[yellow]left out {dropped} records that failed their correctness "
+                          "check[/]", highlight=False)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        err_console.print(f"wrote {out}", highlight=False)
 
 
 def main() -> None:

@@ -42,7 +42,8 @@ def first_call_seconds(fn: Callable[[], object], device: str) -> float:
     return time.perf_counter() - start
 
 
-def time_cuda(fn: Callable[[], object], grad_to_none: list[torch.Tensor], estimate_ms: float) -> Timing:
+def time_cuda(fn: Callable[[], object], grad_to_none: list[torch.Tensor],
+              estimate_ms: float) -> Timing:
     """do_bench with enough repetitions for a spread: at least MIN_REPS, L2 flushed each time."""
     import triton.testing
 

@@ -167,7 +167,7 @@ def load(run_dir: Path) -> pd.DataFrame:
     read_meta(run_dir)
     rows = read_jsonl(run_dir)
     if not rows:
-        raise UsageError(f"{str(run_dir)!r} holds no records yet ({JSONL_FILE} is missing or empty)")
+        raise UsageError(f"{str(run_dir)!r} holds no records ({JSONL_FILE} is missing or empty)")
     return to_frame(rows)
 
 

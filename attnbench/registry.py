@@ -111,7 +111,8 @@ class Mechanism:
             return f"{self.name} does not take {dtype} (takes {', '.join(self.dtypes)})"
         lo, hi = self.head_dims
         if not lo <= d <= hi or d % self.head_dim_multiple:
-            multiple = f", multiple of {self.head_dim_multiple}" if self.head_dim_multiple > 1 else ""
+            multiple = (f", multiple of {self.head_dim_multiple}"
+                        if self.head_dim_multiple > 1 else "")
             return f"{self.name} takes head dims {lo}..{hi}{multiple}, not {d}"
         if self.case_limits is not None:
             return self.case_limits(n, d, dtype, decay)

@@ -66,7 +66,7 @@ def linear_masked(q, k, v, decay=None):
 
 
 def linear_cumsum(q, k, v, decay=None):
-    """Naive cumsum linear attention (no decay): every prefix state materialised, O(n·d·e) memory."""
+    """Naive cumsum linear attention, no decay: every prefix state materialised, O(n·d·e) memory."""
     _check(q, k, v, decay)
     if decay is not None:
         raise ValueError("linear-cumsum has no decay (torch.cumsum cannot weight by lambda^(t-j))")

@@ -36,3 +36,16 @@ def nan_poisoned_empty(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(real_empty(*a, **kw)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_empty_like(*a, **kw)))
+
+
+@pytest.fixture
+def install(monkeypatch):
+    """Add mechanisms (e.g. the test doubles in fakes.py) to the registry for one test."""
+    from attnbench import registry
+
+    def add(*mechs):
+        everything = registry.MECHANISMS + mechs
+        monkeypatch.setattr(registry, "MECHANISMS", everything)
+        monkeypatch.setattr(registry, "_BY_NAME", {m.name: m for m in everything})
+
+    return add

@@ -1,0 +1,63 @@
+import pytest
+import torch
+from attnbench.baselines.linear import linear_masked
+from fakes import fake, scaled
+
+from attnbench import registry
+from attnbench.check import TOL_FLOOR, check, from_layout, rel_err, to_layout
+
+
+@pytest.mark.parametrize("name", ["linear-recurrent", "linear-masked", "linear-cumsum",
+                                  "softmax-naive", "sdpa-math"])
+def test_references_pass_their_oracles(name):
+    mech = registry.get(name)
+    result = check(mech, 16, "fp32", decay=mech.decay, device="cpu")
+    assert result.passed and result.max_rel_err < 1e-5
+
+
+def test_tolerance_follows_flashattention_rule():
+    result = check(registry.get("linear-masked"), 16, "fp32", decay=True, device="cpu")
+    assert result.tol == max(2 * result.baseline_err, TOL_FLOOR["fp32"])
+
+
+@pytest.mark.parametrize("factor", [1.01, 0.0])
+def test_wrong_mechanisms_fail(install, factor):
+    install(fake("fake-wrong", scaled(factor)))
+    assert not check(registry.get("fake-wrong"), 16, "fp32", True, "cpu").passed
+
+
+def test_wrong_gradients_fail(install):
+    class DoubleGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return 2 * g
+
+    install(fake("fake-badgrad", lambda q, k, v, decay=None: linear_masked(DoubleGrad.apply(q),
+                                                                           k, v, decay)))
+    assert not check(registry.get("fake-badgrad"), 16, "fp32", True, "cpu").passed
+
+
+def test_nan_fails():
+    assert not (rel_err(torch.full((3,), float("nan")), torch.ones(3, dtype=torch.float64))
+                <= 1.0)
+
+
+def test_native_layout_mechanism_is_checked_in_its_layout(install):
+    def bnhd_masked(q, k, v, decay=None):
+        assert q.shape[1] == 100  # (B, N, H, D): the check's length is 100
+        return linear_masked(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                             decay).transpose(1, 2)
+    install(fake("fake-bnhd", bnhd_masked, layout="bnhd"))
+    assert check(registry.get("fake-bnhd"), 16, "fp32", True, "cpu").passed
+
+
+def test_layout_round_trip():
+    x = torch.randn(2, 3, 5, 4)
+    y = to_layout(x, "bnhd")
+    assert y.shape == (2, 5, 3, 4) and y.is_contiguous()
+    assert torch.equal(from_layout(y, "bnhd"), x)
+    assert to_layout(x, "bhnd") is x

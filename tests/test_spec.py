@@ -1,0 +1,62 @@
+import pytest
+
+from attnbench.errors import UsageError
+from attnbench.spec import PRESETS, SweepSpec, build_spec, expand
+
+
+def test_paper_preset_is_the_official_benchmark_shape():
+    spec = build_spec("paper", "cuda")
+    assert spec.batch == (4,) and spec.heads == (32,) and spec.head_dims == (128,)
+    assert spec.dtypes == ("bf16",) and spec.modes == ("fwd", "bwd")
+    assert spec.seq_lens[0] == 1024 and spec.seq_lens[-1] == 128 * 1024 and spec.decay
+
+
+def test_default_preset_by_device():
+    assert build_spec(None, "cpu").preset == "cpu"
+    assert build_spec(None, "cuda").preset == "quick"
+
+
+def test_explicit_options_override_preset():
+    spec = build_spec("paper", "cpu", seq_lens="128,256", dtypes="fp32", decay=False,
+                      mechanisms="linear-masked")
+    assert spec.seq_lens == (128, 256) and spec.dtypes == ("fp32",) and spec.decay is False
+    assert spec.batch == (4,)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(preset="huge"), "unknown preset 'huge'"),
+    (dict(dtypes="fp8"), "unknown dtype 'fp8'"),
+    (dict(modes="fwd,back"), "unknown mode 'back'"),
+    (dict(mechanisms="nosuch"), "unknown mechanism or family 'nosuch'"),
+    (dict(seq_lens="1k.."), "bad range"),
+    (dict(batch="0"), "positive"),
+    (dict(heads="abc"), "bad size"),
+    (dict(dtypes=","), "empty dtype list"),
+    (dict(max_case_seconds=0), "must be positive"),
+])
+def test_bad_input_is_a_usage_error(kwargs, message):
+    args = dict(preset="cpu", device="cpu")
+    args.update(kwargs)
+    with pytest.raises(UsageError, match=message):
+        build_spec(**args)
+
+
+def test_expand_order_and_decay_per_mechanism():
+    spec = build_spec("cpu", "cpu", mechanisms="linear-masked,linear-cumsum", seq_lens="128,256",
+                      modes="fwd,bwd")
+    cases = expand(spec)
+    assert len(cases) == 2 * 2 * 2
+    # Each line's lengths run shortest first, so an OOM stops the longer ones.
+    assert [c.seq_len for c in cases[:2]] == [128, 256]
+    assert {c.decay for c in cases if c.mechanism == "linear-masked"} == {True}
+    assert {c.decay for c in cases if c.mechanism == "linear-cumsum"} == {False}
+
+
+def test_spec_json_round_trip():
+    spec = build_spec("quick", "cuda")
+    assert SweepSpec.from_json(spec.to_json()) == spec
+
+
+def test_every_preset_builds():
+    for name in PRESETS:
+        build_spec(name, "cpu")
