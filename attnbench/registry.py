@@ -86,6 +86,7 @@ class Mechanism:
     # Which implementation really runs for a case (a backend, a dispatched op), where a
     # mechanism can dispatch to several: stored in the record's ``impl`` column.
     impl_of: Callable[[int, int, int, int, str], str] | None = None  # (b, h, n, d, dtype)
+    warmup_note: str = ""  # shown while its first call runs (e.g. a long autotune)
 
     def callable(self) -> AttnFn:
         return self.load()
@@ -122,8 +123,17 @@ class Mechanism:
 # --- loaders (imports deferred until a mechanism is used) ---------------------------------
 
 
-def _from(module: str, attr: str) -> Callable[[], AttnFn]:
-    return lambda: getattr(importlib.import_module(module), attr)
+def _from(module: str, attr: str, call: bool = False) -> Callable[[], AttnFn]:
+    """Loader of ``module.attr`` (``call=True``: ``attr`` is a factory that returns the fn)."""
+    def load() -> AttnFn:
+        obj = getattr(importlib.import_module(module), attr)
+        return obj() if call else obj
+    return load
+
+
+def _peer_limits(n: int, d: int, dtype: str, decay: bool) -> str:
+    return importlib.import_module("attnbench.baselines.peers").lightning_attn_limits(
+        n, d, dtype, decay)
 
 
 def _sdpa(backend: str) -> Callable[[], AttnFn]:
@@ -134,6 +144,53 @@ def _sdpa(backend: str) -> Callable[[], AttnFn]:
 
 MECHANISMS: tuple[Mechanism, ...] = (
     # Linear attention ------------------------------------------------------------------
+    Mechanism(
+        name="lightning2",
+        family="linear",
+        load=_from("attnbench.kernels", "lightning_attn2"),
+        summary="our Lightning Attention-2 Triton kernels: intra-block masked, state on chip",
+        head_dims=(16, 256),
+        decay=True,
+        flops=linear_state_flops,
+        oracle="linear-recurrent",
+    ),
+    Mechanism(
+        name="lightning1",
+        family="linear",
+        load=_from("attnbench.kernels", "lightning_attn1"),
+        summary="our Lightning Attention-1 Triton kernels: FlashAttention-style, no softmax",
+        head_dims=(16, 256),
+        decay=True,
+        flops=quadratic_flops,
+        oracle="linear-recurrent",
+    ),
+    Mechanism(
+        name="peer-lightning-attn",
+        family="linear",
+        load=_from("attnbench.baselines.peers", "load_lightning_attn", call=True),
+        summary="official lightning-attn 0.0.5 lightning_attn_func (OpenNLPLab)",
+        head_dims=(1, 256),
+        decay=True,
+        package="lightning_attn",
+        pip_hint="pip install 'attnbench[peers]'",
+        flops=linear_state_flops,
+        oracle="linear-recurrent",
+        case_limits=_peer_limits,
+    ),
+    Mechanism(
+        name="peer-fla-chunk",
+        family="linear",
+        load=_from("attnbench.baselines.peers", "load_fla_chunk", call=True),
+        summary="fla-core chunk_simple_gla (g_gamma = -s, scale 1), layout (B, N, H, D)",
+        layout="bnhd",
+        head_dims=(16, 256),
+        decay=True,
+        package="fla",
+        pip_hint="pip install 'attnbench[peers]'",
+        flops=linear_state_flops,
+        oracle="linear-recurrent",
+        warmup_note="fla autotunes on its first call (30-120 s on an H100)",
+    ),
     Mechanism(
         name="linear-recurrent",
         family="linear",

@@ -97,6 +97,13 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
         with torch.no_grad():
             d_out = torch.randn_like(fn(q, k, v, decay))
 
+    # Test hook, off unless ATTNBENCH_PLANT_SLOWDOWN="name:0.10" is set (read now, not at
+    # import): adds ~10% busy work to every timed call of that mechanism, whatever the mode,
+    # so CI can show `attnbench compare` catches a slowdown. See attnbench/compare.py.
+    from attnbench.compare import planted_slowdown
+
+    call = planted_slowdown(mech.name, call, device)
+
     def reset_grads():
         for x in inputs:
             x.grad = None
@@ -172,7 +179,8 @@ class Sweep:
     def _check(self, st: _MechState, case: Case):
         key = (case.head_dim, case.dtype, case.decay)
         if key not in st.checks:
-            self.on_case(f"checking {st.mech.name} {case.dtype} d={case.head_dim} vs float64")
+            note = f" ({st.mech.warmup_note})" if st.mech.warmup_note else ""
+            self.on_case(f"checking {st.mech.name} {case.dtype} d={case.head_dim} vs float64{note}")
             try:
                 st.checks[key] = checking.check(
                     st.mech, case.head_dim, case.dtype, case.decay, self.spec.device)
