@@ -1,0 +1,417 @@
+"""Compare two run directories case by case: the regression gate of ``attnbench compare``.
+
+Records are matched by ``Case.key()`` (mechanism, mode, batch, heads, seq_len, head_dim,
+dtype, decay). For each case both sides measured (status ``ok``) we report the ratio of
+tokens/s (new / base: above 1 is faster), of median time and of memory.
+
+The rule, for a threshold ``t`` (``--threshold``, default 0.05):
+
+- **regressed** (fails) when both hold:
+  1. the median slowed by more than the threshold: ``new.time_ms > base.time_ms * (1 + t)``
+     (tokens/s is ``batch * seq_len / time_ms``, so this is the same as new tokens/s below
+     base tokens/s / (1 + t));
+  2. the slowdown is outside the measured spread: ``new.time_ms_p20 > base.time_ms_p80``,
+     i.e. the fastest fifth of the new repetitions is still slower than the slowest fifth
+     of the base ones. The [p20, p80] intervals do not overlap.
+  Where a side has no spread (p20/p80 missing), condition 2 is taken as met: the median
+  alone decides.
+- **noise** (reported, does not fail) when condition 1 holds but 2 does not: the medians
+  moved by more than ``t`` but the spreads overlap, so the run cannot tell the change from
+  jitter. Re-run, or run longer, to settle it.
+- **improved** is the mirror image: ``new.time_ms < base.time_ms / (1 + t)`` and
+  ``new.time_ms_p80 < base.time_ms_p20``; a faster median whose spread overlaps is noise.
+- **same**: the median moved by ``t`` or less.
+
+Why the two conditions are not combined into one inflated interval (``new.p20 > base.p80 *
+(1 + t)``): that would ask for a slowdown of ``t`` *plus* both half-spreads, so with a 3%
+spread a real 10% slowdown would pass the 5% gate. Condition 1 carries the threshold, the
+one you care about; condition 2 only asks that the change be larger than the measured
+jitter. The p20/p80 spread is within one process: drift between processes (clocks, heat,
+other jobs) is what the threshold is for, and why base and head should run on the same
+machine, one after the other.
+
+Memory (``--mem-threshold``, default 0.05) is compared on ``extra_mem_mib`` (the part of
+the peak above the inputs): it fails when ``new > base * (1 + mem_t)`` and the growth is
+more than MEM_FLOOR_MIB (so 0.2 -> 0.3 MiB of bookkeeping does not fail a build). NaN on
+either side (the CPU keeps no allocator statistics) means not compared.
+
+Other verdicts:
+
+- **status**: the status changed. ``ok`` -> anything else (oom, error, timeout, ...) fails,
+  so does anything -> ``error``; other changes (e.g. ``unsupported`` -> ``ok``) are reported.
+- **check**: the correctness check passed in base and fails in new: fails.
+- **only-base** / **only-new**: a case on one side only: fails unless ``allow_missing``.
+- **not-run**: neither side measured it, with the same status (e.g. oom on both): reported.
+
+Unusable inputs raise UsageError (exit 2): a missing directory, another schema version,
+runs on different devices, or no case in common.
+
+Test hook: ``ATTNBENCH_PLANT_SLOWDOWN="lightning2:0.10"`` (read when a case is measured, not
+at import; several as ``a:0.1,b:0.2``) makes ``runner.measure_case`` add about 10% extra
+work to every timed call of that mechanism (``planted_slowdown`` below): busy matmuls on
+the same device and stream, sized from the measured time of one call. It exists to show
+on a GPU that the gate catches a 10% slowdown::
+
+    attnbench run --preset quick --mechanisms lightning2 --out base
+    ATTNBENCH_PLANT_SLOWDOWN=lightning2:0.10 attnbench run --preset quick \\
+        --mechanisms lightning2 --out slow
+    attnbench compare base slow        # exit 1, every lightning2 case "regressed"
+
+Never set it for real measurements: a warning is printed to stderr whenever it acts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from attnbench import records
+from attnbench.errors import UsageError
+from attnbench.spec import Case
+
+DEFAULT_THRESHOLD = 0.05
+DEFAULT_MEM_THRESHOLD = 0.05
+MEM_FLOOR_MIB = 1.0  # memory growth smaller than this never fails
+FAILING_NEW_STATUS = "error"  # reaching this status from any other fails
+KEY_COLUMNS = ["mechanism", "mode", "batch", "heads", "seq_len", "head_dim", "dtype", "decay"]
+SIDE_COLUMNS = ["status", "time_ms", "time_ms_p20", "time_ms_p80", "tokens_per_s", "tflops",
+                "extra_mem_mib", "peak_mem_mib", "check", "reason"]
+PLANT_ENV = "ATTNBENCH_PLANT_SLOWDOWN"
+
+
+def _isnan(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _ratio(new: float, base: float) -> float:
+    if _isnan(new) or _isnan(base) or base == 0:
+        return math.nan
+    return new / base
+
+
+@dataclass(frozen=True)
+class CaseComparison:
+    case: Case
+    # regressed | noise | same | improved | status | check | only-base | only-new | not-run
+    verdict: str
+    failed: bool
+    why: str  # one line: what moved and by how much, or why it failed
+    base: dict | None  # SIDE_COLUMNS of the base record, None if absent
+    new: dict | None
+    tokens_ratio: float = math.nan  # new / base tokens/s: < 1 is slower
+    time_ratio: float = math.nan  # new / base median time: > 1 is slower
+    mem_ratio: float = math.nan  # new / base extra_mem_mib
+    mem_verdict: str = ""  # grew (fails) | same | shrank | "" (not compared)
+
+    def to_json(self) -> dict:
+        def clean(d):
+            return None if d is None else {k: (None if _isnan(v) else v) for k, v in d.items()}
+
+        return dict(
+            case=dict(zip(KEY_COLUMNS, self.case.key())), verdict=self.verdict,
+            failed=self.failed, why=self.why, mem_verdict=self.mem_verdict,
+            tokens_ratio=None if _isnan(self.tokens_ratio) else self.tokens_ratio,
+            time_ratio=None if _isnan(self.time_ratio) else self.time_ratio,
+            mem_ratio=None if _isnan(self.mem_ratio) else self.mem_ratio,
+            base=clean(self.base), new=clean(self.new),
+        )
+
+
+@dataclass
+class Comparison:
+    base_dir: str
+    new_dir: str
+    threshold: float
+    mem_threshold: float
+    allow_missing: bool
+    cases: list[CaseComparison] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(c.failed for c in self.cases)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.cases:
+            out[c.verdict] = out.get(c.verdict, 0) + 1
+            if c.mem_verdict == "grew":
+                out["mem-grew"] = out.get("mem-grew", 0) + 1
+        return out
+
+    def to_json(self) -> dict:
+        return dict(
+            base=self.base_dir, new=self.new_dir, threshold=self.threshold,
+            mem_threshold=self.mem_threshold, allow_missing=self.allow_missing,
+            failed=self.failed, counts=self.counts(), warnings=self.warnings,
+            cases=[c.to_json() for c in self.cases],
+        )
+
+
+# --- the rule ------------------------------------------------------------------------------
+
+
+def time_verdict(base: dict, new: dict, threshold: float) -> str:
+    """regressed | noise | same | improved for two ok records (the module docstring's rule)."""
+    tb, tn = base["time_ms"], new["time_ms"]
+    slower, faster = tn > tb * (1 + threshold), tn < tb / (1 + threshold)
+    if not (slower or faster):
+        return "same"
+    if slower:
+        outside = _isnan(new["time_ms_p20"]) or _isnan(base["time_ms_p80"]) or (
+            new["time_ms_p20"] > base["time_ms_p80"])
+        return "regressed" if outside else "noise"
+    outside = _isnan(new["time_ms_p80"]) or _isnan(base["time_ms_p20"]) or (
+        new["time_ms_p80"] < base["time_ms_p20"])
+    return "improved" if outside else "noise"
+
+
+def mem_verdict(base: dict, new: dict, mem_threshold: float) -> str:
+    """grew | same | shrank, or "" when either side has no memory figure."""
+    mb, mn = base["extra_mem_mib"], new["extra_mem_mib"]
+    if _isnan(mb) or _isnan(mn):
+        return ""
+    if mn > mb * (1 + mem_threshold) and mn - mb > MEM_FLOOR_MIB:
+        return "grew"
+    if mn < mb / (1 + mem_threshold) and mb - mn > MEM_FLOOR_MIB:
+        return "shrank"
+    return "same"
+
+
+def compare_case(case: Case, base: dict | None, new: dict | None, threshold: float,
+                 mem_threshold: float, allow_missing: bool) -> CaseComparison:
+    if base is None or new is None:
+        verdict = "only-new" if base is None else "only-base"
+        side = "new" if base is None else "base"
+        return CaseComparison(case, verdict, not allow_missing, f"measured in {side} run only",
+                              base, new)
+    sb, sn = base["status"], new["status"]
+    if sb != "ok" or sn != "ok":
+        if sb == sn:
+            return CaseComparison(case, "not-run", False, f"{sb} in both", base, new)
+        failed = sb == "ok" or sn == FAILING_NEW_STATUS
+        why = f"{sb} -> {sn}" + (f": {new['reason']}" if new.get("reason") else "")
+        return CaseComparison(case, "status", failed, why, base, new)
+
+    ratios = dict(tokens_ratio=_ratio(new["tokens_per_s"], base["tokens_per_s"]),
+                  time_ratio=_ratio(new["time_ms"], base["time_ms"]),
+                  mem_ratio=_ratio(new["extra_mem_mib"], base["extra_mem_mib"]))
+    mem = mem_verdict(base, new, mem_threshold)
+    if base["check"] == "pass" and new["check"] == "fail":
+        return CaseComparison(case, "check", True, f"correctness check now fails: {new['reason']}",
+                              base, new, mem_verdict=mem, **ratios)
+    verdict = time_verdict(base, new, threshold)
+    pct = (ratios["time_ratio"] - 1) * 100
+    why = {
+        "regressed": f"time {pct:+.1f}% (> {threshold:.0%}), outside the p20-p80 spread",
+        "noise": f"time {pct:+.1f}%, but the p20-p80 spreads overlap: inside the noise",
+        "improved": f"time {pct:+.1f}%, outside the p20-p80 spread",
+        "same": f"time {pct:+.1f}% (within {threshold:.0%})",
+    }[verdict]
+    if mem == "grew":
+        why += (f"; memory {base['extra_mem_mib']:.1f} -> {new['extra_mem_mib']:.1f} MiB "
+                f"(> {mem_threshold:.0%})")
+    return CaseComparison(case, verdict, verdict == "regressed" or mem == "grew", why, base,
+                          new, mem_verdict=mem, **ratios)
+
+
+# --- run directories -----------------------------------------------------------------------
+
+
+def _by_key(df: pd.DataFrame) -> dict[tuple, dict]:
+    """Case key -> the record's SIDE_COLUMNS; a later record of the same case wins."""
+    out = {}
+    for row in df.to_dict("records"):
+        case = Case(row["mechanism"], row["mode"], int(row["batch"]), int(row["heads"]),
+                    int(row["seq_len"]), int(row["head_dim"]), row["dtype"], bool(row["decay"]))
+        out[case.key()] = {c: row[c] for c in SIDE_COLUMNS}
+    return out
+
+
+def _device(df: pd.DataFrame) -> str:
+    return ",".join(sorted(df["device"].unique()))
+
+
+def compare_frames(base: pd.DataFrame, new: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
+                   mem_threshold: float = DEFAULT_MEM_THRESHOLD, allow_missing: bool = False,
+                   base_name: str = "base", new_name: str = "new") -> Comparison:
+    """Compare two tidy record frames (``records.load``). UsageError if they are not comparable."""
+    if threshold < 0 or mem_threshold < 0:
+        raise UsageError("--threshold and --mem-threshold must not be negative")
+    if _device(base) != _device(new):
+        raise UsageError(f"{base_name} ran on {_device(base)} and {new_name} on "
+                         f"{_device(new)}: their times are not comparable")
+    b, n = _by_key(base), _by_key(new)
+    if not set(b) & set(n):
+        raise UsageError(f"{base_name} and {new_name} have no case in common "
+                         f"({len(b)} and {len(n)} cases): nothing to compare")
+    result = Comparison(base_name, new_name, threshold, mem_threshold, allow_missing)
+    for key in sorted(set(b) | set(n), key=lambda k: (*Case(*k).series(), k[4])):
+        result.cases.append(compare_case(Case(*key), b.get(key), n.get(key), threshold,
+                                         mem_threshold, allow_missing))
+    return result
+
+
+def compare_dirs(base_dir: Path, new_dir: Path, threshold: float = DEFAULT_THRESHOLD,
+                 mem_threshold: float = DEFAULT_MEM_THRESHOLD,
+                 allow_missing: bool = False) -> Comparison:
+    """Load both run directories and compare them (UsageError for unusable ones)."""
+    base, new = records.load(base_dir), records.load(new_dir)
+    result = compare_frames(base, new, threshold, mem_threshold, allow_missing,
+                            str(base_dir), str(new_dir))
+    gpus = [records.read_meta(d).get("environment", {}).get("gpu") for d in (base_dir, new_dir)]
+    if gpus[0] != gpus[1]:
+        result.warnings.append(f"base ran on {gpus[0] or 'CPU'}, new on {gpus[1] or 'CPU'}: "
+                               "ratios compare machines as much as commits")
+    return result
+
+
+# --- display -------------------------------------------------------------------------------
+
+VERDICT_STYLE = {"regressed": "bold red", "status": "red", "check": "bold red",
+                 "only-base": "yellow", "only-new": "yellow", "noise": "dim", "same": "",
+                 "improved": "green", "not-run": "dim"}
+
+
+def _fmt(x, spec: str) -> str:
+    return "–" if _isnan(x) else format(x, spec)
+
+
+def _shape(case: Case, parts) -> str:
+    values = dict(b=case.batch, h=case.heads, d=case.head_dim)
+    text = [f"{p}{values[p]}" for p in parts if p in values]
+    text += [case.dtype] if "dtype" in parts else []
+    text += (["decay" if case.decay else "-"]) if "decay" in parts else []
+    return " ".join(text)
+
+
+def table(result: Comparison):
+    """A rich table, one row per case; the shape columns that never vary go in the caption."""
+    from rich import box
+    from rich.table import Table
+
+    from attnbench.sizes import format_size
+
+    cases = [c.case for c in result.cases]
+    varies = {p: len({getattr(k, attr) for k in cases}) > 1 for p, attr in (
+        ("b", "batch"), ("h", "heads"), ("d", "head_dim"), ("dtype", "dtype"), ("decay", "decay"))}
+    fixed = _shape(cases[0], [p for p, v in varies.items() if not v]) if cases else ""
+    show_mem = any(not _isnan(c.mem_ratio) for c in result.cases)
+    t = Table(title=f"compare {result.base_dir} -> {result.new_dir} (M tokens/s)",
+              box=box.SIMPLE_HEAD,
+              caption=f"{fixed}; fails: median time +{result.threshold:.0%} outside the "
+                      f"p20-p80 spread, memory +{result.mem_threshold:.0%}",
+              title_justify="left", caption_justify="left")
+    t.add_column("mechanism", no_wrap=True)
+    t.add_column("mode")
+    if any(varies.values()):
+        t.add_column("shape")
+    t.add_column("N", justify="right")
+    t.add_column("base", justify="right")
+    t.add_column("new", justify="right")
+    t.add_column("ratio", justify="right")
+    if show_mem:
+        t.add_column("mem", justify="right")
+    t.add_column("verdict", no_wrap=True)
+    for c in result.cases:
+        k, base, new = c.case, c.base or {}, c.new or {}
+
+        def mtok(side):
+            if side.get("status") != "ok":
+                return side.get("status", "")
+            return _fmt(side["tokens_per_s"] / 1e6, ".4g")
+
+        style = "bold red" if c.failed else VERDICT_STYLE.get(c.verdict, "")
+        verdict = c.verdict + (" mem-grew" if c.mem_verdict == "grew" else "")
+        row = [k.mechanism, k.mode]
+        if any(varies.values()):
+            row.append(_shape(k, [p for p, v in varies.items() if v]))
+        row += [format_size(int(k.seq_len)), mtok(base), mtok(new), _fmt(c.tokens_ratio, ".3f")]
+        if show_mem:
+            row.append(_fmt(c.mem_ratio, ".3f"))
+        row.append(f"[{style}]{verdict}[/]" if style else verdict)
+        t.add_row(*row)
+    return t
+
+
+def failure_lines(result: Comparison) -> list[str]:
+    return [f"{c.case.mechanism} {c.case.mode} n={c.case.seq_len} b{c.case.batch} "
+            f"h{c.case.heads} d{c.case.head_dim} {c.case.dtype}: {c.verdict}: {c.why}"
+            for c in result.cases if c.failed]
+
+
+# --- the planted-slowdown test hook (see the module docstring) -----------------------------
+
+
+def _planted_fraction(mechanism: str) -> float:
+    """The extra fraction ATTNBENCH_PLANT_SLOWDOWN asks for ``mechanism`` (0 if none)."""
+    text = os.environ.get(PLANT_ENV, "").strip()
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, sep, frac = item.rpartition(":")
+        try:
+            value = float(frac)
+        except ValueError:
+            value = -1.0
+        if not sep or not name or value < 0:
+            raise ValueError(f"{PLANT_ENV}={text!r}: expected NAME:FRACTION, e.g. lightning2:0.10")
+        if name == mechanism:
+            return value
+    return 0.0
+
+
+def _min_seconds(fn: Callable[[], object], device: str, repeat: int = 7, inner: int = 1) -> float:
+    """Fastest of ``repeat`` synchronised timings: least disturbed by other load."""
+    from attnbench.measure import synchronize
+
+    times = []
+    for _ in range(repeat):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) / inner)
+    return min(times)
+
+
+def planted_slowdown(mechanism: str, call: Callable[[], object], device: str):
+    """``call``, or ``call`` followed by busy work of about ``fraction`` of its time.
+
+    The busy work is a fixed square matmul repeated ``reps`` times on the same device (and
+    CUDA stream), so timers see it exactly as if the kernel had become slower. Its size and
+    count are calibrated here against the fastest of a few synchronised calls of ``call``.
+    """
+    fraction = _planted_fraction(mechanism)
+    if fraction <= 0:
+        return call
+    import torch
+
+    call()  # first call (compilation) kept out of the calibration
+    target = fraction * _min_seconds(call, device)
+    size = 32
+    while True:  # grow the matmul until one is a sizeable slice of the target, or 4096 wide
+        a = torch.randn(size, size, device=device)
+        one = _min_seconds(lambda a=a: a @ a, device, inner=10)
+        if one >= target / 8 or size >= 4096:
+            break
+        size *= 2
+    reps = max(1, round(target / one))
+    print(f"attnbench: {PLANT_ENV} is set: {mechanism} gets {reps} extra {size}x{size} "
+          f"matmuls per call (~{fraction:.0%}, {target * 1e3:.3g} ms); a test hook, not a "
+          "real measurement", file=sys.stderr)
+
+    def slowed():
+        out = call()
+        for _ in range(reps):
+            a @ a
+        return out
+
+    slowed.planted = (reps, size)  # for tests and debugging
+    return slowed

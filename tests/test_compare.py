@@ -1,0 +1,313 @@
+"""attnbench compare: the regression rule on constructed records, and its exit codes."""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from attnbench import cli, compare, registry, runner
+from attnbench.records import Record, RecordWriter, write_meta
+from attnbench.spec import Case
+
+NAN = math.nan
+
+
+def rec(mech="linear-masked", mode="fwd", n=1024, t=1.0, spread=0.01, status="ok", mem=NAN,
+        check="pass", device="cpu", b=1, h=4, d=32) -> Record:
+    """A record of median time ``t`` ms with p20/p80 at t*(1 -/+ spread)."""
+    case = Case(mech, mode, b, h, n, d, "fp32", True)
+    if status != "ok":
+        return Record.for_case(case, "linear", device, status, reason=f"it was {status}")
+    return Record.for_case(
+        case, "linear", device, "ok", time_ms=t, time_ms_p20=t * (1 - spread),
+        time_ms_p80=t * (1 + spread), reps=20, tokens_per_s=b * n / (t / 1e3), tflops=1.0,
+        extra_mem_mib=mem, peak_mem_mib=mem, check=check,
+        reason="" if check == "pass" else "FAILED correctness check")
+
+
+def make_run(path, recs, gpu=None, schema=None):
+    path.mkdir(parents=True)
+    write_meta(path, dict(command="test", environment=dict(gpu=gpu)))
+    if schema is not None:
+        (path / "meta.json").write_text(json.dumps({"schema_version": schema}))
+    with RecordWriter(path) as w:
+        for r in recs:
+            w.write(r)
+    return path
+
+
+def runs(tmp_path, base, new, **kw):
+    return make_run(tmp_path / "base", base, **kw), make_run(tmp_path / "new", new, **kw)
+
+
+def one(tmp_path, base, new, **options):
+    b, n = runs(tmp_path, [base], [new])
+    result = compare.compare_dirs(b, n, **options)
+    assert len(result.cases) == 1
+    return result.cases[0], result
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["attnbench", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    out = capsys.readouterr()
+    return exc.value.code or 0, out.out, out.err
+
+
+# --- the rule ------------------------------------------------------------------------------
+
+
+def test_identical_runs_are_clean(tmp_path):
+    recs = [rec(n=n, mode=m) for n in (256, 512) for m in ("fwd", "bwd")]
+    b, n = runs(tmp_path, recs, recs)
+    result = compare.compare_dirs(b, n)
+    assert not result.failed
+    assert {c.verdict for c in result.cases} == {"same"}
+    assert all(c.tokens_ratio == pytest.approx(1.0) for c in result.cases)
+
+
+def test_ten_percent_slower_with_tight_spread_regresses(tmp_path):
+    c, result = one(tmp_path, rec(t=1.0), rec(t=1.10))
+    assert c.verdict == "regressed" and c.failed and result.failed
+    assert c.tokens_ratio == pytest.approx(1 / 1.10)
+    assert c.time_ratio == pytest.approx(1.10)
+    assert "+10.0%" in c.why
+
+
+def test_regression_caught_with_a_spread_larger_than_half_the_threshold(tmp_path):
+    # +-3% spread: the intervals [0.97, 1.03] and [1.067, 1.133] do not overlap. An interval
+    # inflated by the threshold (1.03 * 1.05 = 1.0815 > 1.067) would have missed this.
+    c, _ = one(tmp_path, rec(t=1.0, spread=0.03), rec(t=1.10, spread=0.03))
+    assert c.verdict == "regressed"
+
+
+def test_slower_but_inside_the_noise_band_is_reported_not_failed(tmp_path):
+    c, result = one(tmp_path, rec(t=1.0, spread=0.2), rec(t=1.10, spread=0.2))
+    assert c.verdict == "noise" and not c.failed and not result.failed
+    assert "noise" in c.why
+
+
+def test_within_threshold_is_same(tmp_path):
+    c, _ = one(tmp_path, rec(t=1.0, spread=0.001), rec(t=1.04, spread=0.001))
+    assert c.verdict == "same" and not c.failed
+
+
+def test_threshold_option(tmp_path):
+    c, _ = one(tmp_path, rec(t=1.0), rec(t=1.10), threshold=0.2)
+    assert c.verdict == "same"
+
+
+def test_improvement(tmp_path):
+    c, _ = one(tmp_path, rec(t=1.0), rec(t=0.8))
+    assert c.verdict == "improved" and not c.failed
+    assert c.tokens_ratio == pytest.approx(1.25)
+
+
+def test_faster_inside_noise_is_noise(tmp_path):
+    c, _ = one(tmp_path, rec(t=1.0, spread=0.2), rec(t=0.9, spread=0.2))
+    assert c.verdict == "noise" and not c.failed
+
+
+def test_no_spread_means_the_median_decides(tmp_path):
+    base, new = rec(t=1.0), rec(t=1.10)
+    base.time_ms_p20 = base.time_ms_p80 = NAN
+    c, _ = one(tmp_path, base, new)
+    assert c.verdict == "regressed"
+
+
+# --- memory, status, correctness, missing cases ---------------------------------------------
+
+
+@pytest.mark.parametrize("base_mem, new_mem, verdict, failed", [
+    (100.0, 110.0, "grew", True),
+    (100.0, 103.0, "same", False),
+    (0.2, 0.6, "same", False),  # +200%, but under MEM_FLOOR_MIB
+    (100.0, 80.0, "shrank", False),
+    (NAN, NAN, "", False),  # the CPU: not compared
+    (100.0, NAN, "", False),
+])
+def test_memory(tmp_path, base_mem, new_mem, verdict, failed):
+    c, _ = one(tmp_path, rec(mem=base_mem), rec(mem=new_mem))
+    assert c.mem_verdict == verdict and c.failed is failed
+    assert c.verdict == "same"  # time did not move
+
+
+def test_memory_threshold_option(tmp_path):
+    c, _ = one(tmp_path, rec(mem=100.0), rec(mem=110.0), mem_threshold=0.2)
+    assert c.mem_verdict == "same" and not c.failed
+
+
+@pytest.mark.parametrize("base_status, new_status, verdict, failed", [
+    ("ok", "oom", "status", True),
+    ("ok", "error", "status", True),
+    ("ok", "timeout", "status", True),
+    ("unsupported", "error", "status", True),
+    ("oom", "ok", "status", False),
+    ("unsupported", "ok", "status", False),
+    ("oom", "oom", "not-run", False),
+])
+def test_status_changes(tmp_path, base_status, new_status, verdict, failed):
+    c, _ = one(tmp_path, rec(status=base_status), rec(status=new_status))
+    assert c.verdict == verdict and c.failed is failed
+    if verdict == "status":
+        assert f"{base_status} -> {new_status}" in c.why
+
+
+def test_correctness_check_turning_to_fail_fails(tmp_path):
+    c, _ = one(tmp_path, rec(), rec(check="fail"))
+    assert c.verdict == "check" and c.failed
+
+
+def test_missing_cases_fail_unless_allowed(tmp_path):
+    b, n = runs(tmp_path, [rec(n=256), rec(n=512)], [rec(n=256), rec(n=1024)])
+    result = compare.compare_dirs(b, n)
+    verdicts = {c.case.seq_len: c.verdict for c in result.cases}
+    assert verdicts == {256: "same", 512: "only-base", 1024: "only-new"}
+    assert result.failed
+    assert not compare.compare_dirs(b, n, allow_missing=True).failed
+
+
+# --- unusable inputs -------------------------------------------------------------------------
+
+
+def test_no_common_case_is_a_usage_error(tmp_path):
+    b, n = runs(tmp_path, [rec(n=256)], [rec(n=512)])
+    with pytest.raises(compare.UsageError, match="no case in common"):
+        compare.compare_dirs(b, n)
+
+
+def test_different_devices_is_a_usage_error(tmp_path):
+    b = make_run(tmp_path / "b", [rec()])
+    n = make_run(tmp_path / "n", [rec(device="cuda")])
+    with pytest.raises(compare.UsageError, match="not comparable"):
+        compare.compare_dirs(b, n)
+
+
+def test_different_gpus_warn(tmp_path):
+    b = make_run(tmp_path / "b", [rec()], gpu="NVIDIA H100")
+    n = make_run(tmp_path / "n", [rec()], gpu="NVIDIA H200")
+    result = compare.compare_dirs(b, n)
+    assert any("H100" in w and "H200" in w for w in result.warnings)
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
+    same = runs(tmp_path / "same", [rec()], [rec()])
+    code, out, _ = run_cli(monkeypatch, capsys, "compare", *same)
+    assert code == 0 and "same" in out
+
+    slow = runs(tmp_path / "slow", [rec()], [rec(t=1.2)])
+    code, out, err = run_cli(monkeypatch, capsys, "compare", *slow)
+    assert code == 1 and "regressed" in out and "FAIL" in err
+
+    code, _, _ = run_cli(monkeypatch, capsys, "compare", *slow, "--threshold", "0.5")
+    assert code == 0
+
+    missing = runs(tmp_path / "missing", [rec(n=1), rec(n=2)], [rec(n=1)])
+    assert run_cli(monkeypatch, capsys, "compare", *missing)[0] == 1
+    assert run_cli(monkeypatch, capsys, "compare", *missing, "--allow-missing")[0] == 0
+
+
+@pytest.mark.parametrize("problem", ["missing-dir", "schema", "no-overlap", "empty"])
+def test_cli_unusable_inputs_exit_2_with_one_line(tmp_path, monkeypatch, capsys, problem):
+    base = make_run(tmp_path / "base", [rec(n=256)])
+    if problem == "missing-dir":
+        new = tmp_path / "nope"
+    elif problem == "schema":
+        new = make_run(tmp_path / "new", [rec(n=256)], schema=99)
+    elif problem == "no-overlap":
+        new = make_run(tmp_path / "new", [rec(n=512)])
+    else:
+        new = make_run(tmp_path / "new", [])
+    code, out, err = run_cli(monkeypatch, capsys, "compare", base, new)
+    assert code == 2 and out == ""
+    assert err.startswith("attnbench: error: ") and err.count("\n") == 1
+
+
+def test_cli_json(tmp_path, monkeypatch, capsys):
+    b, n = runs(tmp_path, [rec(n=256), rec(n=512, mem=10.0), rec(n=1024)],
+                [rec(n=256, t=1.5), rec(n=512, mem=10.0), rec(n=1024, status="oom")])
+    code, out, _ = run_cli(monkeypatch, capsys, "compare", b, n, "--json")
+    assert code == 1
+    data = json.loads(out)
+    assert data["failed"] is True and data["threshold"] == 0.05
+    by_n = {c["case"]["seq_len"]: c for c in data["cases"]}
+    assert by_n[256]["verdict"] == "regressed"
+    assert by_n[256]["tokens_ratio"] == pytest.approx(1 / 1.5)
+    assert by_n[512]["verdict"] == "same" and by_n[512]["base"]["extra_mem_mib"] == 10.0
+    assert by_n[1024]["verdict"] == "status" and by_n[1024]["new"]["time_ms"] is None
+    assert data["counts"] == {"regressed": 1, "same": 1, "status": 1}
+
+
+# --- the planted-slowdown test hook ----------------------------------------------------------
+
+
+def test_plant_env_is_read_at_call_time(monkeypatch):
+    monkeypatch.delenv(compare.PLANT_ENV, raising=False)
+    assert compare._planted_fraction("lightning2") == 0.0
+    monkeypatch.setenv(compare.PLANT_ENV, "linear-masked:0.2, lightning2:0.10")
+    assert compare._planted_fraction("lightning2") == pytest.approx(0.10)
+    assert compare._planted_fraction("linear-masked") == pytest.approx(0.2)
+    assert compare._planted_fraction("sdpa-math") == 0.0
+    call = lambda: None
+    assert compare.planted_slowdown("sdpa-math", call, "cpu") is call
+
+
+@pytest.mark.parametrize("bad", ["lightning2", "lightning2:x", ":0.1", "lightning2:-1"])
+def test_plant_env_malformed(monkeypatch, bad):
+    monkeypatch.setenv(compare.PLANT_ENV, bad)
+    with pytest.raises(ValueError, match="NAME:FRACTION"):
+        compare._planted_fraction("lightning2")
+
+
+def test_planted_slowdown_sizes_busy_work_from_the_measured_time(monkeypatch, capsys):
+    # Fake timings (real ones are at the mercy of a shared CPU): one call takes 1 ms, a
+    # matmul 1 us at 32 wide and 8x longer per doubling.
+    def fake_min_seconds(fn, device, repeat=7, inner=1):
+        if fn is call:
+            return 1e-3
+        return 1e-6 * 8 ** math.log2(fn.__defaults__[0].shape[0] / 32)
+
+    calls = []
+    call = lambda: calls.append(1)
+    monkeypatch.setattr(compare, "_min_seconds", fake_min_seconds)
+    monkeypatch.setenv(compare.PLANT_ENV, "mech:0.10")
+    slowed = compare.planted_slowdown("mech", call, "cpu")
+    assert "test hook" in capsys.readouterr().err
+    # target 0.1 ms; 128 wide = 64 us >= target / 8, so 2 of them (~0.128 ms)
+    assert slowed.planted == (2, 128)
+    calls.clear()
+    slowed()
+    assert calls == [1]
+
+
+def test_planted_slowdown_slows_a_real_call(monkeypatch):
+    x = torch.randn(256, 256)
+    call = lambda: x @ x
+    monkeypatch.setenv(compare.PLANT_ENV, "mech:1.0")
+    slowed = compare.planted_slowdown("mech", call, "cpu")
+    reps, size = slowed.planted
+    assert reps >= 1 and 32 <= size <= 4096
+    slowed()
+
+
+def test_measure_case_goes_through_the_hook(monkeypatch):
+    seen = []
+
+    def spy(name, call, device):
+        def counted():
+            seen.append(name)
+            return call()
+        return counted
+
+    monkeypatch.setattr(compare, "planted_slowdown", spy)
+    mech = registry.get("linear-masked")
+    case = Case(mech.name, "bwd", 1, 2, 64, 16, "fp32", True)
+    values = runner.measure_case(mech, mech.callable(), case, "cpu", 10.0)
+    assert values["status"] == "ok"
+    assert len(seen) >= values["reps"] and set(seen) == {mech.name}
