@@ -74,6 +74,8 @@ def list_mechanisms(
     for r in rows:
         ok = "[green]yes[/]" if r["available"] else "[red]no[/]"
         text = r["summary"] if r["available"] else f"[red]{r['reason']}[/]"
+        if r["available"] and r["reason"]:  # which implementation will run, and why
+            text += f"\n[dim]{r['reason']}[/]"
         table.add_row(r["name"], r["family"], ok, "yes" if r["decay"] else "",
                       "yes" if r["backward"] else "", text)
     console.print(table)

@@ -36,7 +36,12 @@ BWD_FLOP_FACTOR = 2.5
 
 
 def quadratic_flops(b: int, h: int, n: int, d: int, e: int) -> float:
-    """Q K^T and (.)V over the causal half: 2·b·h·n²·(d+e)/2 (= 4·b·h·n²·d/2 when e = d)."""
+    """Q K^T and (.)V over the causal half: 2·b·h·n²·(d+e)/2 (= 4·b·h·n²·d/2 when e = d).
+
+    FlashAttention's convention for causal softmax attention: a multiply-add is 2 FLOPs, the
+    causal mask halves the n² score matrix (n²/2, not n(n+1)/2), softmax and scaling are not
+    counted, and the backward pass is BWD_FLOP_FACTOR (2.5x) the forward.
+    """
     return b * h * n * n * (d + e)
 
 
@@ -87,6 +92,9 @@ class Mechanism:
     # mechanism can dispatch to several: stored in the record's ``impl`` column.
     impl_of: Callable[[int, int, int, int, str], str] | None = None  # (b, h, n, d, dtype)
     warmup_note: str = ""  # shown while its first call runs (e.g. a long autotune)
+    # Which implementation will run here and why, for a mechanism that picks one when loaded
+    # (flash2: flash-attn or SDPA's flash backend): the reason of a yes from ``available()``.
+    choice: Callable[[], str] | None = None
 
     def callable(self) -> AttnFn:
         return self.load()
@@ -104,7 +112,7 @@ class Mechanism:
             reason = self.probe()
             if reason:
                 return Availability(False, reason)
-        return Availability(True)
+        return Availability(True, self.choice() if self.choice is not None else "")
 
     def unsupported_reason(self, n: int, d: int, dtype: str, decay: bool) -> str:
         """Why this mechanism cannot take the case, or "" if it can."""
@@ -138,6 +146,20 @@ def _peer_limits(n: int, d: int, dtype: str, decay: bool) -> str:
 
 def _sdpa(backend: str) -> Callable[[], AttnFn]:
     return lambda: importlib.import_module("attnbench.baselines.softmax").sdpa_backend_fn(backend)
+
+
+def _softmax(attr: str, *args):
+    """``attnbench.baselines.softmax.<attr>(*args, ...)``, imported when called (a loader, a
+    probe, an impl_of), never at import."""
+    return lambda *more: getattr(importlib.import_module("attnbench.baselines.softmax"),
+                                 attr)(*args, *more)
+
+
+def _cutlass_limits(n: int, d: int, dtype: str, decay: bool) -> str:
+    """CUTLASS memory-efficient kernels (SDPA's efficient backend, xformers' cutlass ops) on
+    sm80+: head dim a multiple of 16 bytes' worth (8 for fp16/bf16, 4 for fp32)."""
+    multiple = 4 if dtype == "fp32" else 8
+    return f"head dim must be a multiple of {multiple} for {dtype}, not {d}" if d % multiple else ""
 
 
 # --- the registry --------------------------------------------------------------------------
@@ -242,6 +264,69 @@ MECHANISMS: tuple[Mechanism, ...] = (
         devices=("cpu", "cuda"),
         head_dims=(1, 1024),
         oracle="softmax-naive",
+    ),
+    Mechanism(
+        name="flash2",
+        family="softmax",
+        load=_softmax("flash2_fn"),
+        summary="FlashAttention-2: flash-attn's flash_attn_func if it imports, else PyTorch "
+                "SDPA's flash backend (the same kernel) on (B, N, H, D) views",
+        layout="bnhd",
+        dtypes=("fp16", "bf16"),
+        head_dims=(8, 256),
+        head_dim_multiple=8,
+        pip_hint="pip install 'attnbench[flash]'",
+        oracle="softmax-naive",
+        probe=_softmax("flash2_problem"),
+        choice=_softmax("flash2_choice"),
+        impl_of=_softmax("flash2_impl"),
+    ),
+    Mechanism(
+        name="sdpa-flash",
+        family="softmax",
+        load=_sdpa("FLASH_ATTENTION"),
+        summary="PyTorch SDPA pinned to its flash backend (FlashAttention-2 inside torch)",
+        dtypes=("fp16", "bf16"),
+        head_dims=(8, 256),
+        head_dim_multiple=8,
+        oracle="softmax-naive",
+        probe=_softmax("sdpa_problem", "FLASH_ATTENTION"),
+    ),
+    Mechanism(
+        name="sdpa-cudnn",
+        family="softmax",
+        load=_sdpa("CUDNN_ATTENTION"),
+        summary="PyTorch SDPA pinned to its cuDNN backend (head dims over 128 only on sm90/"
+                "sm100 with a recent cuDNN: refused at run time otherwise)",
+        dtypes=("fp16", "bf16"),
+        head_dims=(8, 256),
+        head_dim_multiple=8,
+        oracle="softmax-naive",
+        probe=_softmax("sdpa_problem", "CUDNN_ATTENTION"),
+    ),
+    Mechanism(
+        name="sdpa-efficient",
+        family="softmax",
+        load=_sdpa("EFFICIENT_ATTENTION"),
+        summary="PyTorch SDPA pinned to its memory-efficient (CUTLASS) backend",
+        head_dims=(4, 1024),
+        oracle="softmax-naive",
+        case_limits=_cutlass_limits,
+    ),
+    Mechanism(
+        name="xformers",
+        family="softmax",
+        load=_softmax("xformers_fn"),
+        summary="xformers memory_efficient_attention with LowerTriangularMask, layout "
+                "(B, N, H, D); the operator xformers dispatched to is recorded",
+        layout="bnhd",
+        head_dims=(4, 1024),
+        package="xformers",
+        pip_hint="pip install 'attnbench[xformers]', a build for this torch",
+        oracle="softmax-naive",
+        probe=_softmax("xformers_problem"),
+        case_limits=_cutlass_limits,
+        impl_of=_softmax("xformers_impl"),
     ),
 )
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e))
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2(e))
 
 
 def _configs(pairs):
@@ -42,10 +42,12 @@ _FWD_CONFIGS = _configs(
     [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3),
      (64, 32, 4, 2)]
 )
-# dK/dV: BLOCK_N keys per program, BLOCK_M queries per step (BLOCK_N % BLOCK_M == 0).
+# dK/dV: BLOCK_N keys per program, BLOCK_M queries per step (BLOCK_N % BLOCK_M == 0). Two fp32
+# accumulators [BLOCK_N, D] and [BLOCK_N, E] live in registers: at D = E = 128, BLOCK_N = 128
+# needs 8 warps (4 warps spill heavily). The last entry is for fp32 at D = E = 256.
 _BWD_CONFIGS = _configs(
-    [(64, 128, 8, 2), (32, 128, 4, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 2),
-     (32, 32, 4, 1)]
+    [(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 2),
+     (32, 64, 4, 2), (32, 32, 4, 1)]
 )
 # Under the CPU interpreter every config would run in full while tuning, and small blocks
 # make short test sequences cover several off-diagonal tiles: one small config there.
@@ -62,7 +64,7 @@ def _prune_bwd(configs, named_args, **kwargs):
 
 
 @triton.autotune(
-    configs=_FWD_CONFIGS, key=["D", "E"], prune_configs_by={"early_config_prune": _prune_fwd}
+    configs=_FWD_CONFIGS, key=["D", "E", "HAS_DECAY"], prune_configs_by={"early_config_prune": _prune_fwd}
 )
 @triton.jit(do_not_specialize=["N"])
 def _lightning1_fwd_kernel(
@@ -135,7 +137,7 @@ def _lightning1_fwd_kernel(
 
 
 @triton.autotune(
-    configs=_BWD_CONFIGS, key=["D", "E"], prune_configs_by={"early_config_prune": _prune_bwd}
+    configs=_BWD_CONFIGS, key=["D", "E", "HAS_DECAY"], prune_configs_by={"early_config_prune": _prune_bwd}
 )
 @triton.jit(do_not_specialize=["N"])
 def _lightning1_bwd_dkdv_kernel(
@@ -182,15 +184,18 @@ def _lightning1_bwd_dkdv_kernel(
         p_do = do + o_ii[:, None] * E + o_e[None, :]
         b_q = tl.load(p_q, mask=m_i[:, None] & m_d[None, :], other=0.0)  # [BLOCK_M, BD]
         b_do = tl.load(p_do, mask=m_i[:, None] & m_e[None, :], other=0.0)  # [BLOCK_M, BE]
-        b_s = tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION)  # (Q K^T)^T [BLOCK_N, BLOCK_M]
-        b_t = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # (dO V^T)^T, same shape
         if HAS_DECAY:
             # Query factor lambda^(i - j_last) <= 1 of
             # lambda^(i-j) = lambda^(i-j_last) lambda^(j_last-j).
             b_w = tl.exp2(-b_r * (o_ii - j_last).to(tl.float32))[None, :]
+        # dV first, then dK: one [BLOCK_N, BLOCK_M] score tile live at a time (registers).
+        b_s = tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION)  # (Q K^T)^T [BLOCK_N, BLOCK_M]
+        if HAS_DECAY:
             b_s *= b_w
-            b_t *= b_w
         b_dv += tl.dot(b_s.to(b_do.dtype), b_do, input_precision=PRECISION)
+        b_t = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # (dO V^T)^T, same shape
+        if HAS_DECAY:
+            b_t *= b_w
         b_dk += tl.dot(b_t.to(b_q.dtype), b_q, input_precision=PRECISION)
     if HAS_DECAY:
         # Key factor lambda^(j_last - j) <= 1, shared by every off-diagonal tile.
