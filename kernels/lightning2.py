@@ -131,19 +131,22 @@ def _lightning2_scan_kernel(
 # --------------------------------------------------------------------------------------
 
 
-def _config(dk: int, dv: int) -> dict:
-    """Tile sizes by head dim: (BLOCK_N, BLOCK_V, num_warps, num_stages)."""
-    block_dk = triton.next_power_of_2(dk)
-    block_n = 64 if block_dk <= 128 else 32
+def _config(dk: int, dv: int, dtype: torch.dtype) -> dict:
+    """Tiles by head dim and dtype (measured on an H100: benchmarks/notes/lightning2.md)."""
     block_v = min(64, triton.next_power_of_2(dv))
-    return dict(BLOCK_N=block_n, BLOCK_V=block_v, num_warps=4, num_stages=2)
+    if dtype == torch.float32:
+        # fp32 dots run in IEEE fp32 on CUDA cores: small tiles keep compile time sane.
+        return dict(BLOCK_N=32, BLOCK_V=min(32, block_v), num_warps=4, num_stages=1)
+    if triton.next_power_of_2(dk) <= 128:
+        return dict(BLOCK_N=64, BLOCK_V=block_v, num_warps=4, num_stages=3)
+    return dict(BLOCK_N=32, BLOCK_V=block_v, num_warps=8, num_stages=3)
 
 
 def _scan(q, k, v, decay, out_dtype, reverse, config=None):
     """Allocate, grid, launch: one causal (or anti-causal) decayed scan, o (B, H, N, DV)."""
     b, h, n, dk = q.shape
     dv = v.shape[-1]
-    cfg = dict(_config(dk, dv), **(config or {}))
+    cfg = dict(_config(dk, dv, q.dtype), **(config or {}))
     o = torch.empty(b, h, n, dv, dtype=out_dtype, device=q.device)
     grid = (triton.cdiv(dv, cfg["BLOCK_V"]), b * h)
     _lightning2_scan_kernel[grid](

@@ -79,24 +79,28 @@ def check_long(n, dtype, with_decay, bound, b=1, h=2):
     return line
 
 
-def inputs(n, dtype=torch.bfloat16, requires_grad=True):
+def inputs(n, dtype=torch.bfloat16, d=D, e=E):
     torch.manual_seed(0)
     q, k, v = (
-        torch.randn(B, H, n, d, device="cuda", dtype=dtype).requires_grad_(requires_grad)
-        for d in (D, D, E)
+        torch.randn(B, H, n, x, device="cuda", dtype=dtype).requires_grad_() for x in (d, d, e)
     )
     return q, k, v, default_decay(H, "cuda")
 
 
-def bench(n, config, mode):
-    q, k, v, s = inputs(n)
+def bench(n, config, mode, dtype=torch.bfloat16, d=D, e=E):
+    q, k, v, s = inputs(n, dtype, d, e)
     o = Lightning2Function.apply(q, k, v, s, config)
     if mode == "fwd":
         fn = lambda: Lightning2Function.apply(q, k, v, s, config)
         grads = None
     else:
         do = torch.randn_like(o)
-        fn = lambda: o.backward(do, retain_graph=True)
+
+        def fn():
+            # do_bench's warm-up does not clear grads: accumulating would need 2x grads.
+            q.grad = k.grad = v.grad = None
+            o.backward(do, retain_graph=True)
+
         grads = [q, k, v]
     fn()  # compile outside the timing
     torch.cuda.synchronize()
@@ -125,14 +129,31 @@ def memory(n, config=None):
 
 
 CONFIGS = {
+    "default": None,  # n64v64w4s3 at this shape
     "n64v64w4s2": dict(BLOCK_N=64, BLOCK_V=64, num_warps=4, num_stages=2),
-    "n64v64w8s2": dict(BLOCK_N=64, BLOCK_V=64, num_warps=8, num_stages=2),
-    "n64v128w8s2": dict(BLOCK_N=64, BLOCK_V=128, num_warps=8, num_stages=2),
-    "n64v32w4s2": dict(BLOCK_N=64, BLOCK_V=32, num_warps=4, num_stages=2),
-    "n128v64w8s2": dict(BLOCK_N=128, BLOCK_V=64, num_warps=8, num_stages=2),
-    "n64v64w4s3": dict(BLOCK_N=64, BLOCK_V=64, num_warps=4, num_stages=3),
-    "n32v64w4s3": dict(BLOCK_N=32, BLOCK_V=64, num_warps=4, num_stages=3),
+    "n64v64w4s4": dict(BLOCK_N=64, BLOCK_V=64, num_warps=4, num_stages=4),
+    "n64v32w4s3": dict(BLOCK_N=64, BLOCK_V=32, num_warps=4, num_stages=3),
 }
+
+
+def other_shapes():
+    """Forward and backward at 4k for other dtypes and head dims (B=4, H=32), default tiles."""
+    lines = []
+    for dtype, d, e in [
+        (torch.float16, 128, 128),
+        (torch.bfloat16, 64, 64),
+        (torch.bfloat16, 256, 256),
+        (torch.bfloat16, 96, 192),
+        (torch.float32, 128, 128),
+    ]:
+        f, ft = bench(4096, None, "fwd", dtype, d, e)
+        g, gt = bench(4096, None, "bwd", dtype, d, e)
+        torch.cuda.empty_cache()
+        name = str(dtype)[6:]
+        line = f"{name:8s} D={d:3d} E={e:3d} N=4k: fwd {f:7.3f} ms {ft:6.2f}, bwd {g:7.3f} ms {gt:6.2f}"  # noqa: E501
+        print(line)
+        lines.append(line)
+    return lines
 
 
 def main():
@@ -179,6 +200,7 @@ def main():
     except Exception:  # noqa: BLE001
         pass
 
+    summary["other"] = other_shapes()
     fwd_mib, bwd_mib = memory(65536)
     summary["memory"]["64k"] = dict(fwd_mib=fwd_mib, bwd_mib=bwd_mib)
     print(f"memory N=64k above inputs: fwd {fwd_mib:.0f} MiB (o: 2048)")
@@ -187,16 +209,17 @@ def main():
     if not args.skip_256k:
         n = 262144
         for mode in ("fwd", "bwd"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
             try:
                 ms, mtok = bench(n, None, mode)
             except Exception as e:  # noqa: BLE001
                 ms, mtok = float("nan"), float("nan")
                 print(f"256k {mode}: {type(e).__name__}: {str(e)[:200]}")
             summary["timings"].append(dict(config="default", mode=mode, n=n, ms=ms, mtok=mtok))
-            print(
-                f"[{time.time() - t0:.0f}s] default {mode} N=256k: {ms:.3f} ms {mtok:.2f} M tok/s"
-            )  # noqa: E501
-        print(f"peak at 256k: {torch.cuda.max_memory_allocated() / GIB:.1f} GiB")
+            peak = torch.cuda.max_memory_allocated() / GIB
+            stamp = f"[{time.time() - t0:.0f}s] default {mode} N=256k"
+            print(f"{stamp}: {ms:.3f} ms {mtok:.2f} M tok/s, peak {peak:.1f} GiB in all")
 
     with open(os.path.join(args.out, "lightning2_device.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -212,6 +235,8 @@ def main():
         cells = " ".join(f"{r[n][0]:7.2f} ({r[n][1]:6.2f})" if n in r else " " * 16 for n in ns)
         print(f"{cfg:12s} {mode:4s} {cells}")
     print(f"memory 64k: {summary['memory']['64k']}")
+    for line in summary["other"]:
+        print(line)
     print(f"total {time.time() - t0:.0f}s")
 
 
