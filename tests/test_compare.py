@@ -143,7 +143,9 @@ def test_memory_threshold_option(tmp_path):
 @pytest.mark.parametrize("base_status, new_status, verdict, failed", [
     ("ok", "oom", "status", True),
     ("ok", "error", "status", True),
-    ("ok", "timeout", "status", True),
+    ("ok", "unsupported", "status", True),
+    ("ok", "timeout", "status", False),  # a budget decision, not a result
+    ("ok", "skipped", "status", False),
     ("unsupported", "error", "status", True),
     ("oom", "ok", "status", False),
     ("unsupported", "ok", "status", False),
