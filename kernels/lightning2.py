@@ -48,6 +48,10 @@ def _lightning2_scan_kernel(
     V,  # [B*H, N, DV]
     O,  # [B*H, N, DV], written in O's dtype
     S,  # [H] float32 decay rates (unused without HAS_DECAY)
+    Q2,  # a second scan of the same shape, run by the upper programs when PAIRED
+    K2,
+    V2,
+    O2,
     N,
     H: tl.constexpr,
     DK: tl.constexpr,
@@ -58,9 +62,16 @@ def _lightning2_scan_kernel(
     HAS_DECAY: tl.constexpr,
     REVERSE: tl.constexpr,
     PRECISION: tl.constexpr,
+    PAIRED: tl.constexpr,
 ):
     """o_t = q_t · sum_{j<=t} lambda^(t-j) k_j^T v_j (REVERSE: sum over j >= t, lambda^(j-t))."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    if PAIRED:
+        # The dk and dv scans both read q and do, block by block in the same order: run as
+        # neighbours in one launch, each block of q and do comes from HBM once (then L2).
+        if i_v >= tl.cdiv(DV, BLOCK_V):
+            Q, K, V, O = Q2, K2, V2, O2
+            i_v -= tl.cdiv(DV, BLOCK_V)
     i_h = i_bh % H
     # int64 base offsets: B*H*N*D passes 2^31 at long N.
     q_base = Q + i_bh.to(tl.int64) * N * DK
@@ -142,22 +153,28 @@ def _config(dk: int, dv: int, dtype: torch.dtype) -> dict:
     return dict(BLOCK_N=32, BLOCK_V=block_v, num_warps=8, num_stages=3)
 
 
-def _scan(q, k, v, decay, out_dtype, reverse, config=None):
-    """Allocate, grid, launch: one causal (or anti-causal) decayed scan, o (B, H, N, DV)."""
+def _scan(q, k, v, decay, out_dtype, reverse, config=None, pair=None):
+    """Allocate, grid, launch: one causal (or anti-causal) decayed scan, o (B, H, N, DV).
+
+    ``pair``: an optional second (q, k, v) of the same shapes, scanned in the same launch;
+    then both outputs are returned.
+    """
     b, h, n, dk = q.shape
     dv = v.shape[-1]
-    cfg = dict(_config(dk, dv, q.dtype), **(config or {}))
+    cfg = {**_config(dk, dv, q.dtype), **(config or {})}
     o = torch.empty(b, h, n, dv, dtype=out_dtype, device=q.device)
-    grid = (triton.cdiv(dv, cfg["BLOCK_V"]), b * h)
+    q2, k2, v2 = pair if pair is not None else (q, k, v)
+    o2 = torch.empty_like(o) if pair is not None else o
+    grid = (triton.cdiv(dv, cfg["BLOCK_V"]) * (2 if pair is not None else 1), b * h)
     _lightning2_scan_kernel[grid](
-        q, k, v, o, decay if decay is not None else q, n,
+        q, k, v, o, decay if decay is not None else q, q2, k2, v2, o2, n,
         H=h, DK=dk, DV=dv,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_DK=triton.next_power_of_2(dk), BLOCK_V=cfg["BLOCK_V"],
         HAS_DECAY=decay is not None, REVERSE=reverse,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PAIRED=pair is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
-    return o
+    return (o, o2) if pair is not None else o
 
 
 def _lightning2_fwd(q, k, v, decay, config=None):
@@ -174,8 +191,12 @@ def _lightning2_bwd(q, k, v, do, decay, config=None):
     Each writes its gradient once in the input dtype: no fp32 buffers, no temporaries.
     """
     dq = _scan(do, v, k, decay, q.dtype, reverse=False, config=config)
-    dk = _scan(v, do, q, decay, k.dtype, reverse=True, config=config)
-    dv = _scan(k, q, do, decay, v.dtype, reverse=True, config=config)
+    paired = (config or {}).get("paired", True)
+    if paired and q.shape[-1] == v.shape[-1]:  # D == E: the dk and dv scans share one shape
+        dk, dv = _scan(v, do, q, decay, k.dtype, reverse=True, config=config, pair=(k, q, do))
+    else:
+        dk = _scan(v, do, q, decay, k.dtype, reverse=True, config=config)
+        dv = _scan(k, q, do, decay, v.dtype, reverse=True, config=config)
     return dq, dk, dv
 
 

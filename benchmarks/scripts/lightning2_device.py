@@ -129,7 +129,8 @@ def memory(n, config=None):
 
 
 CONFIGS = {
-    "default": None,  # n64v64w4s3 at this shape
+    "default": None,  # n64v64w4s3 at this shape, dk and dv scans paired in one launch
+    "unpaired": dict(paired=False),  # dq, dk, dv as three launches
     "n64v64w4s2": dict(BLOCK_N=64, BLOCK_V=64, num_warps=4, num_stages=2),
     "n64v64w4s4": dict(BLOCK_N=64, BLOCK_V=64, num_warps=4, num_stages=4),
     "n64v32w4s3": dict(BLOCK_N=64, BLOCK_V=32, num_warps=4, num_stages=3),
