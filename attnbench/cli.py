@@ -34,7 +34,8 @@ app = typer.Typer(
     help="Benchmark attention mechanisms (softmax and linear) as sequences grow.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-console = Console()
+# Wide tables stay whole in logs and pipes (rich assumes 80 columns when not on a terminal).
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 SWEEP_OPTIONS = ("mechanisms", "seq_lens", "batch", "heads", "head_dim", "dtype", "modes",

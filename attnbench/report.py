@@ -31,13 +31,6 @@ def _cell(row: pd.Series, column: str, fmt) -> str:
     return f"[red]{text}✗[/]" if row["check"] == "fail" else text
 
 
-def _label(row: pd.Series) -> str:
-    label = row["mechanism"]
-    if row.get("impl"):
-        label += f" [dim]({row['impl']})[/]"
-    return label
-
-
 def tables(df: pd.DataFrame, metric: str) -> list[Table]:
     """One table per mode for ``metric`` ("tokens", "time" or "memory")."""
     column, title, fmt = METRICS[metric]
@@ -57,7 +50,7 @@ def tables(df: pd.DataFrame, metric: str) -> list[Table]:
         for _, rows in part.groupby(keys, sort=False):
             by_len = {int(r["seq_len"]): r for _, r in rows.iterrows()}
             first = rows.iloc[0]
-            cells = [_label(first), *(str(first[c]) for c in varying)]
+            cells = [first["mechanism"], *(str(first[c]) for c in varying)]
             cells += [_cell(by_len[n], column, fmt) if n in by_len else "" for n in seq_lens]
             table.add_row(*cells)
         out.append(table)
@@ -86,5 +79,8 @@ def print_report(df: pd.DataFrame, console: Console, metrics=("tokens", "time", 
         errs = ", ".join(f"{r.mechanism} {r.max_rel_err:.1e}{'' if r.check == 'pass' else ' FAIL'}"
                          for r in checked.itertuples())
         console.print(f"[dim]error vs float64 oracle (✗ = failed, not to be trusted): {errs}[/]")
+    impls = df[df["impl"] != ""].drop_duplicates(["mechanism", "impl"])
+    for r in impls.itertuples():
+        console.print(f"[dim]{r.mechanism} ran {r.impl}[/]", highlight=False)
     for line in notes(df):
         console.print(f"[dim]• {line}[/]", highlight=False)

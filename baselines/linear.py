@@ -45,16 +45,17 @@ def linear_recurrent(q, k, v, decay=None):
     _check(q, k, v, decay)
     b, h, n, d = q.shape
     e = v.shape[-1]
-    lam = (
-        torch.exp(-decay.to(q.dtype)).view(1, h, 1, 1) if decay is not None else None
-    )  # [1, H, 1, 1]
-    state = q.new_zeros(b, h, d, e)  # [B, H, D, E]
+    # The state is summed over the whole sequence: keep it in at least fp32, as any real
+    # implementation does, so half-precision inputs are not judged by a bf16 running sum.
+    acc = torch.promote_types(q.dtype, torch.float32)
+    lam = torch.exp(-decay.to(acc)).view(1, h, 1, 1) if decay is not None else None  # [1, H, 1, 1]
+    state = q.new_zeros(b, h, d, e, dtype=acc)  # [B, H, D, E]
     out = []
     for t in range(n):
-        kv = k[:, :, t, :, None] * v[:, :, t, None, :]  # [B, H, D, E]
+        kv = k[:, :, t, :, None].to(acc) * v[:, :, t, None, :].to(acc)  # [B, H, D, E]
         state = state * lam + kv if lam is not None else state + kv
-        out.append(torch.einsum("bhd,bhde->bhe", q[:, :, t], state))
-    return torch.stack(out, dim=2)  # [B, H, N, E]
+        out.append(torch.einsum("bhd,bhde->bhe", q[:, :, t].to(acc), state))
+    return torch.stack(out, dim=2).to(v.dtype)  # [B, H, N, E]
 
 
 def linear_masked(q, k, v, decay=None):

@@ -81,12 +81,13 @@ def test_not_implemented_is_unsupported(install):
 
 
 def test_budget_skips_predicted_and_times_out_measured(install):
-    install(fake("fake-slow", sleepy(0.01)))
-    recs = by_len(run_sweep("fake-slow", seq_lens="128,256,512", max_case_seconds=1.0))
+    # One call sleeps 0.05 s at n=128, 0.2 s at 256, 0.8 s at 512; a case costs ~16 calls.
+    install(fake("fake-slow", sleepy(0.05)))
+    recs = by_len(run_sweep("fake-slow", seq_lens="128,256,512", max_case_seconds=5.0))
     assert recs[128].status == "ok" and recs[256].status == "ok"
     assert recs[512].status == "skipped" and "predicted" in recs[512].reason
-    rec = run_sweep("fake-slow", seq_lens="512", max_case_seconds=1.0)[0]
-    assert rec.status == "timeout" and rec.time_ms >= 100
+    rec = run_sweep("fake-slow", seq_lens="512", max_case_seconds=5.0)[0]
+    assert rec.status == "timeout" and rec.time_ms >= 800
 
 
 def test_prediction_scales_by_flops():
