@@ -27,15 +27,20 @@ def _style(mechanisms: list[str]) -> dict[str, dict]:
 
 
 def draw_series(ax, part: pd.DataFrame, column: str, style: dict[str, dict], band: bool) -> None:
-    """One line per mechanism; OOM lengths as an x at the top edge of the panel."""
+    """One line per mechanism; OOM lengths as an x at the top edge of the panel.
+
+    A mechanism that failed its correctness check is drawn dashed and says so in its label.
+    """
     top = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
     for mech, rows in part.groupby("mechanism", sort=True):
         rows = rows.sort_values("seq_len")
         ok = rows[(rows["status"] == "ok") & rows[column].notna()]
         st = style[mech]
         if len(ok):
-            ax.plot(ok["seq_len"], ok[column], label=mech, color=st["color"],
-                    marker=st["marker"], markersize=4, linewidth=1.5)
+            failed = (ok["check"] == "fail").any()  # drawn dashed: numbers not to be trusted
+            ax.plot(ok["seq_len"], ok[column], color=st["color"], marker=st["marker"],
+                    label=f"{mech} (failed check)" if failed else mech, markersize=4,
+                    linewidth=1.5, linestyle="--" if failed else "-")
             if band and column == "time_ms":
                 ax.fill_between(ok["seq_len"], ok["time_ms_p20"], ok["time_ms_p80"],
                                 color=st["color"], alpha=0.2, linewidth=0)
