@@ -149,7 +149,7 @@ def _config(dk: int, dv: int, dtype: torch.dtype) -> dict:
         # fp32 dots run in IEEE fp32 on CUDA cores: small tiles keep compile time sane.
         return dict(BLOCK_N=32, BLOCK_V=min(32, block_v), num_warps=4, num_stages=1)
     if triton.next_power_of_2(dk) <= 128:
-        return dict(BLOCK_N=64, BLOCK_V=block_v, num_warps=4, num_stages=3)
+        return dict(BLOCK_N=64, BLOCK_V=block_v, num_warps=4, num_stages=4)
     return dict(BLOCK_N=32, BLOCK_V=block_v, num_warps=8, num_stages=3)
 
 

@@ -129,12 +129,46 @@ def memory(n, config=None):
 
 
 CONFIGS = {
-    "default": None,  # n64v64w4s3 at this shape, dk and dv scans paired in one launch
+    "default": None,  # n64v64w4s4 at this shape, dk and dv scans paired in one launch
+    "n64v64w4s3": dict(BLOCK_N=64, BLOCK_V=64, num_warps=4, num_stages=3),
     "unpaired": dict(paired=False),  # dq, dk, dv as three launches
-    "n64v64w4s2": dict(BLOCK_N=64, BLOCK_V=64, num_warps=4, num_stages=2),
-    "n64v64w4s4": dict(BLOCK_N=64, BLOCK_V=64, num_warps=4, num_stages=4),
-    "n64v32w4s3": dict(BLOCK_N=64, BLOCK_V=32, num_warps=4, num_stages=3),
 }
+# Tiles tried at D = E = 256 (BLOCK_N, BLOCK_V, warps, stages); None: the default.
+CONFIGS_256 = {
+    "default": None,
+    "n64v32w4s2": dict(BLOCK_N=64, BLOCK_V=32, num_warps=4, num_stages=2),
+    "n64v32w8s3": dict(BLOCK_N=64, BLOCK_V=32, num_warps=8, num_stages=3),
+    "n64v64w8s2": dict(BLOCK_N=64, BLOCK_V=64, num_warps=8, num_stages=2),
+}
+
+
+def sweep_256():
+    """D = E = 256 at 4k (B=4, H=32, bf16): a quick check against float64, then timings."""
+    lines = []
+    for name, cfg in CONFIGS_256.items():
+        try:
+            torch.manual_seed(1)
+            q, k, v, do = (torch.randn(1, 2, 1000, 256, device="cuda") for _ in range(4))
+            q, k, v, do = (t.to(torch.bfloat16) for t in (q, k, v, do))
+            s = default_decay(2, "cuda")
+            qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+            o = Lightning2Function.apply(qg, kg, vg, s, cfg)
+            o.backward(do)
+            q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+            r = ref_chunked(q64, k64, v64, s)
+            r.backward(do.double())
+            err = max(
+                rel(o, r), rel(qg.grad, q64.grad), rel(kg.grad, k64.grad), rel(vg.grad, v64.grad)
+            )
+            f, ft = bench(4096, cfg, "fwd", torch.bfloat16, 256, 256)
+            g, gt = bench(4096, cfg, "bwd", torch.bfloat16, 256, 256)
+            torch.cuda.empty_cache()
+            line = f"D=E=256 {name:11s} max err {err:.2e}: fwd {f:6.3f} ms {ft:6.2f}, bwd {g:6.3f} ms {gt:6.2f}"  # noqa: E501
+        except Exception as e:  # noqa: BLE001
+            line = f"D=E=256 {name:11s} {type(e).__name__}: {str(e)[:150]}"
+        print(line)
+        lines.append(line)
+    return lines
 
 
 def other_shapes():
@@ -201,7 +235,7 @@ def main():
     except Exception:  # noqa: BLE001
         pass
 
-    summary["other"] = other_shapes()
+    summary["other"] = other_shapes() + sweep_256()
     fwd_mib, bwd_mib = memory(65536)
     summary["memory"]["64k"] = dict(fwd_mib=fwd_mib, bwd_mib=bwd_mib)
     print(f"memory N=64k above inputs: fwd {fwd_mib:.0f} MiB (o: 2048)")
