@@ -9,7 +9,7 @@ import pytest
 from attnbench.cli import main
 
 TINY = ["run", "--device", "cpu", "--mechanisms", "linear-masked,softmax-naive",
-        "--seq-lens", "64,128", "--heads", "2", "--head-dim", "16", "--max-case-seconds", "2"]
+        "--seq-lens", "64,128", "--heads", "2", "--head-dim", "16", "--max-case-seconds", "60"]
 
 
 def cli(monkeypatch, capsys, *args):
