@@ -78,6 +78,13 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
     decay = checking.decay_rates(mech, case.decay, h, device)
     inputs = [q, k, v]
 
+    def reset_grads():
+        for x in inputs:
+            x.grad = None
+
+    # Backward calls drop the old gradients first: do_bench resets them only around its
+    # timed repetitions, and accumulating during its estimate and warm-up would add a sum
+    # kernel and a second set of gradients (24 GiB at 256k in the paper shape).
     if case.mode == "fwd":
         def call():
             return fn(q, k, v, decay)
@@ -86,16 +93,15 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
         d_out = torch.randn_like(out)
 
         def call():
+            reset_grads()
             out.backward(d_out, retain_graph=True)
     else:
-        d_out = None
-
-        def call():
-            o = fn(q, k, v, decay)
-            o.backward(d_out)
-
         with torch.no_grad():
             d_out = torch.randn_like(fn(q, k, v, decay))
+
+        def call():
+            reset_grads()
+            fn(q, k, v, decay).backward(d_out)
 
     # Test hook, off unless ATTNBENCH_PLANT_SLOWDOWN="name:0.10" is set (read now, not at
     # import): adds ~10% busy work to every timed call of that mechanism, whatever the mode,
@@ -104,13 +110,7 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
 
     call = planted_slowdown(mech.name, call, device)
 
-    def reset_grads():
-        for x in inputs:
-            x.grad = None
-
-    reset_grads()
     compile_s = measure.first_call_seconds(call, device)
-    reset_grads()
     estimate_ms = measure.first_call_seconds(call, device) * 1e3
     values = dict(compile_s=compile_s)
     if estimate_ms * CALLS_PER_CASE > max_case_seconds * 1e3:
@@ -121,7 +121,7 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
         timing = measure.time_cuda(call, inputs, estimate_ms)
     else:
         timing = measure.time_cpu(call, min_run_time=min(0.2, max_case_seconds / 4))
-    reset_grads()
+    reset_grads()  # so the memory baseline holds no gradients of an earlier call
     peak, extra = measure.peak_memory_mib(call, device)
     seconds = timing.median_ms / 1e3
     flops = registry.mode_flops(mech.flops(b, h, n, d, d), case.mode)
