@@ -37,34 +37,47 @@ def _configs(pairs):
 
 
 # Forward / dQ: BLOCK_M queries per program, BLOCK_N keys per step (BLOCK_M % BLOCK_N == 0).
-# The last entry is small enough for fp32 at D = E = 256.
-_FWD_CONFIGS = _configs(
-    [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3),
-     (64, 32, 4, 2)]
-)
+_FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3)])
 # dK/dV: BLOCK_N keys per program, BLOCK_M queries per step (BLOCK_N % BLOCK_M == 0). Two fp32
 # accumulators [BLOCK_N, D] and [BLOCK_N, E] live in registers: at D = E = 128, BLOCK_N = 128
-# needs 8 warps (4 warps spill heavily). The last entry is for fp32 at D = E = 256.
-_BWD_CONFIGS = _configs(
-    [(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 2),
-     (32, 64, 4, 2), (32, 32, 4, 1)]
-)
+# needs 8 warps (4 warps spill heavily).
+_BWD_CONFIGS = _configs([(64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2), (32, 64, 4, 2)])
+# Used only when no config above fits in shared memory (fp32 with D, E near 256).
+_FWD_FALLBACK = _configs([(64, 32, 4, 2)])
+_BWD_FALLBACK = _configs([(32, 32, 4, 1)])
 # Under the CPU interpreter every config would run in full while tuning, and small blocks
 # make short test sequences cover several off-diagonal tiles: one small config there.
 _CPU_FWD = _configs([(32, 16, 4, 1)])
 _CPU_BWD = _configs([(16, 32, 4, 1)])
+_SMEM_BUDGET = 200 * 1024  # of the H100's 227 KiB per block, with a margin for the estimate
 
 
 def _prune_fwd(configs, named_args, **kwargs):
-    return _CPU_FWD if named_args["q"].device.type == "cpu" else configs
+    if named_args["q"].device.type == "cpu":
+        return _CPU_FWD
+    # Resident q tile [BLOCK_M, BD] plus num_stages k, v tiles [BLOCK_N, BD + BE].
+    elt, bd, be = named_args["q"].element_size(), kwargs["BD"], kwargs["BE"]
+    fit = [c for c in _FWD_CONFIGS
+           if elt * (c.kwargs["BLOCK_M"] * bd + c.num_stages * c.kwargs["BLOCK_N"] * (bd + be))
+           <= _SMEM_BUDGET]
+    return fit or _FWD_FALLBACK
 
 
 def _prune_bwd(configs, named_args, **kwargs):
-    return _CPU_BWD if named_args["q"].device.type == "cpu" else configs
+    if named_args["q"].device.type == "cpu":
+        return _CPU_BWD
+    # Resident k, v tiles [BLOCK_N, BD + BE] plus num_stages q, do tiles [BLOCK_M, BD + BE].
+    elt, width = named_args["q"].element_size(), kwargs["BD"] + kwargs["BE"]
+    fit = [c for c in _BWD_CONFIGS
+           if elt * width * (c.kwargs["BLOCK_N"] + c.num_stages * c.kwargs["BLOCK_M"])
+           <= _SMEM_BUDGET]
+    return fit or _BWD_FALLBACK
 
 
 @triton.autotune(
-    configs=_FWD_CONFIGS, key=["D", "E", "HAS_DECAY"], prune_configs_by={"early_config_prune": _prune_fwd}
+    configs=_FWD_CONFIGS + _FWD_FALLBACK + _CPU_FWD,
+    key=["D", "E", "HAS_DECAY"],
+    prune_configs_by={"early_config_prune": _prune_fwd},
 )
 @triton.jit(do_not_specialize=["N"])
 def _lightning1_fwd_kernel(
@@ -137,7 +150,9 @@ def _lightning1_fwd_kernel(
 
 
 @triton.autotune(
-    configs=_BWD_CONFIGS, key=["D", "E", "HAS_DECAY"], prune_configs_by={"early_config_prune": _prune_bwd}
+    configs=_BWD_CONFIGS + _BWD_FALLBACK + _CPU_BWD,
+    key=["D", "E", "HAS_DECAY"],
+    prune_configs_by={"early_config_prune": _prune_bwd},
 )
 @triton.jit(do_not_specialize=["N"])
 def _lightning1_bwd_dkdv_kernel(

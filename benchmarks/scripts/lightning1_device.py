@@ -27,6 +27,14 @@ from triton.testing import do_bench
 
 B, H, D = 4, 32, 128  # the paper preset
 DEV = "cuda"
+START = time.time()
+BUDGET_S = 270  # stop optional sections here, inside the call's 300 s
+# Floors under the 2x-of-torch rule (FlashAttention's), as in tests/test_lightning1.py.
+FLOOR = {torch.float16: 1e-4, torch.bfloat16: 1e-3, torch.float32: 1e-6}
+
+
+def time_left():
+    return BUDGET_S - (time.time() - START)
 
 
 def bench(fn, grad_to_none=None):
@@ -64,6 +72,9 @@ def check(cases, rows):
     torch.empty_like = poisoned
     try:
         for b, h, n, d, e, dtype, dec in cases:
+            if time_left() < 40:
+                print("check: out of time, skipped", (b, h, n, d, e, dtype, dec))
+                continue
             torch.manual_seed(n + d + e)
             q, k = rand(b, h, n, d, dtype=dtype), rand(b, h, n, d, dtype=dtype)
             v, do = rand(b, h, n, e, dtype=dtype), rand(b, h, n, e, dtype=dtype)
@@ -75,7 +86,7 @@ def check(cases, rows):
             errs = []
             for name, a, bb, r in zip(("o", "dq", "dk", "dv"), ours, base, ref, strict=True):
                 err, berr = rel_err(a, r), rel_err(bb, r)
-                ok = bool(torch.isfinite(a).all()) and err <= 2 * berr + 1e-3
+                ok = bool(torch.isfinite(a).all()) and err <= 2 * berr + FLOOR[dtype]
                 errs.append((name, err, berr, ok))
             tag = f"B{b}-H{h}-N{n}-D{d}-E{e}-{str(dtype)[6:]}-{'decay' if dec else 'nodecay'}"
             line = " ".join(f"{nm} {x:.1e}/{y:.1e}{'' if ok else ' FAIL'}" for nm, x, y, ok in errs)
@@ -89,12 +100,10 @@ def check(cases, rows):
 
 
 # ------------------------------------------------------------------------------ config sweep
-FWD_SWEEP = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2),
-             (128, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4), (128, 32, 4, 3),
-             (128, 64, 4, 3), (64, 32, 4, 2)]
-BWD_SWEEP = [(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3), (32, 128, 4, 5),
-             (32, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 4, 2), (32, 64, 4, 2),
-             (32, 32, 4, 1)]
+FWD_SWEEP = [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3),
+             (128, 64, 8, 4), (128, 32, 4, 3), (128, 64, 4, 3)]
+BWD_SWEEP = [(64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2), (32, 64, 4, 2),
+             (64, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 3), (32, 128, 4, 3)]
 
 
 def sweep_length(rows, n):
@@ -108,17 +117,20 @@ def sweep_length(rows, n):
     jobs += [("dkdv", L1._lightning1_bwd_dkdv_kernel, c, (triton.cdiv(n, c[1]), B * H), 2.0,
               (q, k, v, do, dk, dv, decay, n)) for c in BWD_SWEEP]
     for name, kernel, cfg, grid, work, args in jobs:
+        if time_left() < 8:
+            print(f"sweep {name} N={n} {cfg}: out of time")
+            continue
         try:
             ms, ck, first = time_config(kernel, grid, args, meta, cfg)
         except Exception as ex:  # noqa: BLE001  (out of resources: report and go on)
             print(f"sweep {name} N={n} {cfg}: {type(ex).__name__}: {str(ex)[:80]}")
             continue
         tf = work * fwd_flops(n) / ms * 1e-9  # dkdv: 4 matmuls = twice the forward's 2
+        regs, spills = getattr(ck, "n_regs", None), getattr(ck, "n_spills", None)
         print(f"sweep {name:4s} N={n:6d} BM={cfg[0]:3d} BN={cfg[1]:3d} w={cfg[2]} s={cfg[3]}: "
-              f"{ms:8.3f} ms {tf:5.0f} TF/s regs={ck.n_regs} spills={ck.n_spills} "
-              f"first={first:.1f}s")
-        rows.append(dict(kind=f"sweep_{name}", n=n, cfg=cfg, ms=ms, tflops=tf, regs=ck.n_regs,
-                         spills=ck.n_spills))
+              f"{ms:8.3f} ms {tf:5.0f} TF/s regs={regs} spills={spills} first={first:.1f}s")
+        rows.append(dict(kind=f"sweep_{name}", n=n, cfg=cfg, ms=ms, tflops=tf, regs=regs,
+                         spills=spills))
 
 
 def time_config(kernel, grid, args, meta, cfg):
@@ -133,7 +145,7 @@ def time_config(kernel, grid, args, meta, cfg):
     return bench(run), ck, first
 
 
-def sweep(rows, lengths=(4096, 32768)):
+def sweep(rows, lengths=(32768, 4096)):
     for n in lengths:
         sweep_length(rows, n)
         torch.cuda.empty_cache()
@@ -199,6 +211,18 @@ def final(rows, lengths):
     return table
 
 
+def print_table(table):
+    lengths = sorted({r["n"] for r in table})
+    print("\nH100, paper shape B=4 H=32 D=E=128 bf16 causal: median ms (do_bench)")
+    print(f"{'impl':11s} {'mode':4s} " + " ".join(f"{n // 1024:>7d}k" for n in lengths))
+    for impl in dict.fromkeys(r["impl"] for r in table):
+        for mode in ("fwd", "bwd"):
+            cells = {r["n"]: r for r in table if r["impl"] == impl and r["mode"] == mode}
+            line = " ".join(f"{cells[n]['ms']:8.2f}" if n in cells else f"{'-':>8s}"
+                            for n in lengths)
+            print(f"{impl:11s} {mode:4s} {line}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true")
@@ -210,34 +234,38 @@ def main():
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     rows, table = [], []
-    if args.sweep:
-        sweep(rows)
+    path = os.path.join(args.out, "lightning1_device.json")
+
+    def save():
+        with open(path, "w") as f:
+            json.dump(rows, f, default=str)
+
+    bf16 = torch.bfloat16
+    # Sections in order of importance: what is timed is checked first, then timed.
+    sections = []
     if args.check or args.full_check:
-        bf16 = torch.bfloat16
-        cases = [(1, 2, 1000, 128, 128, bf16, False), (1, 2, 8192, 128, 128, bf16, True)]
-        if args.full_check:
-            cases += [(2, 3, 77, 48, 96, bf16, True), (1, 1, 4099, 192, 64, bf16, False),
-                      (1, 2, 1000, 128, 128, torch.float16, True),
-                      (2, 2, 333, 128, 128, torch.float16, False),
-                      (1, 2, 500, 128, 128, torch.float32, True),
-                      (1, 1, 300, 192, 64, torch.float32, False)]
-        check(cases, rows)
+        sections.append(lambda: check([(1, 2, 1000, 128, 128, bf16, False),
+                                       (1, 2, 8192, 128, 128, bf16, True)], rows))
     if args.final:
-        table = final(rows, [int(x) for x in args.lengths.split(",")])
-    with open(os.path.join(args.out, "lightning1_device.json"), "w") as f:
-        json.dump(rows, f, default=str)
+        lengths = [int(x) for x in args.lengths.split(",")]
+        sections.append(lambda: print_table(table.extend(final(rows, lengths)) or table))
+    if args.full_check:
+        sections.append(lambda: check([(2, 3, 77, 48, 96, bf16, True),
+                                       (1, 2, 1000, 128, 128, torch.float16, True),
+                                       (2, 2, 333, 64, 64, torch.float32, False),
+                                       (1, 1, 300, 192, 64, bf16, False)], rows))
+    if args.sweep:
+        sections.append(lambda: sweep(rows))
+    for section in sections:
+        try:
+            section()
+        except Exception as ex:  # noqa: BLE001  (report, keep what the other sections give)
+            print(f"SECTION FAILED: {type(ex).__name__}: {str(ex)[:1500]}")
+        save()
     if table:
-        print("\nH100 paper shape B=4 H=32 D=E=128 bf16 causal; ms (median), TFLOP/s FA-convention")
-        print(f"{'impl':11s} {'mode':4s} " + " ".join(f"{n // 1024:>7d}k" for n in
-                                                       sorted({r['n'] for r in table})))
-        for impl in dict.fromkeys(r["impl"] for r in table):
-            for mode in ("fwd", "bwd"):
-                cells = {r["n"]: r for r in table if r["impl"] == impl and r["mode"] == mode}
-                line = " ".join(f"{cells[n]['ms']:8.2f}" if n in cells else f"{'-':>8s}"
-                                for n in sorted({r['n'] for r in table}))
-                print(f"{impl:11s} {mode:4s} {line}")
+        print_table(table)
     fails = [r["case"] for r in rows if r["kind"] == "check" and not r["ok"]]
-    print("CHECK FAILURES:", fails if fails else "none")
+    print("CHECK FAILURES:", fails if fails else "none", f"elapsed {time.time() - START:.0f}s")
 
 
 if __name__ == "__main__":
