@@ -42,7 +42,8 @@ _FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64
 # accumulators [BLOCK_N, D] and [BLOCK_N, E] live in registers: at D = E = 128, BLOCK_N = 128
 # needs 8 warps (4 warps spill heavily).
 _BWD_CONFIGS = _configs([(64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2), (32, 64, 4, 2)])
-# Used only when no config above fits in shared memory (fp32 with D, E near 256).
+# Used when no config above fits in shared memory, and for fp32: its exact ("ieee") products
+# run on the CUDA cores, not the tensor cores, so fp32 is for checking, not for speed.
 _FWD_FALLBACK = _configs([(64, 32, 4, 2)])
 _BWD_FALLBACK = _configs([(32, 32, 4, 1)])
 # Under the CPU interpreter every config would run in full while tuning, and small blocks
@@ -57,7 +58,7 @@ def _prune_fwd(configs, named_args, **kwargs):
         return _CPU_FWD
     # Resident q tile [BLOCK_M, BD] plus num_stages k, v tiles [BLOCK_N, BD + BE].
     elt, bd, be = named_args["q"].element_size(), kwargs["BD"], kwargs["BE"]
-    fit = [c for c in _FWD_CONFIGS
+    fit = [] if elt == 4 else [c for c in _FWD_CONFIGS
            if elt * (c.kwargs["BLOCK_M"] * bd + c.num_stages * c.kwargs["BLOCK_N"] * (bd + be))
            <= _SMEM_BUDGET]
     return fit or _FWD_FALLBACK
@@ -68,7 +69,7 @@ def _prune_bwd(configs, named_args, **kwargs):
         return _CPU_BWD
     # Resident k, v tiles [BLOCK_N, BD + BE] plus num_stages q, do tiles [BLOCK_M, BD + BE].
     elt, width = named_args["q"].element_size(), kwargs["BD"] + kwargs["BE"]
-    fit = [c for c in _BWD_CONFIGS
+    fit = [] if elt == 4 else [c for c in _BWD_CONFIGS
            if elt * width * (c.kwargs["BLOCK_N"] + c.num_stages * c.kwargs["BLOCK_M"])
            <= _SMEM_BUDGET]
     return fit or _BWD_FALLBACK
