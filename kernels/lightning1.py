@@ -37,11 +37,17 @@ def _configs(pairs):
 
 
 # Forward / dQ: BLOCK_M queries per program, BLOCK_N keys per step (BLOCK_M % BLOCK_N == 0).
-_FWD_CONFIGS = _configs([(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3)])
+# Measured on an H100 (bf16, D = E = 128, benchmarks/notes/lightning1.md): (128, 64, 8, 3) and
+# (128, 64, 8, 4) are fastest at 4k and 32k alike; the others serve narrower or wider heads.
+_FWD_CONFIGS = _configs(
+    [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3)]
+)
 # dK/dV: BLOCK_N keys per program, BLOCK_M queries per step (BLOCK_N % BLOCK_M == 0). Two fp32
 # accumulators [BLOCK_N, D] and [BLOCK_N, E] live in registers: at D = E = 128, BLOCK_N = 128
-# needs 8 warps (4 warps spill heavily).
-_BWD_CONFIGS = _configs([(64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2), (32, 64, 4, 2)])
+# needs 8 warps (4 warps spill heavily). (64, 128, 8, 3) was fastest on the H100 at 4k and 32k.
+_BWD_CONFIGS = _configs(
+    [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 2), (32, 64, 4, 2)]
+)
 # Used when no config above fits in shared memory, and for fp32: its exact ("ieee") products
 # run on the CUDA cores, not the tensor cores, so fp32 is for checking, not for speed.
 _FWD_FALLBACK = _configs([(64, 32, 4, 2)])
