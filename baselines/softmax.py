@@ -302,7 +302,7 @@ def xformers_fn():
     return xformers_attn
 
 
-def xformers_impl(b: int, h: int, n: int, d: int, dtype: str) -> str:
+def xformers_impl(b: int, h: int, n: int, d: int, dtype: str, device: str = "cuda") -> str:
     """The forward and backward operators xformers dispatches to for this case.
 
     xformers 0.0.35 chooses from head dim, dtype, strides, bias and device, never from the
@@ -316,7 +316,7 @@ def xformers_impl(b: int, h: int, n: int, d: int, dtype: str) -> str:
         from xformers.ops.fmha.common import Inputs
         from xformers.ops.fmha.dispatch import _dispatch_bw, _dispatch_fw
 
-        x = torch.empty((b, min(n, 128), h, d), dtype=_DTYPES[dtype], device="cuda")
+        x = torch.empty((b, min(n, 128), h, d), dtype=_DTYPES[dtype], device=device)
         inp = Inputs(query=x, key=x, value=x, attn_bias=attn_bias.LowerTriangularMask())
         fw = _dispatch_fw(inp, True).NAME
         try:
