@@ -254,7 +254,10 @@ def xformers_problem() -> str:
             built.append(f"torch {info.torch_version}")
             here.append(f"torch {torch.__version__}")
         python = platform.python_version()
-        if info is not None and info.python_version.split(".")[:2] != python.split(".")[:2]:
+        # Its ops are a torch library, not a Python extension (the wheel is tagged py39-none):
+        # the Python version matters only as a last suspect, when torch's matches.
+        if (info is not None and not built
+                and info.python_version.split(".")[:2] != python.split(".")[:2]):
             built.append(f"Python {info.python_version}")
             here.append(f"Python {python}")
         if built:
