@@ -221,16 +221,29 @@ def plot(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the figures (default: the run directory).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="png, svg or both, comma separated.")] = "png,svg",
+    figure: Annotated[str, typer.Option(help="sweep (every shape and metric), paper-kernels (the paper's Fig. 3, with findings), tokens (tokens/s of every mechanism) or official (against the official repository's timings).")] = "sweep",
 ) -> None:
     """Plot time, tokens/s and memory against sequence length (log axes, OOM marked)."""
     formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
     if not formats or any(f not in ("png", "svg", "pdf") for f in formats):
         raise UsageError(f"bad --format {fmt!r}; choose from png, svg, pdf")
+    from attnbench import figures
+
+    if figure not in figures.FIGURES:
+        raise UsageError(f"unknown figure {figure!r}; choose from {', '.join(figures.FIGURES)}")
     df = records.load(run_dir)
     from attnbench.plots import plot_run
 
     out_dir = out or run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    if figure != "sweep":
+        title = figures.run_title(run_dir)
+        for path in figures.save_figure(df, figure, out_dir, formats, title=title):
+            console.print(str(path))
+        if figure == "paper-kernels":
+            for line in figures.findings(df):
+                console.print(f"- {line}", highlight=False)
+        return
     for path in plot_run(df, out_dir, title=f"attnbench run {run_dir.name}", formats=formats):
         console.print(str(path))
 
