@@ -307,7 +307,8 @@ def _crossing(part, a: str, b: str, mode: str) -> str | None:
 
 
 def _growth(part, mechs, mode: str, column: str, what: str) -> str | None:
-    """'Forward runtime grows as n^1.0 for Lightning-2, ...' (log-log slope, n >= FLAT_FROM)."""
+    """'Forward runtime against length (log-log slope): Lightning-2 n^1.0 over 4k..128k, ...'
+    fitted from FLAT_FROM up where there are two points there (below, overheads rule)."""
     parts = []
     for m in mechs:
         s = _series(part, m, mode, column)
@@ -315,11 +316,11 @@ def _growth(part, mechs, mode: str, column: str, what: str) -> str | None:
         s = s[s.index >= FLAT_FROM] if (s.index >= FLAT_FROM).sum() >= 2 else s
         if len(s) >= 2:
             slope = np.polyfit(np.log(s.index.to_numpy(float)), np.log(s.to_numpy()), 1)[0]
-            parts.append(f"n^{slope:.1f} for {short(m)} ({_lengths(s.index)})")
+            parts.append(f"{short(m)} n^{slope:.1f} over {_lengths(s.index)}")
     if not parts:
         return None
-    return f"{MODE_WORDS[mode].capitalize()} {what} grows as " + ", ".join(parts) + \
-        " (log-log slope)."
+    return (f"{MODE_WORDS[mode].capitalize()} {what} against length (log-log slope): "
+            + ", ".join(parts) + ".")
 
 
 def _tokens(part, mech: str, mode: str) -> str | None:
@@ -328,7 +329,7 @@ def _tokens(part, mech: str, mode: str) -> str | None:
         return None
     word = MODE_WORDS[mode]
     tail = s[s.index >= FLAT_FROM]
-    if len(tail) >= 2 and tail.min() >= 0.5 * tail.max():
+    if len(tail) >= 3 and tail.min() >= 0.75 * tail.max():
         spread = 100 * (1 - tail.min() / tail.max())
         return (f"{short(mech)} {word} tokens/s stays within {spread:.0f}% of its best from "
                 f"{format_size(tail.index[0])} to {format_size(tail.index[-1])} "
@@ -356,42 +357,69 @@ def _limits(part, mech: str, mode: str) -> str | None:
             f"status {first['status']}{reason}.")
 
 
-def findings(df: pd.DataFrame, mechanisms=PAPER_MECHANISMS, shape: dict | None = None,
-             memory: str = "peak_mem_mib") -> list[str]:
-    """Sentences about the paper figure's panels, each computed from the records.
+def _memory_at(part, mechs, mode: str, column: str, what: str) -> str | None:
+    """Memory of every mechanism that ran at the longest length two or more of them ran."""
+    ok = part[part["mechanism"].isin(mechs) & (part["mode"] == mode) & (part["status"] == "ok")
+              & part[column].notna()]
+    counts = ok.groupby("seq_len")["mechanism"].nunique()
+    if not (counts >= 2).any():
+        return None
+    n = counts[counts >= 2].index.max()
+    at = ok[ok["seq_len"] == n].set_index("mechanism")[column]
+    cells = [f"{short(m)} {at[m]:,.0f} MiB" for m in mechs if m in at.index]
+    return f"{MODE_WORDS[mode].capitalize()} {what} at {format_size(n)}: " + ", ".join(cells) + "."
 
-    Per mode: who overtakes whom (Lightning-2 against FlashAttention-2 and Lightning-1,
-    Lightning-1 against FlashAttention-2), how runtime and memory grow with length, how
-    tokens/s holds up, where each mechanism stops (OOM, skipped), and which checks failed.
-    Mechanisms the run lacks are named once; nothing is said about them.
+
+def _failed(part, mech: str, mode: str) -> str | None:
+    rows = _series(part, mech, mode, "check").loc[lambda s: s == "fail"]
+    if not len(rows):
+        return None
+    return (f"{short(mech)} failed its correctness check in {MODE_WORDS[mode]} at "
+            f"{', '.join(map(format_size, rows.index))}: those points are drawn dashed and are "
+            "not to be trusted.")
+
+
+def findings_by_panel(df: pd.DataFrame, mechanisms=PAPER_MECHANISMS, shape: dict | None = None,
+                      memory: str = "peak_mem_mib") -> dict[str, list[str]]:
+    """Sentences about each panel of the paper figure, every one computed from the records.
+
+    Runtime panels: who overtakes whom (Lightning-2 against FlashAttention-2 and Lightning-1,
+    Lightning-1 against FlashAttention-2), how runtime grows with length, how tokens/s holds
+    up, which checks failed. Memory panels: how memory grows, what each needs at the longest
+    length several ran, where each stops (out of memory, skipped). Mechanisms the run lacks
+    are named once under "run"; nothing else is said about them.
     """
     part, shape = one_shape(df, shape)
     present = [m for m in mechanisms if m in set(part["mechanism"])]
-    out = []
     missing = [m for m in mechanisms if m not in present]
+    out: dict[str, list] = {"run": []}
     if missing:
-        out.append("Not in this run, so not compared: " + ", ".join(name(m) for m in missing)
-                   + ".")
-    if not present:
-        return out
-    modes = [m for m in ("fwd", "bwd", "fwdbwd") if m in set(part["mode"])]
+        out["run"].append("Not in this run, so not compared: "
+                          + ", ".join(name(m) for m in missing) + ".")
+    what = "peak memory" if memory == "peak_mem_mib" else "memory above inputs"
+    modes = [m for m in ("fwd", "bwd") if m in set(part["mode"])] if present else []
     for mode in modes:
+        runtime = out.setdefault(f"{MODE_WORDS[mode]} runtime", [])
         for a, b in (("lightning2", "flash2"), ("lightning2", "lightning1"),
                      ("lightning1", "flash2")):
             if a in present and b in present:
-                out.append(_crossing(part, a, b, mode))
-        out.append(_growth(part, present, mode, "time_ms", "runtime"))
-        out.append(_growth(part, present, mode, memory, "peak memory"
-                           if memory == "peak_mem_mib" else "memory above inputs"))
-        out.extend(_tokens(part, m, mode) for m in present)
-        out.extend(_limits(part, m, mode) for m in present)
-        for m in present:
-            rows = _series(part, m, mode, "check").loc[lambda s: s == "fail"]
-            if len(rows):
-                out.append(f"{short(m)} failed its correctness check in {MODE_WORDS[mode]} at "
-                           f"{', '.join(map(format_size, rows.index))}: those points are "
-                           "drawn dashed and are not to be trusted.")
-    return [s for s in out if s]
+                runtime.append(_crossing(part, a, b, mode))
+        runtime.append(_growth(part, present, mode, "time_ms", "runtime"))
+        runtime.extend(_tokens(part, m, mode) for m in present)
+        runtime.extend(_failed(part, m, mode) for m in present)
+    for mode in modes:
+        mem = out.setdefault(f"{MODE_WORDS[mode]} memory", [])
+        mem.append(_growth(part, present, mode, memory, what))
+        mem.append(_memory_at(part, present, mode, memory, what))
+        mem.extend(_limits(part, m, mode) for m in present)
+    return {panel: [s for s in lines if s] for panel, lines in out.items()}
+
+
+def findings(df: pd.DataFrame, mechanisms=PAPER_MECHANISMS, shape: dict | None = None,
+             memory: str = "peak_mem_mib") -> list[str]:
+    """findings_by_panel's sentences in one list, panel by panel (run, runtime, memory)."""
+    return [line for lines in findings_by_panel(df, mechanisms, shape, memory).values()
+            for line in lines]
 
 
 # --- the official repository's numbers ---------------------------------------------------------

@@ -159,8 +159,17 @@ def test_findings_computed_from_the_data(paper_df, tmp_path):
     assert "Lightning-2 forward tokens/s stays within" in text
     assert "naive cumsum runs out of memory in forward from 32k (longest measured: 16k)." in found
     assert "Vanilla runs out of memory in forward from 16k (longest measured: 8k)." in found
-    growth = next(s for s in found if s.startswith("Forward runtime grows"))
-    assert "n^1.0 for Lightning-2 (4k..128k)" in growth and "n^2.0 for Vanilla (4k..8k)" in growth
+    growth = next(s for s in found if s.startswith("Forward runtime against length"))
+    assert "Lightning-2 n^1.0 over 4k..128k" in growth and "Vanilla n^2.0 over 4k..8k" in growth
+    # sentences are grouped by the figure's panels; memory limits sit with the memory panels
+    panels = figures.findings_by_panel(paper_df)
+    assert list(panels) == ["run", "forward runtime", "backward runtime", "forward memory",
+                            "backward memory"]
+    assert any("overtakes FlashAttention-2" in s for s in panels["backward runtime"])
+    assert any("runs out of memory" in s for s in panels["forward memory"])
+    mem = paper_df.query("mechanism == 'lightning2' and mode == 'bwd' and seq_len == 131072")
+    assert f"Lightning-2 {mem['peak_mem_mib'].item():,.0f} MiB" in next(
+        s for s in panels["backward memory"] if s.startswith("Backward peak memory at 128k"))
     # the number in the flatness sentence is the data's own
     l2 = paper_df.query("mechanism == 'lightning2' and mode == 'fwd' and seq_len >= 4096")
     spread = 100 * (1 - l2["tokens_per_s"].min() / l2["tokens_per_s"].max())
