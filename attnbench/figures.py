@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
@@ -159,6 +160,10 @@ def _log_ticks(ax, values: pd.Series, big: bool) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def _lines_of(notes: list[str], width: int = 120) -> str:
+    return "\n".join(textwrap.fill(note, width) for note in notes)
+
+
 def _legend(fig, part: pd.DataFrame, style: dict) -> None:
     """One legend under the panels (never over data): every mechanism drawn, and the OOM x."""
     handles = []
@@ -187,16 +192,16 @@ def _legend_below(fig, handles, ncol: int) -> None:
 
 
 def _gaps(part: pd.DataFrame, modes) -> list[str]:
-    """'Vanilla bwd: skipped', for mechanisms with nothing to draw in a mode."""
+    """'Lightning-1 fwd from 64k: skipped': lengths with neither a point nor an OOM mark."""
     out = []
     for m in _order(part["mechanism"].unique()):
         for mode in modes:
-            rows = part[(part["mechanism"] == m) & (part["mode"] == mode)]
-            if len(rows) and not rows["status"].isin(["ok", "oom"]).any() or (
-                    len(rows) and (rows["status"] == "ok").sum() == 0
-                    and (rows["status"] != "oom").any()):
-                statuses = ", ".join(sorted(set(rows["status"]) - {"ok"}))
-                out.append(f"{short(m)} {mode}: {statuses}")
+            rows = part[(part["mechanism"] == m) & (part["mode"] == mode)].sort_values("seq_len")
+            gone = rows[~rows["status"].isin(["ok", "oom"])]
+            if len(gone):
+                first = format_size(gone["seq_len"].min())
+                where = "" if len(gone) == len(rows) else f" from {first}"
+                out.append(f"{short(m)} {mode}{where}: {', '.join(sorted(set(gone['status'])))}")
     return out
 
 
@@ -239,9 +244,9 @@ def paper_kernels(df: pd.DataFrame, memory: str = "peak_mem_mib", title: str = "
         notes.append("not in this run: " + ", ".join(name(m) for m in missing))
     gaps = _gaps(part, ("fwd", "bwd"))
     if gaps:
-        notes.append("nothing measured: " + "; ".join(gaps))
+        notes.append("not measured (not OOM): " + "; ".join(gaps))
     head = "Lightning Attention-2 paper, Fig. 3: kernel runtime and memory"
-    fig.suptitle("\n".join([head + (f" - {title}" if title else ""), *notes]), fontsize=11)
+    fig.suptitle(_lines_of([head + (f" - {title}" if title else ""), *notes]), fontsize=11)
     _legend(fig, part, style)
     return fig
 
@@ -260,9 +265,9 @@ def tokens_per_second(df: pd.DataFrame, title: str = "", shape: dict | None = No
     notes = [shape_text(part, shape)]
     gaps = _gaps(part, modes)
     if gaps:
-        notes.append("nothing measured: " + "; ".join(gaps))
+        notes.append("not measured (not OOM): " + "; ".join(gaps))
     head = "tokens per second against sequence length"
-    fig.suptitle("\n".join([head + (f" - {title}" if title else ""), *notes]), fontsize=11)
+    fig.suptitle(_lines_of([head + (f" - {title}" if title else ""), *notes]), fontsize=11)
     _legend(fig, part, style)
     return fig
 
