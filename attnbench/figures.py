@@ -463,6 +463,20 @@ def official_comparison(df: pd.DataFrame, title: str = "") -> Comparison:
     return Comparison(table, _official_figure(table, ours, title))
 
 
+def official_summary(table: pd.DataFrame) -> list[str]:
+    """One sentence per published mechanism and mode: the range and median of ours / theirs."""
+    both = table.dropna(subset=["ratio"])
+    out = [f"{short(m)} {MODE_WORDS[mode]}: ours / official is {rows['ratio'].min():.2f}.."
+           f"{rows['ratio'].max():.2f} (median {rows['ratio'].median():.2f}) over "
+           f"{len(rows)} lengths ({_lengths(sorted(rows['seq_len']))})."
+           for mode in ("fwd", "bwd") for m, rows in both[both["mode"] == mode].groupby(
+               "mechanism")]
+    missing = sorted(set(table["official_name"]) - set(both["official_name"]))
+    if missing:
+        out.append(f"No measurement of ours to set beside theirs for: {', '.join(missing)}.")
+    return out
+
+
 def _official_figure(table: pd.DataFrame, ours: pd.DataFrame, title: str):
     style = _style(table["mechanism"].unique())
     seq_lens = sorted(table["seq_len"].unique())

@@ -235,6 +235,11 @@ def test_official_comparison_ratios(tmp_path):
     assert short["ours_ms"].isna().all() and (short["ours_status"] == "not in run").all()
     assert short["ratio"].isna().all()
     assert len(fig.axes) == 3
+    summary = figures.official_summary(table)
+    fwd = table.query("mechanism == 'flash2' and mode == 'fwd'")["ratio"].dropna()
+    assert summary[0] == (f"FlashAttention-2 forward: ours / official is {fwd.min():.2f}.."
+                          f"{fwd.max():.2f} (median {fwd.median():.2f}) over 6 lengths (1k..32k).")
+    assert len(summary) == 6  # three mechanisms, two modes, none missing
 
 
 def test_official_comparison_without_the_shape(tmp_path):
@@ -242,6 +247,9 @@ def test_official_comparison_without_the_shape(tmp_path):
     table, fig = figures.official_comparison(df.assign(batch=1))
     assert table["ratio"].isna().all() and (table["ours_status"] == "not in run").all()
     assert "no measurement of ours" in fig.axes[2].texts[0].get_text()
+    assert figures.official_summary(table) == [
+        "No measurement of ours to set beside theirs for: FlashAttention-2, Lightning-2, "
+        "xformers."]
 
 
 def test_resolve_run_dir(tmp_path, monkeypatch):
