@@ -510,8 +510,14 @@ def _official_figure(table: pd.DataFrame, ours: pd.DataFrame, title: str):
     device = ours["device"].iloc[0] if len(ours) else "not run"
     head = "ours against the official lightning-attention README's operator timings"
     head += f" - {title}" if title else ""
-    fig.suptitle(f"{head}\nbatch 4, heads 32, head dim 128, bf16, causal; ours on {device}, "
-                 "theirs on a GPU the README does not state", fontsize=11)
+    notes = [head, f"batch 4, heads 32, head dim 128, bf16, causal; ours on {device}, theirs "
+             "on a GPU the README does not state"]
+    absent = [m for m, rows in table.groupby("mechanism")
+              if (rows["ours_status"] == "not in run").all()]
+    if absent:
+        notes.append("ours not in this run (their line only): "
+                     + ", ".join(name(m) for m in _order(absent)))
+    fig.suptitle(_lines_of(notes, width=160), fontsize=11)
     handles = [Line2D([], [], color=style[name(m)]["color"], marker=style[name(m)]["marker"],
                       label=name(m)) for m in _order(table["mechanism"].unique())]
     handles += [Line2D([], [], color="0.3", marker="o", label="ours (solid)"),

@@ -247,6 +247,8 @@ def test_official_comparison_without_the_shape(tmp_path):
     table, fig = figures.official_comparison(df.assign(batch=1))
     assert table["ratio"].isna().all() and (table["ours_status"] == "not in run").all()
     assert "no measurement of ours" in fig.axes[2].texts[0].get_text()
+    assert ("ours not in this run (their line only): FlashAttention-2 (flash2), Lightning-2 "
+            "(lightning2), xformers") in fig._suptitle.get_text()
     assert figures.official_summary(table) == [
         "No measurement of ours to set beside theirs for: FlashAttention-2, Lightning-2, "
         "xformers."]
