@@ -137,6 +137,7 @@ def _draw(ax, part: pd.DataFrame, column: str, style: dict, seq_lens, big: bool)
     draw_series(ax, part.assign(mechanism=part["mechanism"].map(name)), column, style,
                 band=column == "time_ms")
     _finish_axis(ax, seq_lens)
+    ax.set_xlim(min(seq_lens) / 1.25, max(seq_lens) * 1.25)  # also where no line sets it
     values = part.loc[part["status"] == "ok", column]
     _log_ticks(ax, values, big)
     values = values[values > 0]

@@ -205,6 +205,7 @@ def test_cpu_run_has_no_memory_panels_to_fill(tmp_path):
     df = records.to_frame(rows)
     fig = figures.paper_kernels(df)
     assert [t.get_text() for t in fig.axes[2].texts] == ["memory is not measured on the CPU"]
+    assert fig.axes[2].get_xlim() == fig.axes[0].get_xlim()  # an empty panel keeps its axis
     assert fig.axes[0].get_lines()
 
 
