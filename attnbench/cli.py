@@ -268,6 +268,7 @@ def compare(
     threshold: Annotated[float, typer.Option(help="Fail when a median time grows by more than this fraction (outside the p20-p80 spread).")] = 0.05,
     mem_threshold: Annotated[float, typer.Option(help="Fail when memory above the inputs grows by more than this fraction.")] = 0.05,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Do not fail on cases present in one run only.")] = False,
+    gate: Annotated[str, typer.Option(help="Mechanisms (names or families) that can fail the comparison; the others are reported only.")] = "all",
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON instead of a table.")] = False,
 ) -> None:
     """Compare two runs case by case; exit 1 on a regression of tokens/s, memory or status.
@@ -275,9 +276,9 @@ def compare(
     The rule is in attnbench/compare.py: a case regresses when its median time grows by more
     than --threshold and the new p20 is still slower than the base p80.
     """
-    from attnbench.compare import compare_dirs, failure_lines, table
+    from attnbench.compare import compare_dirs, failure_lines, not_gated_lines, parse_gate, table
 
-    result = compare_dirs(base, new, threshold, mem_threshold, allow_missing)
+    result = compare_dirs(base, new, threshold, mem_threshold, allow_missing, parse_gate(gate))
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -286,6 +287,8 @@ def compare(
         console.print(f"{len(result.cases)} cases: {counts}", highlight=False)
         for line in result.warnings:
             err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
+        for line in not_gated_lines(result):
+            err_console.print(f"[yellow]not gated[/] {line}", highlight=False)
         for line in failure_lines(result):
             err_console.print(f"[red]FAIL[/] {line}", highlight=False)
     if result.failed:

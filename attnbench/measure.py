@@ -4,10 +4,15 @@ CUDA: ``triton.testing.do_bench`` (CUDA events, L2 flushed before every repetiti
 first, gradients reset), median and p20/p80 of the repetitions. CPU:
 ``torch.utils.benchmark.Timer.blocked_autorange``. The first call (compilation, autotuning,
 lazy initialisation) is timed on its own and never mixed into the repetitions.
+
+On CUDA we also time how long the host takes to issue one call (``host_ms_per_call``): a
+call the host issues no faster than the GPU runs it leaves the GPU waiting, so its time is
+the host's (Python, launch work), which changes with the CPU and from process to process.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +23,10 @@ import torch
 MIB = 1024.0 * 1024.0
 MIN_REPS = 10  # at least this many timed repetitions, however long one call takes
 WARMUP_MS, REP_MS = 25.0, 100.0  # do_bench's defaults, raised for slow calls (below)
+HOST_PROBE_MAX_MS = 2.0  # calls longer than this are not probed: no launch work is that slow
+# From this ratio of the host's time to issue a call to its GPU time on, host jitter shows in
+# the time. The L2 flush before each do_bench repetition gives the host a head start.
+HOST_BOUND_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,28 @@ def time_cuda(fn: Callable[[], object], grad_to_none: list[torch.Tensor],
         fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, return_mode="all"
     )
     return _summarise(times)
+
+
+def host_ms_per_call(fn: Callable[[], object], calls: int = 10, repeat: int = 3) -> float:
+    """Host wall time to issue one call without waiting for the GPU (fastest of ``repeat``).
+
+    Close to the GPU time means the host sets the pace (or the call synchronises inside).
+    """
+    best = float("inf")
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+        torch.cuda.synchronize()
+    return best * 1e3
+
+
+def host_bound(host_ms: float, time_ms: float) -> bool:
+    """The host took HOST_BOUND_FRACTION or more of the GPU time to issue one call."""
+    return host_ms is not None and not math.isnan(host_ms) and (
+        host_ms >= HOST_BOUND_FRACTION * time_ms)
 
 
 def time_cpu(fn: Callable[[], object], min_run_time: float = 0.2) -> Timing:

@@ -44,6 +44,7 @@ class Record:
     time_ms_p20: float = NAN
     time_ms_p80: float = NAN
     reps: int = 0
+    host_ms: float = NAN  # host time to issue one call (CUDA, calls <= 2 ms); ~time_ms: host-bound
     tokens_per_s: float = NAN  # batch x seq_len / time
     tflops: float = NAN  # from the mechanism's FLOP model
     peak_mem_mib: float = NAN  # peak allocated during the measured call, inputs included

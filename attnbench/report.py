@@ -8,6 +8,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from attnbench.measure import host_bound
 from attnbench.sizes import format_size
 
 METRICS = {
@@ -27,7 +28,7 @@ def _cell(row: pd.Series, column: str, fmt) -> str:
     value = row[column]
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "[dim]–[/]"
-    text = fmt(value)
+    text = fmt(value) + ("*" if host_bound(row.get("host_ms"), row["time_ms"]) else "")
     return f"[red]{text}✗[/]" if row["check"] == "fail" else text
 
 
@@ -39,7 +40,12 @@ def tables(df: pd.DataFrame, metric: str) -> list[Table]:
     seq_lens = sorted(df["seq_len"].unique())
     out = []
     for mode, part in df.groupby("mode", sort=False):
-        table = Table(title=f"{mode}: {title}", caption=fixed, title_justify="left",
+        caption = fixed
+        if any(host_bound(r.get("host_ms"), r["time_ms"]) for _, r in part.iterrows()):
+            caption += ("\n* host-bound: the host took 80% or more of this time to issue one "
+                        "call, so the number is the host's (Python, launches) as much as the "
+                        "kernel's")
+        table = Table(title=f"{mode}: {title}", caption=caption, title_justify="left",
                       caption_justify="left")
         table.add_column("mechanism", no_wrap=True)
         for c in varying:

@@ -121,6 +121,8 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
         timing = measure.time_cuda(call, inputs, estimate_ms)
     else:
         timing = measure.time_cpu(call, min_run_time=min(0.2, max_case_seconds / 4))
+    if device == "cuda" and timing.median_ms <= measure.HOST_PROBE_MAX_MS:
+        values["host_ms"] = measure.host_ms_per_call(call)
     reset_grads()  # so the memory baseline holds no gradients of an earlier call
     peak, extra = measure.peak_memory_mib(call, device)
     seconds = timing.median_ms / 1e3

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from attnbench import cli, compare, registry, runner
+from attnbench.errors import UsageError
 from attnbench.records import Record, RecordWriter, write_meta
 from attnbench.spec import Case
 
@@ -15,15 +16,15 @@ NAN = math.nan
 
 
 def rec(mech="linear-masked", mode="fwd", n=1024, t=1.0, spread=0.01, status="ok", mem=NAN,
-        check="pass", device="cpu", b=1, h=4, d=32) -> Record:
-    """A record of median time ``t`` ms with p20/p80 at t*(1 -/+ spread)."""
+        check="pass", device="cpu", b=1, h=4, d=32, host=NAN) -> Record:
+    """A record of median time ``t`` ms with p20/p80 at t*(1 -/+ spread); ``host``: host_ms."""
     case = Case(mech, mode, b, h, n, d, "fp32", True)
     if status != "ok":
         return Record.for_case(case, "linear", device, status, reason=f"it was {status}")
     return Record.for_case(
         case, "linear", device, "ok", time_ms=t, time_ms_p20=t * (1 - spread),
         time_ms_p80=t * (1 + spread), reps=20, tokens_per_s=b * n / (t / 1e3), tflops=1.0,
-        extra_mem_mib=mem, peak_mem_mib=mem, check=check,
+        extra_mem_mib=mem, peak_mem_mib=mem, check=check, host_ms=host,
         reason="" if check == "pass" else "FAILED correctness check")
 
 
@@ -195,6 +196,50 @@ def test_different_gpus_warn(tmp_path):
     assert any("H100" in w and "H200" in w for w in result.warnings)
 
 
+@pytest.mark.parametrize("base_host, new_host, verdict", [
+    (NAN, NAN, "regressed"),  # no probe (CPU, or calls over 2 ms): the rule as usual
+    (0.5, 0.5, "regressed"),  # the host issues the call in half its GPU time: GPU-bound
+    (0.9, NAN, "host-bound"),  # the base was host-bound
+    (0.1, 1.3, "host-bound"),  # the new run's host could not keep up
+])
+def test_host_bound_changes_are_reported_not_failed(tmp_path, base_host, new_host, verdict):
+    c, result = one(tmp_path, rec(t=1.0, host=base_host), rec(t=1.5, host=new_host))
+    assert c.verdict == verdict and c.failed is (verdict == "regressed")
+    if verdict == "host-bound":
+        assert "the host sets this time" in c.why and not result.failed
+
+
+def test_host_bound_does_not_hide_memory_growth(tmp_path):
+    c, _ = one(tmp_path, rec(t=1.0, host=1.0, mem=100.0), rec(t=1.5, host=1.0, mem=200.0))
+    assert c.verdict == "host-bound" and c.mem_verdict == "grew" and c.failed
+
+
+def test_host_bound_improvement_is_not_claimed(tmp_path):
+    c, _ = one(tmp_path, rec(t=1.0, host=1.0), rec(t=0.5, host=1.0))
+    assert c.verdict == "host-bound" and not c.failed
+
+
+def test_gate_limits_which_mechanisms_fail(tmp_path):
+    base = [rec(mech="linear-masked"), rec(mech="lightning2")]
+    new = [rec(mech="linear-masked", t=1.5), rec(mech="lightning2")]
+    b, n = runs(tmp_path, base, new)
+    gated = compare.compare_dirs(b, n, gate=compare.parse_gate("lightning2,softmax"))
+    masked = next(c for c in gated.cases if c.case.mechanism == "linear-masked")
+    assert masked.verdict == "regressed" and masked.not_gated and not masked.failed
+    assert not gated.failed and gated.counts()["not-gated"] == 1
+    assert compare.compare_dirs(b, n, gate=compare.parse_gate("linear")).failed
+    assert compare.compare_dirs(b, n, gate=compare.parse_gate("all")).failed
+
+
+def test_parse_gate():
+    assert compare.parse_gate(None) == compare.parse_gate("all") == ()
+    softmax = compare.parse_gate("softmax")
+    assert "flash2" in softmax and "lightning2" not in softmax
+    assert compare.parse_gate("lightning2, lightning2,lightning1") == ("lightning2", "lightning1")
+    with pytest.raises(UsageError, match="unknown mechanism or family 'nope'"):
+        compare.parse_gate("lightning2,nope")
+
+
 # --- the command line --------------------------------------------------------------------
 
 
@@ -209,6 +254,12 @@ def test_cli_exit_codes(tmp_path, monkeypatch, capsys):
 
     code, _, _ = run_cli(monkeypatch, capsys, "compare", *slow, "--threshold", "0.5")
     assert code == 0
+
+    gate = runs(tmp_path / "gate", [rec()], [rec(t=1.2)])
+    code, _, err = run_cli(monkeypatch, capsys, "compare", *gate, "--gate", "lightning2")
+    assert code == 0 and "not gated" in err
+    code, _, err = run_cli(monkeypatch, capsys, "compare", *gate, "--gate", "nope")
+    assert code == 2 and err.count("\n") == 1
 
     missing = runs(tmp_path / "missing", [rec(n=1), rec(n=2)], [rec(n=1)])
     assert run_cli(monkeypatch, capsys, "compare", *missing)[0] == 1
@@ -286,6 +337,21 @@ def test_planted_slowdown_sizes_busy_work_from_the_measured_time(monkeypatch, ca
     calls.clear()
     slowed()
     assert calls == [1]
+
+
+def test_planted_slowdown_on_cuda_is_one_spin_of_the_fraction(monkeypatch, capsys):
+    # No GPU here: do_bench and the spin kernel are stand-ins, the sizing is the real code.
+    import triton.testing
+
+    spins = []
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, return_mode: 2.0)  # 2 ms calls
+    monkeypatch.setattr(compare, "_cuda_sleep_cycles_per_ms", lambda: 1.5e6)  # a 1.5 GHz clock
+    monkeypatch.setattr(torch.cuda, "_sleep", spins.append)
+    monkeypatch.setenv(compare.PLANT_ENV, "mech:0.10")
+    slowed = compare.planted_slowdown("mech", lambda: "out", "cuda")
+    assert slowed.planted == (1, 300_000)  # 0.2 ms at 1.5e6 cycles per ms
+    assert slowed() == "out" and spins == [300_000]
+    assert "0.2 ms GPU spin" in capsys.readouterr().err
 
 
 def test_planted_slowdown_slows_a_real_call(monkeypatch):
