@@ -23,11 +23,10 @@ The rule, for a threshold ``t`` (``--threshold``, default 0.05):
 - **same**: the median moved by ``t`` or less.
 - **host-bound** (reported, does not fail): it would be regressed or improved, but on
   either side the host took at least ``measure.HOST_BOUND_FRACTION`` (0.8) of the GPU time
-  to issue one call
-  (``host_ms``, see attnbench/measure.py). Such a case times the host's Python and launch
-  work, which moves with the runner's CPU and from process to process: on the lent H100 two
-  runs of one commit put lightning2 fwd at 1k (batch 2, heads 16) at 0.063 and 0.089 ms,
-  and the host took 0.06 to 0.10 ms to issue it.
+  to issue one call (``host_ms``, see attnbench/measure.py). Such a case times the host's
+  Python and launch work, which moves with the runner's CPU and from process to process:
+  on the lent H100 two runs of one commit put lightning2 fwd at 1k (batch 2, heads 16) at
+  0.063 and 0.089 ms, and the host took 0.06 to 0.10 ms to issue it.
 
 Why the two conditions are not combined into one inflated interval (``new.p20 > base.p80 *
 (1 + t)``): that would ask for a slowdown of ``t`` *plus* both half-spreads, so with a 3%
