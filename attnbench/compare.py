@@ -236,8 +236,8 @@ def compare_case(case: Case, base: dict | None, new: dict | None, threshold: flo
                               base, new, mem_verdict=mem, **ratios)
     verdict = time_verdict(base, new, threshold)
     pct = (ratios["time_ratio"] - 1) * 100
-    if verdict in ("regressed", "improved") and (host_bound(base) or host_bound(new)):
-        side = base if host_bound(base) else new
+    side = next((s for s in (base, new) if host_bound(s)), None)
+    if verdict in ("regressed", "improved") and side is not None:
         verdict = "host-bound"
         why = (f"time {pct:+.1f}%, but issuing one call took the host {side['host_ms'] * 1e3:.0f}"
                f" of {side['time_ms'] * 1e3:.0f} us: the host sets this time, not the kernel")
@@ -449,18 +449,10 @@ def _min_seconds(fn: Callable[[], object], device: str, repeat: int = 7, inner: 
 def _cuda_sleep_cycles_per_ms() -> float:
     """GPU clock cycles ``torch.cuda._sleep`` spins per millisecond on this device."""
     import torch
+    import triton.testing
 
     cycles = 2_000_000
-    torch.cuda._sleep(cycles)  # first launch out of the calibration
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = math.inf
-    for _ in range(5):
-        start.record()
-        torch.cuda._sleep(cycles)
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end))
-    return cycles / best
+    return cycles / triton.testing.do_bench(lambda: torch.cuda._sleep(cycles), return_mode="min")
 
 
 def planted_slowdown(mechanism: str, call: Callable[[], object], device: str):

@@ -8,7 +8,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from attnbench.measure import host_bound
+from attnbench.measure import HOST_BOUND_FRACTION, host_bound
 from attnbench.sizes import format_size
 
 METRICS = {
@@ -42,9 +42,9 @@ def tables(df: pd.DataFrame, metric: str) -> list[Table]:
     for mode, part in df.groupby("mode", sort=False):
         caption = fixed
         if any(host_bound(r.get("host_ms"), r["time_ms"]) for _, r in part.iterrows()):
-            caption += ("\n* host-bound: the host took 80% or more of this time to issue one "
-                        "call, so the number is the host's (Python, launches) as much as the "
-                        "kernel's")
+            caption += (f"\n* host-bound: the host took {HOST_BOUND_FRACTION:.0%} or more of this "
+                        "time to issue one call, so the number is the host's (Python, "
+                        "launches) as much as the kernel's")
         table = Table(title=f"{mode}: {title}", caption=caption, title_justify="left",
                       caption_justify="left")
         table.add_column("mechanism", no_wrap=True)
