@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from attnbench import registry
+from attnbench.case import Case
 from attnbench.registry import Mechanism
 
 CHECK_BATCH, CHECK_HEADS, CHECK_SEQ_LEN = 2, 3, 100
@@ -31,24 +32,27 @@ def from_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x if layout == "bhnd" else x.transpose(1, 2)
 
 
-def random_inputs(
-    b: int, h: int, n: int, d: int, dtype: torch.dtype, device: str, layout: str,
-    requires_grad: bool, seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Seeded random q, k, v made directly in ``layout`` (no copy later, never zeros)."""
+def random_inputs(case: Case, layout: str, device: str, requires_grad: bool,
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded random q, k (head dim D) and v (value dim E) of ``case``, made directly in
+    ``layout`` in the case's dtype (no copy later, never zeros)."""
     gen = torch.Generator(device=device).manual_seed(seed)
-    shape = (b, h, n, d) if layout == "bhnd" else (b, n, h, d)
-    return tuple(
-        torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(requires_grad)
-        for _ in range(3)
-    )
+    dtype = registry.DTYPES[case.dtype]
+
+    def make(dim: int) -> torch.Tensor:
+        b, h, n = case.batch, case.heads, case.seq_len
+        shape = (b, h, n, dim) if layout == "bhnd" else (b, n, h, dim)
+        x = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+        return x.requires_grad_(requires_grad)
+
+    return make(case.head_dim), make(case.head_dim), make(case.value_dim)
 
 
 def decay_rates(mech: Mechanism, decay: bool, heads: int, device: str) -> torch.Tensor | None:
     """The paper's default per-head rates for a decay case, else None."""
     if not (decay and mech.decay):
         return None
-    from attnbench.kernels.lightning2 import default_decay
+    from attnbench.kernels import default_decay
 
     return default_decay(heads, device=device)
 
@@ -83,15 +87,26 @@ def _outputs(mech: Mechanism, fn, qkv64, do64, decay64, dtype, device, backward)
     return outs
 
 
-def check(mech: Mechanism, head_dim: int, dtype: str, decay: bool, device: str) -> CheckResult:
-    """Compare ``mech`` (output and, where it has a backward, gradients) with its oracle."""
+def check_case(case: Case) -> Case:
+    """The small odd-length case that checks ``case``'s mechanism, dims, dtype and decay."""
+    return case.with_(mode="fwdbwd", batch=CHECK_BATCH, heads=CHECK_HEADS,
+                      seq_len=CHECK_SEQ_LEN)
+
+
+def check(mech: Mechanism, case: Case, device: str) -> CheckResult:
+    """Compare ``mech`` (output and, where it has a backward, gradients) with its oracle on
+    fresh float64 inputs of ``check_case(case)``'s shape."""
     oracle = registry.get(mech.oracle)
     baseline = registry.get(registry.DTYPE_BASELINE[mech.family])
     gen = torch.Generator().manual_seed(1234)
-    shape = (CHECK_BATCH, CHECK_HEADS, CHECK_SEQ_LEN, head_dim)
-    qkv64 = [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3)]
-    do64 = torch.randn(shape, generator=gen, dtype=torch.float64)
-    rates = decay_rates(mech, decay, CHECK_HEADS, "cpu")
+    small = check_case(case)
+    shape = (small.batch, small.heads, small.seq_len)
+    q64, k64, v64 = (torch.randn((*shape, dim), generator=gen, dtype=torch.float64)
+                     for dim in (small.head_dim, small.head_dim, small.value_dim))
+    qkv64 = [q64, k64, v64]
+    do64 = torch.randn((*shape, small.value_dim), generator=gen, dtype=torch.float64)
+    dtype, decay = case.dtype, case.decay
+    rates = decay_rates(mech, decay, small.heads, "cpu")
     decay64 = rates.double() if rates is not None else None
     backward = mech.backward
     torch_dtype = registry.DTYPES[dtype]

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import shlex
 import sys
-import time
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,8 +25,8 @@ from rich.table import Table
 from attnbench import envinfo, records, registry
 from attnbench.errors import UsageError
 from attnbench.report import print_report
-from attnbench.runner import CudaContextLost, Sweep
-from attnbench.spec import PRESETS, SweepSpec, build_spec, expand
+from attnbench.runner import CudaContextLost, default_run_dir, run_sweep
+from attnbench.spec import PRESETS, SweepSpec, build_spec
 
 app = typer.Typer(
     help="Benchmark attention mechanisms (softmax and linear) as sequences grow.",
@@ -38,8 +36,7 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
-SWEEP_OPTIONS = ("mechanisms", "seq_lens", "batch", "heads", "head_dim", "dtype", "modes",
-                 "decay", "max_case_seconds", "preset")
+FORMATS = ("png", "svg", "pdf")
 
 
 def _device(choice: str) -> str:
@@ -50,6 +47,18 @@ def _device(choice: str) -> str:
     if choice == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: torch sees no CUDA GPU here")
     return choice
+
+
+def _load(run_dir: Path, strict: bool):
+    """records.load, with damaged lines reported as one warning (``--strict``: exit 2)."""
+    df = records.load(run_dir, strict=strict)
+    problems = df.attrs.get("problems", [])
+    if problems:
+        err_console.print(f"[yellow]warning:[/] {escape(str(run_dir))}: {len(problems)} damaged "
+                          f"line(s) in {records.JSONL_FILE} left out: "
+                          f"{escape('; '.join(problems[:3]))}" + (" ..." if len(problems) > 3 else ""),
+                          highlight=False, soft_wrap=True)
+    return df
 
 
 @app.command("list")
@@ -74,25 +83,16 @@ def list_mechanisms(
         table.add_column(col, overflow="fold")
     for r in rows:
         ok = "[green]yes[/]" if r["available"] else "[red]no[/]"
-        text = r["summary"] if r["available"] else f"[red]{r['reason']}[/]"
+        text = escape(r["summary"]) if r["available"] else f"[red]{escape(r['reason'])}[/]"
         if r["available"] and r["reason"]:  # which implementation will run, and why
-            text += f"\n[dim]{r['reason']}[/]"
+            text += f"\n[dim]{escape(r['reason'])}[/]"
         table.add_row(r["name"], r["family"], ok, "yes" if r["decay"] else "",
                       "yes" if r["backward"] else "", text)
     console.print(table)
 
 
-def _new_run_dir(out: Path | None, name: str | None, spec: SweepSpec) -> Path:
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path("results") / (name or f"{stamp}-{spec.preset}-{spec.device}")
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} already exists and is not empty; use --resume {out} to continue it")
-    return out
-
-
 def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
                     MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                     TimeRemainingColumn(), console=console, transient=False)
 
@@ -104,11 +104,13 @@ def run(
     seq_lens: Annotated[str | None, typer.Option(help="e.g. 1k..256k (doubling) or 1k,3k,8192.")] = None,
     batch: Annotated[str | None, typer.Option(help="Batch sizes, e.g. 1,4.")] = None,
     heads: Annotated[str | None, typer.Option(help="Head counts, e.g. 16,32.")] = None,
-    head_dim: Annotated[str | None, typer.Option(help="Head dims (q/k and v), e.g. 64,128.")] = None,
+    head_dim: Annotated[str | None, typer.Option(help="q/k head dims D, e.g. 64,128.")] = None,
+    value_dim: Annotated[str | None, typer.Option(help="v head dims E (default: = head dim), e.g. 64,256.")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp16, bf16, fp32, comma separated.")] = None,
     modes: Annotated[str | None, typer.Option(help="fwd, bwd (backward alone), fwdbwd.")] = None,
-    decay: Annotated[bool | None, typer.Option("--decay/--no-decay", help="Per-head decay for linear mechanisms that take it.")] = None,
+    decay: Annotated[bool | None, typer.Option("--decay/--no-decay", help="Per-head decay for linear mechanisms that take it.", show_default=False)] = None,
     max_case_seconds: Annotated[float | None, typer.Option(help="Skip cases predicted to take longer to measure.")] = None,
+    line_seconds: Annotated[float | None, typer.Option(help="Seconds one line (mechanism, mode, shape) may spend over its lengths; 0 = no limit.")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Run directory (default results/<name>).")] = None,
     name: Annotated[str | None, typer.Option(help="Run name under results/.")] = None,
@@ -116,103 +118,123 @@ def run(
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write plots at the end.")] = True,
 ) -> None:
     """Run a sweep: records appended per case, then a table, tidy files and plots."""
-    given = {k: v for k, v in locals().items() if k in SWEEP_OPTIONS and v is not None}
+    sweep_options = dict(preset=preset, mechanisms=mechanisms, seq_lens=seq_lens, batch=batch,
+                         heads=heads, head_dims=head_dim, value_dims=value_dim, dtypes=dtype,
+                         modes=modes, decay=decay, max_case_seconds=max_case_seconds,
+                         line_seconds=line_seconds)
     dev = _device(device)
-    done: list[records.Record] = []
     if resume is not None:
-        if given or out is not None or name is not None:
-            raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep options")
-        meta = records.read_meta(resume)
-        spec = SweepSpec.from_json(meta["spec"])
-        if spec.device != dev:
-            raise UsageError(f"{resume} was run on {spec.device}; this machine runs on {dev}")
-        run_dir, done = resume, records.read_records(resume)
+        if any(v is not None for v in sweep_options.values()) or out or name:
+            raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
+                             "options")
+        spec, run_dir = None, resume
+        stored = SweepSpec.from_json(records.read_meta(resume)["spec"])
+        if stored.device != dev:
+            raise UsageError(f"{resume} was run on {stored.device}; this machine runs on {dev}")
+        shown = stored
     else:
-        spec = build_spec(preset, dev, mechanisms, seq_lens, batch, heads, head_dim, dtype, modes,
-                          decay, max_case_seconds)
-        run_dir = _new_run_dir(out, name, spec)
-
-    cases = expand(spec)
-    chosen = {c.mechanism for c in cases}
+        spec = build_spec(device=dev, **sweep_options)
+        run_dir = out if out is not None else (Path("results") / name if name else default_run_dir(spec))
+        shown = spec
     if dev == "cpu":
         console.print("[bold yellow]No GPU in use: running on the CPU[/] (preset "
-                      f"{spec.preset!r}); times are CPU times, not GPU numbers.")
+                      f"{escape(repr(shown.preset))}); times are CPU times, not GPU numbers.")
+        chosen = {m.name for m in registry.select(shown.mechanisms, dev)}
         skipped = [m.name for m in registry.MECHANISMS if m.name not in chosen]
-        if skipped and spec.mechanisms == "all":
+        if skipped and shown.mechanisms == "all":
             console.print(f"[dim]not CPU-capable, not run: {', '.join(skipped)}[/]")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None:
-        records.write_meta(run_dir, dict(
-            command=shlex.join(["attnbench", *sys.argv[1:]]), started=datetime.now().isoformat(),
-            spec=spec.to_json(), environment=envinfo.environment()))
 
-    todo = len(cases) - len({r.case().key() for r in done} & {c.key() for c in cases})
-    console.print(f"{len(cases)} cases ({todo} to run) -> {run_dir}")
     counts: dict[str, int] = {}
-    started = time.time()
-    with records.RecordWriter(run_dir) as writer, _progress() as progress:
-        task = progress.add_task("starting", total=todo)
+    with _progress() as progress:
+        task = progress.add_task("starting", total=None)
 
-        def emit(rec: records.Record) -> None:
-            writer.write(rec)
+        def on_start(path: Path, cases, todo: int) -> None:
+            progress.console.print(f"{len(cases)} cases ({todo} to run) -> {escape(str(path))}",
+                                   highlight=False)
+            progress.update(task, total=todo)
+
+        def on_record(rec: records.Record) -> None:
             counts[rec.status] = counts.get(rec.status, 0) + 1
             progress.advance(task)
             if rec.status in ("oom", "error", "timeout") or rec.check == "fail":
+                c = rec.case
                 progress.console.print(
-                    f"[yellow]{rec.mechanism} {rec.mode} n={rec.seq_len}: {rec.status}[/] "
-                    f"{rec.reason}", highlight=False)
+                    f"[yellow]{escape(c.mechanism)} {c.mode} n={c.seq_len}: {rec.status}[/] "
+                    f"{escape(rec.reason)}", highlight=False)
 
-        sweep = Sweep(spec, emit, on_case=lambda text: progress.update(task, description=text))
         try:
-            sweep.run(cases, done)
+            result = run_sweep(spec, run_dir, resume=resume is not None, on_record=on_record,
+                               on_start=on_start,
+                               on_status=lambda text: progress.update(task, description=text))
             progress.update(task, description="done")
         except KeyboardInterrupt:
             progress.stop()
             _finish(run_dir, plot=False)
-            err_console.print(f"interrupted; records so far are in {run_dir}; "
-                              f"continue with: attnbench run --resume {run_dir}")
+            err_console.print(f"interrupted; records so far are in {escape(str(run_dir))}; "
+                              f"continue with: attnbench run --resume {escape(str(run_dir))}",
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except CudaContextLost as exc:
             progress.stop()
             _finish(run_dir, plot=False)
-            err_console.print(f"the CUDA context is lost ({exc}); records so far are in "
-                              f"{run_dir}; continue in a new process: attnbench run --resume {run_dir}")
+            err_console.print(f"the CUDA context is lost ({escape(str(exc))}); records so far "
+                              f"are in {escape(str(run_dir))}; continue in a new process: "
+                              f"attnbench run --resume {escape(str(run_dir))}",
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+    for line in result.repaired:
+        err_console.print(f"[yellow]repaired:[/] {escape(line)}", highlight=False, soft_wrap=True)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    console.print(f"finished in {time.time() - started:.0f} s: {summary or 'nothing to run'}")
+    console.print(f"finished in {result.seconds:.0f} s: {summary or 'nothing to run'}")
     _finish(run_dir, plot=plot)
 
 
 def _finish(run_dir: Path, plot: bool) -> None:
-    if not records.read_jsonl(run_dir):
-        return
-    df = records.finalize(run_dir)
+    try:
+        df = records.load(run_dir)
+    except UsageError:
+        return  # nothing recorded yet
     print_report(df, console)
     if plot:
         from attnbench.plots import plot_run
 
         paths = plot_run(df, run_dir, title=f"attnbench run {run_dir.name}")
-        console.print("plots: " + ", ".join(str(p) for p in paths if p.suffix == ".png"))
-    console.print(f"records: {run_dir / records.JSONL_FILE}, {records.PARQUET_FILE}, "
-                  f"{records.CSV_FILE}")
+        console.print("plots: " + ", ".join(escape(str(p)) for p in paths if p.suffix == ".png"),
+                      highlight=False)
+    console.print(f"records: {escape(str(run_dir / records.JSONL_FILE))}, "
+                  f"{records.PARQUET_FILE}, {records.CSV_FILE}", highlight=False)
+
+
+STRICT = Annotated[bool, typer.Option("--strict", help="Exit 2 if records.jsonl has a damaged line, instead of warning.")]
+
+
+def _out_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+    return path
 
 
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     metric: Annotated[str, typer.Option(help="tokens, time, memory or all.")] = "all",
+    strict: STRICT = False,
 ) -> None:
     """Print a run's tables: tokens/s, time and memory pivoted by sequence length."""
     metrics = ("tokens", "time", "memory") if metric == "all" else (metric,)
     for m in metrics:
         if m not in ("tokens", "time", "memory"):
             raise UsageError(f"unknown metric {m!r}; choose tokens, time, memory or all")
-    df = records.load(run_dir)
+    df = _load(run_dir, strict)
     meta = records.read_meta(run_dir)
     env = meta.get("environment", {})
-    console.print(f"[bold]{run_dir}[/]: {meta.get('command', '')}\n"
-                  f"[dim]{env.get('gpu') or 'CPU'}, torch {env.get('packages', {}).get('torch')}, "
-                  f"triton {env.get('packages', {}).get('triton')}, commit {env.get('git_commit')}[/]")
+    packages = env.get("packages", {})
+    console.print(f"[bold]{escape(str(run_dir))}[/]: {escape(meta.get('command', ''))}\n"
+                  f"[dim]{escape(env.get('gpu') or 'CPU')}, torch {packages.get('torch')}, "
+                  f"triton {packages.get('triton')}, commit {escape(str(env.get('git_commit')))}[/]",
+                  highlight=False)
     print_report(df, console, metrics)
 
 
@@ -220,32 +242,32 @@ def report(
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the figures (default: the run directory).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="png, svg or both, comma separated.")] = "png,svg",
+    fmt: Annotated[str, typer.Option("--format", help=f"{', '.join(FORMATS)}, comma separated.")] = "png,svg",
     figure: Annotated[str, typer.Option(help="sweep (every shape and metric), paper-kernels (the paper's Fig. 3, with findings), tokens (tokens/s of every mechanism) or official (against the official repository's timings).")] = "sweep",
+    strict: STRICT = False,
 ) -> None:
     """Plot time, tokens/s and memory against sequence length (log axes, OOM marked)."""
     formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
-    if not formats or any(f not in ("png", "svg", "pdf") for f in formats):
-        raise UsageError(f"bad --format {fmt!r}; choose from png, svg, pdf")
+    if not formats or any(f not in FORMATS for f in formats):
+        raise UsageError(f"bad --format {fmt!r}; choose from {', '.join(FORMATS)}")
     from attnbench import figures
 
     if figure not in figures.FIGURES:
         raise UsageError(f"unknown figure {figure!r}; choose from {', '.join(figures.FIGURES)}")
-    df = records.load(run_dir)
+    df = _load(run_dir, strict)
     from attnbench.plots import plot_run
 
-    out_dir = out or run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_dir(out or run_dir)
     if figure != "sweep":
         title = figures.run_title(run_dir)
         for path in figures.save_figure(df, figure, out_dir, formats, title=title):
-            console.print(str(path))
+            console.print(str(path), highlight=False, markup=False)
         if figure == "paper-kernels":
             for line in figures.findings(df):
-                console.print(f"- {line}", highlight=False)
+                console.print(f"- {line}", highlight=False, markup=False)
         return
     for path in plot_run(df, out_dir, title=f"attnbench run {run_dir.name}", formats=formats):
-        console.print(str(path))
+        console.print(str(path), highlight=False, markup=False)
 
 
 @app.command()
@@ -258,7 +280,7 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = F
     for key, value in info.items():
         if key == "packages":
             value = ", ".join(f"{k} {v}" for k, v in value.items() if v)
-        console.print(f"[bold]{key}[/]: {value}", highlight=False)
+        console.print(f"[bold]{key}[/]: {escape(str(value))}", highlight=False)
 
 
 @app.command()
@@ -270,6 +292,7 @@ def compare(
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Do not fail on cases present in one run only.")] = False,
     gate: Annotated[str, typer.Option(help="Mechanisms (names or families) that can fail the comparison; the others are reported only.")] = "all",
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON instead of a table.")] = False,
+    strict: STRICT = False,
 ) -> None:
     """Compare two runs case by case; exit 1 on a regression of tokens/s, memory or status.
 
@@ -278,19 +301,19 @@ def compare(
     """
     from attnbench.compare import compare_dirs, failure_lines, not_gated_lines, parse_gate, table
 
-    result = compare_dirs(base, new, threshold, mem_threshold, allow_missing, parse_gate(gate))
+    result = compare_dirs(base, new, threshold, mem_threshold, allow_missing, parse_gate(gate),
+                          strict=strict)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:
         console.print(table(result))
         counts = ", ".join(f"{n} {v}" for v, n in sorted(result.counts().items()))
         console.print(f"{len(result.cases)} cases: {counts}", highlight=False)
-        for line in result.warnings:
-            err_console.print(f"[yellow]warning:[/] {line}", highlight=False)
-        for line in not_gated_lines(result):
-            err_console.print(f"[yellow]not gated[/] {line}", highlight=False)
-        for line in failure_lines(result):
-            err_console.print(f"[red]FAIL[/] {line}", highlight=False)
+        for prefix, lines in (("[yellow]warning:[/]", result.warnings),
+                              ("[yellow]not gated[/]", not_gated_lines(result)),
+                              ("[red]FAIL[/]", failure_lines(result))):
+            for line in lines:
+                err_console.print(f"{prefix} {escape(line)}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)
 
@@ -300,24 +323,33 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     fmt: Annotated[str, typer.Option("--format", help="github-action-benchmark (customBiggerIsBetter) or bencher (BMF JSON).")] = "github-action-benchmark",
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    strict: STRICT = False,
 ) -> None:
     """Tokens/s of every measured case as JSON for github-action-benchmark or Bencher."""
     from attnbench.export import export as export_run
 
-    text, dropped = export_run(records.load(run_dir), fmt)
+    text, dropped = export_run(_load(run_dir, strict), fmt)
     if dropped:
         err_console.print(f"[yellow]left out {dropped} records that failed their correctness "
                           "check[/]", highlight=False)
     if out is None:
         sys.stdout.write(text)
-    else:
+        return
+    try:
         out.write_text(text)
-        err_console.print(f"wrote {out}", highlight=False)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror}") from None
+    err_console.print(f"wrote {escape(str(out))}", highlight=False)
 
 
 def main() -> None:
     try:
         app()
     except UsageError as exc:
-        err_console.print(f"attnbench: error: {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"attnbench: error: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as exc:  # a filesystem failure no command foresaw: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(f"attnbench: error: {escape(where + (exc.strerror or str(exc)))}",
+                          highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -1,8 +1,8 @@
 """Compare two run directories case by case: the regression gate of ``attnbench compare``.
 
-Records are matched by ``Case.key()`` (mechanism, mode, batch, heads, seq_len, head_dim,
-dtype, decay). For each case both sides measured (status ``ok``) we report the ratio of
-tokens/s (new / base: above 1 is faster), of median time and of memory.
+Records are matched by ``Case.key()`` (every field of the case). For each case both sides
+measured (status ``ok``) we report the ratio of tokens/s (new / base: above 1 is faster), of
+median time and of memory.
 
 The rule, for a threshold ``t`` (``--threshold``, default 0.05):
 
@@ -62,45 +62,29 @@ on that spread can tell from a regression.
 Unusable inputs raise UsageError (exit 2): a missing directory, another schema version,
 runs on different devices, or no case in common.
 
-Test hook: ``ATTNBENCH_PLANT_SLOWDOWN="lightning2:0.10"`` (read when a case is measured, not
-at import; several as ``a:0.1,b:0.2``) makes ``runner.measure_case`` add about 10% extra
-work to every timed call of that mechanism (``planted_slowdown`` below): on CUDA one GPU
-spin kernel on the same stream lasting 10% of the call's median time, on the CPU busy
-matmuls. It exists to show on a GPU that the gate catches a 10% slowdown::
-
-    attnbench run --preset quick --mechanisms lightning2 --out base
-    ATTNBENCH_PLANT_SLOWDOWN=lightning2:0.10 attnbench run --preset quick \\
-        --mechanisms lightning2 --out slow
-    attnbench compare base slow        # exit 1, every lightning2 case "regressed"
-
-Never set it for real measurements: a warning is printed to stderr whenever it acts.
+The planted slowdown that shows the gate catches a slowdown is a test hook of the
+measurement, in attnbench/testing.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from attnbench import measure, records
+from attnbench import measure, records, registry
+from attnbench.case import SHAPE_COLUMNS, Case
 from attnbench.errors import UsageError
-from attnbench.spec import Case
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_MEM_THRESHOLD = 0.05
 MEM_FLOOR_MIB = 1.0  # memory growth smaller than this never fails
 FAILING_NEW_STATUS = "error"  # reaching this status from any other fails
 BUDGET_STATUSES = ("skipped", "timeout")  # ok -> these is reported, not failed
-KEY_COLUMNS = ["mechanism", "mode", "batch", "heads", "seq_len", "head_dim", "dtype", "decay"]
 SIDE_COLUMNS = ["status", "time_ms", "time_ms_p20", "time_ms_p80", "host_ms", "tokens_per_s",
                 "tflops", "extra_mem_mib", "peak_mem_mib", "check", "reason"]
-PLANT_ENV = "ATTNBENCH_PLANT_SLOWDOWN"
 
 
 def _isnan(x) -> bool:
@@ -134,7 +118,7 @@ class CaseComparison:
             return None if d is None else {k: (None if _isnan(v) else v) for k, v in d.items()}
 
         return dict(
-            case=dict(zip(KEY_COLUMNS, self.case.key())), verdict=self.verdict,
+            case=self.case.to_row(), verdict=self.verdict,
             failed=self.failed, not_gated=self.not_gated, why=self.why,
             mem_verdict=self.mem_verdict,
             tokens_ratio=None if _isnan(self.tokens_ratio) else self.tokens_ratio,
@@ -258,13 +242,12 @@ def compare_case(case: Case, base: dict | None, new: dict | None, threshold: flo
 # --- run directories -----------------------------------------------------------------------
 
 
-def _by_key(df: pd.DataFrame) -> dict[tuple, dict]:
-    """Case key -> the record's SIDE_COLUMNS; a later record of the same case wins."""
+def _by_key(df: pd.DataFrame) -> dict[tuple, tuple[Case, dict]]:
+    """Case key -> (the case, its record's SIDE_COLUMNS)."""
     out = {}
     for row in df.to_dict("records"):
-        case = Case(row["mechanism"], row["mode"], int(row["batch"]), int(row["heads"]),
-                    int(row["seq_len"]), int(row["head_dim"]), row["dtype"], bool(row["decay"]))
-        out[case.key()] = {c: row[c] for c in SIDE_COLUMNS}
+        case = Case.from_row(row)
+        out[case.key()] = (case, {c: row[c] for c in SIDE_COLUMNS})
     return out
 
 
@@ -274,21 +257,12 @@ def _device(df: pd.DataFrame) -> str:
 
 def parse_gate(text: str | None) -> tuple[str, ...]:
     """``"lightning2,linear"`` (names or families) -> mechanism names; None or "all" -> ()."""
-    from attnbench import registry
-
     if text is None or text.strip() in ("", "all"):
         return ()
-    names: list[str] = []
-    for token in filter(None, (t.strip() for t in text.split(","))):
-        if token in registry.FAMILIES:
-            names += [m.name for m in registry.MECHANISMS if m.family == token]
-        elif token in registry.names():
-            names.append(token)
-        else:
-            raise UsageError(f"--gate: unknown mechanism or family {token!r}; families: "
-                             f"{', '.join(registry.FAMILIES)}; mechanisms: "
-                             f"{', '.join(registry.names())}")
-    return tuple(dict.fromkeys(names))
+    try:
+        return tuple(m.name for m in registry.select(text, None))
+    except UsageError as exc:
+        raise UsageError(f"--gate: {exc}") from None
 
 
 def compare_frames(base: pd.DataFrame, new: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
@@ -308,9 +282,10 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, threshold: float = DEF
         raise UsageError(f"{base_name} and {new_name} have no case in common "
                          f"({len(b)} and {len(n)} cases): nothing to compare")
     result = Comparison(base_name, new_name, threshold, mem_threshold, allow_missing, gate)
-    for key in sorted(set(b) | set(n), key=lambda k: (*Case(*k).series(), k[4])):
-        c = compare_case(Case(*key), b.get(key), n.get(key), threshold, mem_threshold,
-                         allow_missing)
+    cases = {key: side[0] for side_map in (b, n) for key, side in side_map.items()}
+    for key in sorted(cases, key=lambda k: (cases[k].series(), cases[k].seq_len)):
+        c = compare_case(cases[key], b.get(key, (None, None))[1], n.get(key, (None, None))[1],
+                         threshold, mem_threshold, allow_missing)
         if c.failed and gate and c.case.mechanism not in gate:
             c = replace(c, failed=False, not_gated=True)
         result.cases.append(c)
@@ -319,11 +294,16 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, threshold: float = DEF
 
 def compare_dirs(base_dir: Path, new_dir: Path, threshold: float = DEFAULT_THRESHOLD,
                  mem_threshold: float = DEFAULT_MEM_THRESHOLD,
-                 allow_missing: bool = False, gate: tuple[str, ...] = ()) -> Comparison:
-    """Load both run directories and compare them (UsageError for unusable ones)."""
-    base, new = records.load(base_dir), records.load(new_dir)
+                 allow_missing: bool = False, gate: tuple[str, ...] = (),
+                 strict: bool = False) -> Comparison:
+    """Load both run directories and compare them (UsageError for unusable ones; ``strict``:
+    also for a damaged line, which is otherwise a warning)."""
+    base, new = records.load(base_dir, strict), records.load(new_dir, strict)
     result = compare_frames(base, new, threshold, mem_threshold, allow_missing,
                             str(base_dir), str(new_dir), gate)
+    for run_dir, df in ((base_dir, base), (new_dir, new)):
+        for problem in df.attrs.get("problems", []):
+            result.warnings.append(f"{run_dir}: {records.JSONL_FILE} {problem} (left out)")
     gpus = [records.read_meta(d).get("environment", {}).get("gpu") for d in (base_dir, new_dir)]
     if gpus[0] != gpus[1]:
         result.warnings.append(f"base ran on {gpus[0] or 'CPU'}, new on {gpus[1] or 'CPU'}: "
@@ -342,25 +322,17 @@ def _fmt(x, spec: str) -> str:
     return "–" if _isnan(x) else format(x, spec)
 
 
-def _shape(case: Case, parts) -> str:
-    values = dict(b=case.batch, h=case.heads, d=case.head_dim)
-    text = [f"{p}{values[p]}" for p in parts if p in values]
-    text += [case.dtype] if "dtype" in parts else []
-    text += (["decay" if case.decay else "-"]) if "decay" in parts else []
-    return " ".join(text)
-
-
 def table(result: Comparison):
     """A rich table, one row per case; the shape columns that never vary go in the caption."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     from attnbench.sizes import format_size
 
     cases = [c.case for c in result.cases]
-    varies = {p: len({getattr(k, attr) for k in cases}) > 1 for p, attr in (
-        ("b", "batch"), ("h", "heads"), ("d", "head_dim"), ("dtype", "dtype"), ("decay", "decay"))}
-    fixed = _shape(cases[0], [p for p, v in varies.items() if not v]) if cases else ""
+    varying = [col for col in SHAPE_COLUMNS if len({getattr(k, col) for k in cases}) > 1]
+    fixed = cases[0].label(only=[c for c in SHAPE_COLUMNS if c not in varying], sep=" ")
     show_mem = any(not _isnan(c.mem_ratio) for c in result.cases)
     t = Table(title=f"compare {result.base_dir} -> {result.new_dir} (M tokens/s)",
               box=box.SIMPLE_HEAD,
@@ -370,7 +342,7 @@ def table(result: Comparison):
               title_justify="left", caption_justify="left")
     t.add_column("mechanism", no_wrap=True)
     t.add_column("mode")
-    if any(varies.values()):
+    if varying:
         t.add_column("shape")
     t.add_column("N", justify="right")
     t.add_column("base", justify="right")
@@ -384,15 +356,15 @@ def table(result: Comparison):
 
         def mtok(side):
             if side.get("status") != "ok":
-                return side.get("status", "")
+                return escape(side.get("status", ""))
             return _fmt(side["tokens_per_s"] / 1e6, ".4g")
 
         style = "bold red" if c.failed else VERDICT_STYLE.get(c.verdict, "")
         verdict = c.verdict + (" mem-grew" if c.mem_verdict == "grew" else "")
         verdict += " (not gated)" if c.not_gated else ""
-        row = [k.mechanism, k.mode]
-        if any(varies.values()):
-            row.append(_shape(k, [p for p, v in varies.items() if v]))
+        row = [escape(k.mechanism), k.mode]
+        if varying:
+            row.append(k.label(only=varying, sep=" "))
         row += [format_size(int(k.seq_len)), mtok(base), mtok(new), _fmt(c.tokens_ratio, ".3f")]
         if show_mem:
             row.append(_fmt(c.mem_ratio, ".3f"))
@@ -402,110 +374,10 @@ def table(result: Comparison):
 
 
 def failure_lines(result: Comparison) -> list[str]:
-    return [f"{c.case.mechanism} {c.case.mode} n={c.case.seq_len} b{c.case.batch} "
-            f"h{c.case.heads} d{c.case.head_dim} {c.case.dtype}: {c.verdict}: {c.why}"
+    return [f"{c.case.mechanism} {c.case.mode} {c.case.label(sep=' ')}: {c.verdict}: {c.why}"
             for c in result.cases if c.failed]
 
 
 def not_gated_lines(result: Comparison) -> list[str]:
     return [f"{c.case.mechanism} {c.case.mode} n={c.case.seq_len}: {c.verdict}: {c.why}"
             for c in result.cases if c.not_gated]
-
-
-# --- the planted-slowdown test hook (see the module docstring) -----------------------------
-
-
-def _planted_fraction(mechanism: str) -> float:
-    """The extra fraction ATTNBENCH_PLANT_SLOWDOWN asks for ``mechanism`` (0 if none)."""
-    text = os.environ.get(PLANT_ENV, "").strip()
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        name, sep, frac = item.rpartition(":")
-        try:
-            value = float(frac)
-        except ValueError:
-            value = -1.0
-        if not sep or not name or value < 0:
-            raise ValueError(f"{PLANT_ENV}={text!r}: expected NAME:FRACTION, e.g. lightning2:0.10")
-        if name == mechanism:
-            return value
-    return 0.0
-
-
-def _min_seconds(fn: Callable[[], object], device: str, repeat: int = 7, inner: int = 1) -> float:
-    """Fastest of ``repeat`` synchronised timings: least disturbed by other load."""
-    from attnbench.measure import synchronize
-
-    times = []
-    for _ in range(repeat):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        synchronize(device)
-        times.append((time.perf_counter() - start) / inner)
-    return min(times)
-
-
-def _cuda_sleep_cycles_per_ms() -> float:
-    """GPU clock cycles ``torch.cuda._sleep`` spins per millisecond on this device."""
-    import torch
-    import triton.testing
-
-    cycles = 2_000_000
-    return cycles / triton.testing.do_bench(lambda: torch.cuda._sleep(cycles), return_mode="min")
-
-
-def planted_slowdown(mechanism: str, call: Callable[[], object], device: str):
-    """``call``, or ``call`` followed by busy work of about ``fraction`` of its time.
-
-    On CUDA the busy work is one spin kernel (``torch.cuda._sleep``) on the same stream,
-    lasting ``fraction`` of the call's median time by ``triton.testing.do_bench``, the
-    harness's own timer: to every timer it looks exactly like the kernel becoming that
-    much slower, and, like a real slowdown, it hides in idle GPU time when the call is
-    bound by the host. On the CPU it is a square matmul repeated ``reps`` times, sized
-    against the fastest of a few timed calls.
-    """
-    fraction = _planted_fraction(mechanism)
-    if fraction <= 0:
-        return call
-    import torch
-
-    call()  # first call (compilation) kept out of the calibration
-    if device == "cuda":
-        import triton.testing
-
-        target_ms = fraction * triton.testing.do_bench(call, return_mode="median")
-        cycles = max(1, round(target_ms * _cuda_sleep_cycles_per_ms()))
-        print(f"attnbench: {PLANT_ENV} is set: {mechanism} gets a {target_ms:.3g} ms GPU spin "
-              f"per call (~{fraction:.0%}); a test hook, not a real measurement",
-              file=sys.stderr)
-
-        def slowed():
-            out = call()
-            torch.cuda._sleep(cycles)
-            return out
-
-        slowed.planted = (1, cycles)  # for tests and debugging
-        return slowed
-
-    target = fraction * _min_seconds(call, device)
-    size = 32
-    while True:  # grow the matmul until one is a sizeable slice of the target, or 4096 wide
-        a = torch.randn(size, size, device=device)
-        one = _min_seconds(lambda a=a: a @ a, device, inner=10)
-        if one >= target / 8 or size >= 4096:
-            break
-        size *= 2
-    reps = max(1, round(target / one))
-    print(f"attnbench: {PLANT_ENV} is set: {mechanism} gets {reps} extra {size}x{size} "
-          f"matmuls per call (~{fraction:.0%}, {target * 1e3:.3g} ms); a test hook, not a "
-          "real measurement", file=sys.stderr)
-
-    def slowed():
-        out = call()
-        for _ in range(reps):
-            a @ a
-        return out
-
-    slowed.planted = (reps, size)  # for tests and debugging
-    return slowed

@@ -21,6 +21,7 @@ import math
 
 import pandas as pd
 
+from attnbench.case import Case
 from attnbench.errors import UsageError
 
 FORMATS = ("github-action-benchmark", "bencher")
@@ -32,9 +33,8 @@ def _ok(x) -> bool:
 
 def bench_name(row: dict) -> str:
     """``attnbench/<mechanism>/<mode>/b2-h16-n4096-d128-bf16-decay``: one case, one name."""
-    shape = (f"b{row['batch']}-h{row['heads']}-n{row['seq_len']}-d{row['head_dim']}-"
-             f"{row['dtype']}{'-decay' if row['decay'] else ''}")
-    return f"attnbench/{row['mechanism']}/{row['mode']}/{shape}"
+    case = Case.from_row(row)
+    return f"attnbench/{case.mechanism}/{case.mode}/{case.label()}"
 
 
 def exportable(df: pd.DataFrame) -> tuple[list[dict], int]:

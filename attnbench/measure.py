@@ -117,6 +117,22 @@ def peak_memory_mib(fn: Callable[[], object], device: str) -> tuple[float, float
     return peak / MIB, (peak - before) / MIB
 
 
+def available_bytes(device: str) -> float | None:
+    """Memory a case can still take: free GPU memory plus what torch's allocator holds
+    unused; on the CPU the kernel's MemAvailable. None where it cannot be told."""
+    if device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return float(free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def is_oom(exc: BaseException) -> bool:
     """Out of memory, on the GPU or the host, whatever raised it."""
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):

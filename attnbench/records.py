@@ -1,46 +1,55 @@
 """Run directories: ``meta.json`` once, ``records.jsonl`` appended per case, tidy tables at the end.
 
-A record is one tidy row per case, whatever happened to it. Each is appended and flushed to
-disk the moment it exists, so a crash loses nothing already measured; ``records.parquet``
-and ``records.csv`` are written from the JSONL when the run ends.
+A ``Record`` is a ``Case`` plus what happened to it, one tidy row whatever the outcome. Each
+is appended and flushed to disk the moment it exists, so a crash loses nothing already
+measured; ``records.parquet`` and ``records.csv`` are written from the JSONL at the end.
+
+The journal (``records.jsonl``) never loses or corrupts a record:
+
+- One writer at a time: ``RunWriter`` holds an exclusive ``flock`` on ``run.lock`` while it
+  writes. The kernel drops the lock when its process dies, so a killed run leaves no stale
+  lock behind; a second writer gets one clear error line.
+- An append never joins a fragment: a last line torn by a crash (no newline at its end) is
+  moved to ``records.torn`` before anything is appended.
+- Before a case is measured a ``started`` marker line is written; a process killed inside
+  the case (the system's OOM killer, a segfault) leaves the marker without a record, and
+  ``--resume`` turns it into an ``error`` record, so the case is never walked into again.
+- A damaged or foreign line is reported by its number and never crashes a view.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
 
+from attnbench.case import KEY_COLUMNS, Case
 from attnbench.errors import UsageError
-from attnbench.spec import Case
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 1 records have no value_dim: Case.from_row takes the head dim, which they measured.
+READABLE_SCHEMAS = (1, 2)
 STATUSES = ("ok", "oom", "error", "unsupported", "skipped", "timeout")
-META_FILE, JSONL_FILE = "meta.json", "records.jsonl"
+META_FILE, JSONL_FILE, LOCK_FILE = "meta.json", "records.jsonl", "run.lock"
+TORN_FILE = "records.torn"
 PARQUET_FILE, CSV_FILE = "records.parquet", "records.csv"
 NAN = float("nan")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Record:
-    mechanism: str
+    case: Case
     family: str
-    mode: str
-    batch: int
-    heads: int
-    seq_len: int
-    head_dim: int
-    dtype: str
-    decay: bool
     device: str
     status: str
     reason: str = ""
     impl: str = ""  # what really ran, where a mechanism can dispatch to several kernels
-    time_ms: float = NAN  # median
+    time_ms: float = NAN  # median of measured repetitions (ok records only)
     time_ms_p20: float = NAN
     time_ms_p80: float = NAN
     reps: int = 0
@@ -53,45 +62,138 @@ class Record:
     check: str = ""  # "pass" | "fail" | "" (not checked)
     check_tol: float = NAN
     compile_s: float = NAN  # first call (compilation, autotuning), kept out of time_ms
-    timestamp: float = field(default=NAN)
+    timestamp: float = NAN
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}")
+
+    def row(self) -> dict:
+        """The flat row: the case's fields, then the results."""
+        row = self.case.to_row()
+        row.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "case"})
+        return row
 
     @classmethod
-    def for_case(cls, case: Case, family: str, device: str, status: str, **values) -> Record:
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
-        return cls(
-            mechanism=case.mechanism, family=family, mode=case.mode, batch=case.batch,
-            heads=case.heads, seq_len=case.seq_len, head_dim=case.head_dim, dtype=case.dtype,
-            decay=case.decay, device=device, status=status, **values,
-        )
+    def from_row(cls, row: dict) -> Record:
+        """A Record from a row of any readable schema. ValueError if it is not a record."""
+        if not isinstance(row, dict):
+            raise ValueError(f"not a record (a JSON {type(row).__name__})")
+        try:
+            case = Case.from_row(row)
+        except KeyError as exc:
+            raise ValueError(f"not a record (no {exc.args[0]!r})") from None
+        values = {}
+        for f in fields(cls):
+            if f.name == "case" or f.name not in row:
+                continue
+            value = row[f.name]
+            if f.type == "float":
+                value = NAN if value is None else float(value)
+            elif f.type == "int":
+                value = int(value or 0)
+            elif not isinstance(value, str):
+                raise ValueError(f"{f.name} is {value!r}, not a string")
+            values[f.name] = value
+        for required in ("family", "device", "status"):
+            if required not in values:
+                raise ValueError(f"not a record (no {required!r})")
+        return cls(case=case, **values)
 
-    def case(self) -> Case:
-        return Case(self.mechanism, self.mode, self.batch, self.heads, self.seq_len,
-                    self.head_dim, self.dtype, self.decay)
 
-
-RECORD_COLUMNS = [f.name for f in fields(Record)]
+RESULT_COLUMNS = [f.name for f in fields(Record) if f.name != "case"]
+RECORD_COLUMNS = KEY_COLUMNS + RESULT_COLUMNS
+_TYPES = {f.name: f.type for f in fields(Case)} | {f.name: f.type for f in fields(Record)}
 
 
 def _json_value(v):
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
-class RecordWriter:
-    """Appends one JSON line per record and flushes it to disk at once."""
+# --- the journal ---------------------------------------------------------------------------
+
+
+@dataclass
+class Journal:
+    """What records.jsonl holds: records, cases begun but never recorded, damaged lines."""
+
+    records: list[Record] = field(default_factory=list)
+    unfinished: list[Case] = field(default_factory=list)  # a started marker with no record
+    problems: list[str] = field(default_factory=list)  # "line 7: ..." per damaged line
+
+
+def read_journal(run_dir: Path) -> Journal:
+    path = Path(run_dir) / JSONL_FILE
+    journal = Journal()
+    if not path.is_file():
+        return journal
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    started: dict[tuple, Case] = {}
+    lines = data.split(b"\n")
+    torn = lines[-1]  # bytes after the last newline: a line cut off by a crash, or nothing
+    for number, raw in enumerate(lines[:-1], start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+            if isinstance(row, dict) and "started" in row:
+                case = Case.from_row(row["started"])
+                started[case.key()] = case
+                continue
+            rec = Record.from_row(row)
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            journal.problems.append(f"line {number}: {_why(exc)}")
+            continue
+        started.pop(rec.case.key(), None)
+        journal.records.append(rec)
+    if torn.strip():
+        journal.problems.append(f"line {len(lines)}: cut off without its newline (a crash "
+                                f"while writing); {len(torn)} bytes ignored")
+    journal.unfinished = list(started.values())
+    return journal
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return "not JSON"
+    return str(exc) or type(exc).__name__
+
+
+class RunWriter:
+    """The one writer of a run directory: holds its lock, appends records and markers.
+
+    Opening it repairs a torn last line (moved to records.torn) so no append joins it.
+    """
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / JSONL_FILE
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / JSONL_FILE
+        self._lock = _lock(self.run_dir)
+        try:
+            self.repaired = _repair_torn_tail(self.path, self.run_dir / TORN_FILE)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept for the run)
+        except OSError as exc:
+            self._lock.close()
+            raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
 
-    def write(self, record: Record) -> None:
-        row = {k: _json_value(v) for k, v in asdict(record).items()}
-        self._file.write(json.dumps(row) + "\n")
+    def _append(self, row: dict) -> None:
+        self._file.write(json.dumps(row, allow_nan=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 
+    def started(self, case: Case, timestamp: float) -> None:
+        """Mark ``case`` as begun: if the process dies inside it, resume records that."""
+        self._append({"started": case.to_row(), "timestamp": timestamp, "pid": os.getpid()})
+
+    def write(self, record: Record) -> None:
+        self._append({k: _json_value(v) for k, v in record.row().items()})
+
     def close(self) -> None:
         self._file.close()
+        self._lock.close()  # closing the descriptor drops the flock
 
     def __enter__(self):
         return self
@@ -100,13 +202,64 @@ class RecordWriter:
         self.close()
 
 
+def _lock(run_dir: Path):
+    path = run_dir / LOCK_FILE
+    try:
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the run)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UsageError(f"{run_dir} is being written by {holder}; wait for it to finish "
+                         "or choose another directory") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"attnbench pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _repair_torn_tail(path: Path, torn_path: Path) -> bool:
+    """Move bytes after the last newline into ``torn_path``; True if there were any."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return False
+        f.seek(0)
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        with open(torn_path, "ab") as side:
+            side.write(data[keep:] + b"\n")
+        f.truncate(keep)
+    return True
+
+
+# --- meta and views ------------------------------------------------------------------------
+
+
 def write_meta(run_dir: Path, meta: dict) -> None:
     meta = {"schema_version": SCHEMA_VERSION, **meta}
-    (Path(run_dir) / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    path = Path(run_dir) / META_FILE
+    try:
+        path.write_text(json.dumps(meta, indent=2, default=str, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / META_FILE).is_file()
 
 
 def read_meta(run_dir: Path) -> dict:
-    """The run's metadata; UsageError if the directory is not a run of this schema."""
+    """The run's metadata; UsageError if the directory is not a run of a readable schema."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"results directory {str(run_dir)!r} does not exist")
@@ -117,65 +270,60 @@ def read_meta(run_dir: Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise UsageError(f"{meta_path} is not valid JSON: {exc}") from None
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise UsageError(
-            f"{str(run_dir)!r} has schema version {version}, this attnbench reads {SCHEMA_VERSION}"
-        )
+    except OSError as exc:
+        raise UsageError(f"cannot read {meta_path}: {exc.strerror}") from None
+    version = meta.get("schema_version") if isinstance(meta, dict) else None
+    if version not in READABLE_SCHEMAS:
+        raise UsageError(f"{str(run_dir)!r} has schema version {version}, this attnbench reads "
+                         f"{', '.join(map(str, READABLE_SCHEMAS))}")
     return meta
 
 
-def read_jsonl(run_dir: Path) -> list[dict]:
-    """The rows of records.jsonl; a last line cut off by a crash is ignored."""
-    path = Path(run_dir) / JSONL_FILE
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def read_records(run_dir: Path) -> list[Record]:
-    """The records already in a run directory, as Records (for --resume)."""
-    records = []
-    for row in read_jsonl(run_dir):
-        values = {k: (NAN if v is None else v) for k, v in row.items() if k in RECORD_COLUMNS}
-        records.append(Record(**values))
-    return records
-
-
-def to_frame(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=RECORD_COLUMNS)
-    for col in ("batch", "heads", "seq_len", "head_dim", "reps"):
-        df[col] = df[col].astype("int64")
-    df["decay"] = df["decay"].astype(bool)
-    for col in df.columns:
-        if col not in ("batch", "heads", "seq_len", "head_dim", "reps", "decay") and (
-            Record.__dataclass_fields__[col].type == "float"
-        ):
+def to_frame(recs: list[Record]) -> pd.DataFrame:
+    """Records as a tidy DataFrame, one row per case, columns RECORD_COLUMNS."""
+    df = pd.DataFrame([r.row() for r in recs], columns=RECORD_COLUMNS)
+    for col in RECORD_COLUMNS:
+        kind = _TYPES[col]
+        if kind == "int":
+            df[col] = df[col].astype("int64")
+        elif kind == "bool":
+            df[col] = df[col].astype(bool)
+        elif kind == "float":
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-    str_cols = [c for c in df.columns if Record.__dataclass_fields__[c].type == "str"]
-    df[str_cols] = df[str_cols].fillna("")
+        else:
+            df[col] = df[col].fillna("").astype(str)
     return df
 
 
-def load(run_dir: Path) -> pd.DataFrame:
-    """All records of a run as a tidy DataFrame (one row per case). UsageError if unusable."""
+def load(run_dir: Path, strict: bool = False) -> pd.DataFrame:
+    """All records of a run as a tidy DataFrame (one row per case, the last record wins).
+
+    Damaged lines are listed in ``df.attrs["problems"]`` (``strict``: a UsageError instead).
+    UsageError if the directory is not a run or holds no record.
+    """
     read_meta(run_dir)
-    rows = read_jsonl(run_dir)
-    if not rows:
+    journal = read_journal(run_dir)
+    if journal.problems and strict:
+        raise UsageError(f"{Path(run_dir) / JSONL_FILE}: {len(journal.problems)} damaged "
+                         f"line(s): {'; '.join(journal.problems[:5])}")
+    if not journal.records:
         raise UsageError(f"{str(run_dir)!r} holds no records ({JSONL_FILE} is missing or empty)")
-    return to_frame(rows)
+    latest = {r.case.key(): r for r in journal.records}
+    df = to_frame(list(latest.values()))
+    df.attrs["problems"] = journal.problems
+    df.attrs["duplicates"] = len(journal.records) - len(latest)
+    return df
 
 
-def finalize(run_dir: Path) -> pd.DataFrame:
-    """Write records.parquet and records.csv from records.jsonl; returns the frame."""
-    rows = read_jsonl(run_dir)
-    df = to_frame(rows)
-    df.to_parquet(Path(run_dir) / PARQUET_FILE, index=False)
-    df.to_csv(Path(run_dir) / CSV_FILE, index=False)
+def finalize(run_dir: Path) -> pd.DataFrame | None:
+    """Write records.parquet and records.csv from records.jsonl; the frame, or None if empty."""
+    try:
+        df = load(run_dir)
+    except UsageError:
+        return None
+    try:
+        df.to_parquet(Path(run_dir) / PARQUET_FILE, index=False)
+        df.to_csv(Path(run_dir) / CSV_FILE, index=False)
+    except OSError as exc:
+        raise UsageError(f"cannot write the tables in {run_dir}: {exc.strerror}") from None
     return df

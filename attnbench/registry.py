@@ -7,7 +7,8 @@ whether it is available, and nothing is read from the environment at import.
 
 Mechanism callables share one signature, ``fn(q, k, v, decay) -> o``, with q, k, v and o in
 the mechanism's native layout (``bhnd`` = (B, H, N, D) or ``bnhd`` = (B, N, H, D)) and decay
-either None or the per-head rates ``s_h`` of shape (H,).
+either None or the per-head rates ``s_h`` of shape (H,). Every hook that depends on the case
+(limits, FLOP model, which implementation ran) takes the ``Case``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attnbench.case import Case
 from attnbench.errors import UsageError
 
 FAMILIES = ("softmax", "linear")
@@ -35,23 +37,48 @@ AttnFn = Callable[..., torch.Tensor]
 BWD_FLOP_FACTOR = 2.5
 
 
-def quadratic_flops(b: int, h: int, n: int, d: int, e: int) -> float:
+def quadratic_flops(c: Case) -> float:
     """Q K^T and (.)V over the causal half: 2·b·h·n²·(d+e)/2 (= 4·b·h·n²·d/2 when e = d).
 
     FlashAttention's convention for causal softmax attention: a multiply-add is 2 FLOPs, the
     causal mask halves the n² score matrix (n²/2, not n(n+1)/2), softmax and scaling are not
     counted, and the backward pass is BWD_FLOP_FACTOR (2.5x) the forward.
     """
-    return b * h * n * n * (d + e)
+    return float(c.batch * c.heads * c.seq_len * c.seq_len * (c.head_dim + c.value_dim))
 
 
-def linear_state_flops(b: int, h: int, n: int, d: int, e: int) -> float:
+def linear_state_flops(c: Case) -> float:
     """The state form's useful work: per token k^T v into the state and q·S out, 4·d·e."""
-    return 4.0 * b * h * n * d * e
+    return 4.0 * c.batch * c.heads * c.seq_len * c.head_dim * c.value_dim
 
 
-def mode_flops(fwd_flops: float, mode: str) -> float:
-    return {"fwd": 1.0, "bwd": BWD_FLOP_FACTOR, "fwdbwd": 1.0 + BWD_FLOP_FACTOR}[mode] * fwd_flops
+MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": BWD_FLOP_FACTOR, "fwdbwd": 1.0 + BWD_FLOP_FACTOR}
+
+
+# --- memory models ------------------------------------------------------------------------
+# Bytes a call must hold at least: a lower bound, so a case whose bound exceeds the free
+# memory cannot run and is recorded `oom` without being tried (a host OOM would kill the
+# process with no record).
+
+ELEMENT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
+
+
+def io_bytes(c: Case) -> float:
+    """q, k, v and o; with a backward also do, dq, dk and dv."""
+    b, h, n, d, e = c.batch, c.heads, c.seq_len, c.head_dim, c.value_dim
+    per_token = 2 * d + 2 * e if c.mode == "fwd" else 4 * d + 4 * e
+    return float(ELEMENT_BYTES[c.dtype] * b * h * n * per_token)
+
+
+def score_matrix_bytes(c: Case) -> float:
+    """io_bytes plus one n x n matrix per head (scores or decay mask materialised)."""
+    return io_bytes(c) + ELEMENT_BYTES[c.dtype] * c.batch * c.heads * c.seq_len ** 2
+
+
+def prefix_state_bytes(c: Case) -> float:
+    """io_bytes plus every prefix state (n x D x E per head) materialised."""
+    return io_bytes(c) + (ELEMENT_BYTES[c.dtype] * c.batch * c.heads * c.seq_len
+                          * c.head_dim * c.value_dim)
 
 
 # --- the mechanism record ----------------------------------------------------------------
@@ -82,16 +109,18 @@ class Mechanism:
     backward: bool = True
     package: str | None = None  # import name it needs
     pip_hint: str = ""  # how to get that package
-    flops: Callable[[int, int, int, int, int], float] = quadratic_flops
+    flops: Callable[[Case], float] = quadratic_flops  # forward FLOPs of one call
+    memory: Callable[[Case], float] = io_bytes  # bytes a call must hold at least
     oracle: str = ""  # the float64 reference that checks it
     # Extra availability test beyond "the package imports": returns a reason, or "" if fine.
     probe: Callable[[], str] | None = None
-    # Per-case limits beyond dtype/head dim: returns a reason, or "" if the case is fine.
-    case_limits: Callable[[int, int, str, bool], str] | None = None  # (n, d, dtype, decay)
+    # Per-case limits beyond dtype/head dims: returns a reason, or "" if the case is fine.
+    case_limits: Callable[[Case], str] | None = None
     # Which implementation really runs for a case (a backend, a dispatched op), where a
     # mechanism can dispatch to several: stored in the record's ``impl`` column.
-    impl_of: Callable[[int, int, int, int, str], str] | None = None  # (b, h, n, d, dtype)
+    impl_of: Callable[[Case], str] | None = None
     warmup_note: str = ""  # shown while its first call runs (e.g. a long autotune)
+    value_dim_equal: bool = False  # takes only E = D (a softmax kernel with one head dim)
     # Which implementation will run here and why, for a mechanism that picks one when loaded
     # (flash2: flash-attn or SDPA's flash backend): the reason of a yes from ``available()``.
     choice: Callable[[], str] | None = None
@@ -114,18 +143,27 @@ class Mechanism:
                 return Availability(False, reason)
         return Availability(True, self.choice() if self.choice is not None else "")
 
-    def unsupported_reason(self, n: int, d: int, dtype: str, decay: bool) -> str:
+    def unsupported_reason(self, case: Case) -> str:
         """Why this mechanism cannot take the case, or "" if it can."""
-        if dtype not in self.dtypes:
-            return f"{self.name} does not take {dtype} (takes {', '.join(self.dtypes)})"
+        if case.dtype not in self.dtypes:
+            return f"{self.name} does not take {case.dtype} (takes {', '.join(self.dtypes)})"
+        if case.mode != "fwd" and not self.backward:
+            return f"{self.name} has no backward pass"
         lo, hi = self.head_dims
-        if not lo <= d <= hi or d % self.head_dim_multiple:
-            multiple = (f", multiple of {self.head_dim_multiple}"
-                        if self.head_dim_multiple > 1 else "")
-            return f"{self.name} takes head dims {lo}..{hi}{multiple}, not {d}"
+        for what, d in (("head dim", case.head_dim), ("value dim", case.value_dim)):
+            if not lo <= d <= hi or d % self.head_dim_multiple:
+                multiple = (f", multiple of {self.head_dim_multiple}"
+                            if self.head_dim_multiple > 1 else "")
+                return f"{self.name} takes {what}s {lo}..{hi}{multiple}, not {d}"
+        if self.value_dim_equal and case.value_dim != case.head_dim:
+            return f"{self.name} needs value dim = head dim ({case.head_dim}), not {case.value_dim}"
         if self.case_limits is not None:
-            return self.case_limits(n, d, dtype, decay)
+            return self.case_limits(case)
         return ""
+
+    def mode_flops(self, case: Case) -> float:
+        """FLOPs of one call of the case's mode by this mechanism's model."""
+        return MODE_FLOP_FACTOR[case.mode] * self.flops(case)
 
 
 # --- loaders (imports deferred until a mechanism is used) ---------------------------------
@@ -139,9 +177,9 @@ def _from(module: str, attr: str, call: bool = False) -> Callable[[], AttnFn]:
     return load
 
 
-def _peer_limits(n: int, d: int, dtype: str, decay: bool) -> str:
+def _peer_limits(c: Case) -> str:
     return importlib.import_module("attnbench.baselines.peers").lightning_attn_limits(
-        n, d, dtype, decay)
+        c.seq_len, c.head_dim, c.dtype, c.decay)
 
 
 def _sdpa(backend: str) -> Callable[[], AttnFn]:
@@ -155,11 +193,19 @@ def _softmax(attr: str, *args):
                                  attr)(*args, *more)
 
 
-def _cutlass_limits(n: int, d: int, dtype: str, decay: bool) -> str:
+def _impl(attr: str) -> Callable[[Case], str]:
+    """``attnbench.baselines.softmax.<attr>(b, h, n, d, dtype)`` for a Case."""
+    return lambda c: _softmax(attr)(c.batch, c.heads, c.seq_len, c.head_dim, c.dtype)
+
+
+def _cutlass_limits(c: Case) -> str:
     """CUTLASS memory-efficient kernels (SDPA's efficient backend, xformers' cutlass ops) on
-    sm80+: head dim a multiple of 16 bytes' worth (8 for fp16/bf16, 4 for fp32)."""
-    multiple = 4 if dtype == "fp32" else 8
-    return f"head dim must be a multiple of {multiple} for {dtype}, not {d}" if d % multiple else ""
+    sm80+: head dims a multiple of 16 bytes' worth (8 for fp16/bf16, 4 for fp32)."""
+    multiple = 4 if c.dtype == "fp32" else 8
+    for d in (c.head_dim, c.value_dim):
+        if d % multiple:
+            return f"head dims must be multiples of {multiple} for {c.dtype}, not {d}"
+    return ""
 
 
 # --- the registry --------------------------------------------------------------------------
@@ -233,6 +279,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         head_dims=(1, 1024),
         decay=True,
         flops=quadratic_flops,
+        memory=score_matrix_bytes,
         oracle="linear-recurrent",
     ),
     Mechanism(
@@ -244,6 +291,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         head_dims=(1, 1024),
         decay=False,
         flops=linear_state_flops,
+        memory=prefix_state_bytes,
         oracle="linear-recurrent",
     ),
     # Softmax attention -----------------------------------------------------------------
@@ -254,6 +302,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         summary="causal softmax with the n x n score matrix materialised in PyTorch (oracle)",
         devices=("cpu", "cuda"),
         head_dims=(1, 1024),
+        memory=score_matrix_bytes,
         oracle="sdpa-math",
     ),
     Mechanism(
@@ -263,6 +312,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         summary="PyTorch SDPA pinned to its math backend (oracle)",
         devices=("cpu", "cuda"),
         head_dims=(1, 1024),
+        memory=score_matrix_bytes,
         oracle="softmax-naive",
     ),
     Mechanism(
@@ -276,10 +326,11 @@ MECHANISMS: tuple[Mechanism, ...] = (
         head_dims=(8, 256),
         head_dim_multiple=8,
         pip_hint="pip install 'attnbench[flash]'",
+        value_dim_equal=True,
         oracle="softmax-naive",
         probe=_softmax("flash2_problem"),
         choice=_softmax("flash2_choice"),
-        impl_of=_softmax("flash2_impl"),
+        impl_of=_impl("flash2_impl"),
     ),
     Mechanism(
         name="sdpa-flash",
@@ -289,6 +340,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         dtypes=("fp16", "bf16"),
         head_dims=(8, 256),
         head_dim_multiple=8,
+        value_dim_equal=True,
         oracle="softmax-naive",
         probe=_softmax("sdpa_problem", "FLASH_ATTENTION"),
     ),
@@ -301,6 +353,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         dtypes=("fp16", "bf16"),
         head_dims=(8, 256),
         head_dim_multiple=8,
+        value_dim_equal=True,
         oracle="softmax-naive",
         probe=_softmax("sdpa_problem", "CUDNN_ATTENTION"),
     ),
@@ -323,10 +376,11 @@ MECHANISMS: tuple[Mechanism, ...] = (
         head_dims=(4, 1024),
         package="xformers",
         pip_hint="pip install 'attnbench[xformers]', a build for this torch",
+        value_dim_equal=True,
         oracle="softmax-naive",
         probe=_softmax("xformers_problem"),
         case_limits=_cutlass_limits,
-        impl_of=_softmax("xformers_impl"),
+        impl_of=_impl("xformers_impl"),
     ),
 )
 
@@ -348,21 +402,24 @@ def get(name: str) -> Mechanism:
         raise UsageError(f"unknown mechanism {name!r}; known: {', '.join(names())}") from None
 
 
-def select(selection: str | None, device: str) -> list[Mechanism]:
+def select(selection: str | None, device: str | None) -> list[Mechanism]:
     """Resolve ``"lightning2,softmax"`` (names or families, comma separated) to mechanisms.
 
-    ``None``, ``""`` or ``"all"`` means every mechanism that runs on ``device``. A family
-    means its members that run on ``device``. A mechanism named outright is kept even if it
-    cannot run here: the sweep records why.
+    ``None``, ``""`` or ``"all"`` means every mechanism that runs on ``device`` (every one,
+    for ``device=None``). A family means its members that run on ``device``. A mechanism
+    named outright is kept even if it cannot run here: the sweep records why.
     """
+    def runs_here(m: Mechanism) -> bool:
+        return device is None or device in m.devices
+
     if selection is None or selection.strip() in ("", "all"):
-        return [m for m in MECHANISMS if device in m.devices]
+        return [m for m in MECHANISMS if runs_here(m)]
     chosen: list[Mechanism] = []
     for token in (t.strip() for t in selection.split(",")):
         if not token:
             continue
         if token in FAMILIES:
-            members = [m for m in MECHANISMS if m.family == token and device in m.devices]
+            members = [m for m in MECHANISMS if m.family == token and runs_here(m)]
         elif token in _BY_NAME:
             members = [_BY_NAME[token]]
         else:

@@ -6,42 +6,45 @@ import math
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from attnbench.case import SHAPE_COLUMNS
 from attnbench.measure import HOST_BOUND_FRACTION, host_bound
 from attnbench.sizes import format_size
 
 METRICS = {
-    # name: (column, title, formatter)
-    "tokens": ("tokens_per_s", "M tokens/s (higher is better)", lambda x: f"{x / 1e6:.3g}"),
-    "time": ("time_ms", "time, ms (median)", lambda x: f"{x:.3g}"),
-    "memory": ("extra_mem_mib", "memory above inputs, MiB", lambda x: f"{x:,.0f}"),
+    # name: (column, title, formatter, a time: host-bound cells are marked)
+    "tokens": ("tokens_per_s", "M tokens/s (higher is better)", lambda x: f"{x / 1e6:.3g}", True),
+    "time": ("time_ms", "time, ms (median)", lambda x: f"{x:.3g}", True),
+    "memory": ("extra_mem_mib", "memory above inputs, MiB", lambda x: f"{x:,.0f}", False),
 }
 STATUS_CELL = {"oom": "[red]OOM[/]", "error": "[red]error[/]", "unsupported": "[dim]n/a[/]",
                "skipped": "[yellow]skip[/]", "timeout": "[yellow]timeout[/]"}
-SHAPE_COLUMNS = ["batch", "heads", "head_dim", "dtype", "decay"]
 
 
-def _cell(row: pd.Series, column: str, fmt) -> str:
+def _cell(row: pd.Series, column: str, fmt, mark_host: bool) -> str:
     if row["status"] != "ok":
-        return STATUS_CELL.get(row["status"], row["status"])
+        return STATUS_CELL.get(row["status"], escape(row["status"]))
     value = row[column]
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "[dim]–[/]"
-    text = fmt(value) + ("*" if host_bound(row.get("host_ms"), row["time_ms"]) else "")
+    host = mark_host and host_bound(row.get("host_ms"), row["time_ms"])
+    text = fmt(value) + ("*" if host else "")
     return f"[red]{text}✗[/]" if row["check"] == "fail" else text
 
 
 def tables(df: pd.DataFrame, metric: str) -> list[Table]:
     """One table per mode for ``metric`` ("tokens", "time" or "memory")."""
-    column, title, fmt = METRICS[metric]
+    column, title, fmt, mark_host = METRICS[metric]
     varying = [c for c in SHAPE_COLUMNS if df[c].nunique() > 1]
     fixed = ", ".join(f"{c}={df[c].iloc[0]}" for c in SHAPE_COLUMNS if c not in varying)
     seq_lens = sorted(df["seq_len"].unique())
     out = []
     for mode, part in df.groupby("mode", sort=False):
-        caption = fixed
-        if any(host_bound(r.get("host_ms"), r["time_ms"]) for _, r in part.iterrows()):
+        caption = escape(fixed)
+        if mark_host and any(host_bound(r.get("host_ms"), r["time_ms"])
+                             for _, r in part.iterrows()):
             caption += (f"\n* host-bound: the host took {HOST_BOUND_FRACTION:.0%} or more of this "
                         "time to issue one call, so the number is the host's (Python, "
                         "launches) as much as the kernel's")
@@ -56,8 +59,9 @@ def tables(df: pd.DataFrame, metric: str) -> list[Table]:
         for _, rows in part.groupby(keys, sort=False):
             by_len = {int(r["seq_len"]): r for _, r in rows.iterrows()}
             first = rows.iloc[0]
-            cells = [first["mechanism"], *(str(first[c]) for c in varying)]
-            cells += [_cell(by_len[n], column, fmt) if n in by_len else "" for n in seq_lens]
+            cells = [escape(first["mechanism"]), *(escape(str(first[c])) for c in varying)]
+            cells += [_cell(by_len[n], column, fmt, mark_host) if n in by_len else ""
+                      for n in seq_lens]
             table.add_row(*cells)
         out.append(table)
     return out
@@ -67,10 +71,10 @@ def notes(df: pd.DataFrame) -> list[str]:
     """One line per distinct reason a case did not give a clean number."""
     lines = []
     flagged = df[(df["status"] != "ok") | (df["check"] == "fail")]
-    for (mech, status, reason), group in flagged.groupby(["mechanism", "status", "reason"],
-                                                         sort=False):
+    for (mech, mode, status, reason), group in flagged.groupby(
+            ["mechanism", "mode", "status", "reason"], sort=False):
         lens = ", ".join(format_size(int(n)) for n in sorted(group["seq_len"].unique()))
-        lines.append(f"{mech} {status} at {lens}: {reason}")
+        lines.append(f"{mech} {mode} {status} at {lens}: {reason}")
     return lines
 
 
@@ -84,9 +88,10 @@ def print_report(df: pd.DataFrame, console: Console, metrics=("tokens", "time", 
     if len(checked):
         errs = ", ".join(f"{r.mechanism} {r.max_rel_err:.1e}{'' if r.check == 'pass' else ' FAIL'}"
                          for r in checked.itertuples())
-        console.print(f"[dim]error vs float64 oracle (✗ = failed, not to be trusted): {errs}[/]")
+        console.print(f"[dim]error vs float64 oracle (✗ = failed, not to be trusted): "
+                      f"{escape(errs)}[/]")
     impls = df[df["impl"] != ""].drop_duplicates(["mechanism", "impl"])
     for r in impls.itertuples():
-        console.print(f"[dim]{r.mechanism} ran {r.impl}[/]", highlight=False)
+        console.print(f"[dim]{escape(r.mechanism)} ran {escape(r.impl)}[/]", highlight=False)
     for line in notes(df):
-        console.print(f"[dim]• {line}[/]", highlight=False)
+        console.print(f"[dim]• {escape(line)}[/]", highlight=False)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import asdict, dataclass, fields
 
 from attnbench import registry
+from attnbench.case import Case
 from attnbench.errors import UsageError
 from attnbench.sizes import parse_sizes
 
 
 @dataclass(frozen=True)
 class SweepSpec:
+    """What a sweep covers: the axes of its cases and its budgets. Expands to ``Case``s."""
+
     mechanisms: str  # names or families, comma separated; "all" = all that run on the device
     seq_lens: tuple[int, ...]
     batch: tuple[int, ...]
@@ -22,6 +27,10 @@ class SweepSpec:
     device: str  # "cuda" | "cpu"
     max_case_seconds: float  # skip a case whose predicted measuring time is longer
     preset: str = ""
+    value_dims: tuple[int, ...] = ()  # E; () = the head dim of each case
+    # Wall time one line (a mechanism, mode and shape over the lengths) may spend measuring;
+    # once spent, its longer lengths are recorded `skipped`. 0 = no limit.
+    line_seconds: float = 0.0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -33,38 +42,18 @@ class SweepSpec:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class Case:
-    mechanism: str
-    mode: str
-    batch: int
-    heads: int
-    seq_len: int
-    head_dim: int
-    dtype: str
-    decay: bool
-
-    def key(self) -> tuple:
-        """Identity of a case across runs (resume, compare)."""
-        return (self.mechanism, self.mode, self.batch, self.heads, self.seq_len,
-                self.head_dim, self.dtype, self.decay)
-
-    def series(self) -> tuple:
-        """Everything but the length: the cases of one line on a plot."""
-        return (self.mechanism, self.mode, self.batch, self.heads, self.head_dim,
-                self.dtype, self.decay)
-
-
 PRESETS: dict[str, dict] = {
     # Finishes in well under a minute on 2 CPU cores, over every CPU-capable mechanism.
     "cpu": dict(seq_lens="128..1k", batch="1", heads="4", head_dims="32", dtypes="fp32",
-                modes="fwd,bwd", decay=True, max_case_seconds=10.0),
-    # A few minutes on one GPU: the CI regression grid.
+                modes="fwd,bwd", decay=True, max_case_seconds=10.0, line_seconds=0.0),
+    # The first GPU run and the CI regression grid: about a minute on one GPU. The slow
+    # references (one Python step per token, n x n matrices) say what they can in a few
+    # seconds a line; the kernels are far below these budgets.
     "quick": dict(seq_lens="1k..16k", batch="2", heads="16", head_dims="128", dtypes="bf16",
-                  modes="fwd,bwd", decay=True, max_case_seconds=20.0),
+                  modes="fwd,bwd", decay=True, max_case_seconds=2.0, line_seconds=3.0),
     # The official Lightning Attention-2 benchmark's shape.
     "paper": dict(seq_lens="1k..128k", batch="4", heads="32", head_dims="128", dtypes="bf16",
-                  modes="fwd,bwd", decay=True, max_case_seconds=30.0),
+                  modes="fwd,bwd", decay=True, max_case_seconds=30.0, line_seconds=60.0),
 }
 
 
@@ -90,6 +79,8 @@ def build_spec(
     modes: str | None = None,
     decay: bool | None = None,
     max_case_seconds: float | None = None,
+    value_dims: str | None = None,
+    line_seconds: float | None = None,
 ) -> SweepSpec:
     """A preset's values, overridden by whatever was given explicitly. Raises UsageError."""
     if device not in ("cpu", "cuda"):
@@ -114,9 +105,14 @@ def build_spec(
         device=device,
         max_case_seconds=float(pick(max_case_seconds, "max_case_seconds")),
         preset=preset,
+        value_dims=parse_sizes(value_dims) if value_dims else (),
+        line_seconds=float(pick(line_seconds, "line_seconds")),
     )
-    if spec.max_case_seconds <= 0:
-        raise UsageError("--max-case-seconds must be positive")
+    if not (math.isfinite(spec.max_case_seconds) and spec.max_case_seconds > 0):
+        raise UsageError(
+            f"--max-case-seconds must be a positive number, not {spec.max_case_seconds}")
+    if not (math.isfinite(spec.line_seconds) and spec.line_seconds >= 0):
+        raise UsageError(f"--line-seconds must be a number >= 0, not {spec.line_seconds}")
     registry.select(spec.mechanisms, device)  # unknown names fail here, before any work
     return spec
 
@@ -129,12 +125,11 @@ def expand(spec: SweepSpec) -> list[Case]:
     """
     cases: list[Case] = []
     for mech in registry.select(spec.mechanisms, spec.device):
-        decay = spec.decay and mech.decay
-        for dtype in spec.dtypes:
-            for d in spec.head_dims:
-                for b in spec.batch:
-                    for h in spec.heads:
-                        for mode in spec.modes:
-                            for n in spec.seq_lens:
-                                cases.append(Case(mech.name, mode, b, h, n, d, dtype, decay))
+        grid = itertools.product(spec.dtypes, spec.head_dims, spec.batch, spec.heads, spec.modes)
+        for dtype, d, b, h, mode in grid:
+            for e in spec.value_dims or (d,):
+                for n in spec.seq_lens:
+                    cases.append(Case(mechanism=mech.name, mode=mode, batch=b, heads=h,
+                                      seq_len=n, head_dim=d, value_dim=e, dtype=dtype,
+                                      decay=spec.decay and mech.decay))
     return list(dict.fromkeys(cases))
