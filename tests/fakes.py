@@ -1,13 +1,16 @@
-"""Fake mechanisms for harness tests: OOM, errors, wrong answers and slow calls, on the CPU."""
+"""What harness tests share: fake mechanisms (OOM, errors, wrong answers, slow calls, on the
+CPU), and cases, records and run directories made on the spot."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import torch
 from attnbench.baselines.linear import linear_masked
 
-from attnbench import registry
+from attnbench import records, registry
+from attnbench.case import Case
 
 
 def fake(name: str, fn, **kwargs) -> registry.Mechanism:
@@ -45,3 +48,24 @@ def sleepy(seconds_at_128: float):
         time.sleep(seconds_at_128 * (q.shape[2] / 128) ** 2)
         return linear_masked(q, k, v, decay)
     return fn
+
+
+# --- cases, records and run directories made by tests --------------------------------------
+
+
+def make_case(mechanism="linear-masked", mode="fwd", batch=1, heads=4, seq_len=1024,
+              head_dim=32, value_dim=None, dtype="fp32", decay=True) -> Case:
+    return Case(mechanism, mode, batch, heads, seq_len, head_dim,
+                head_dim if value_dim is None else value_dim, dtype, decay)
+
+
+def make_run(path, recs, gpu=None, schema=None):
+    """A run directory holding ``recs`` (meta of ``schema`` if given, else the current one)."""
+    path.mkdir(parents=True, exist_ok=True)
+    records.write_meta(path, dict(command="test", environment=dict(gpu=gpu)))
+    if schema is not None:
+        (path / "meta.json").write_text(json.dumps({"schema_version": schema}))
+    with records.RunWriter(path) as w:
+        for r in recs:
+            w.write(r)
+    return path

@@ -1,16 +1,16 @@
 """attnbench compare: the regression rule on constructed records, and its exit codes."""
 
+import dataclasses
 import json
 import math
 import sys
 
 import pytest
-import torch
+from fakes import make_case, make_run
 
-from attnbench import cli, compare, registry, runner
+from attnbench import cli, compare
 from attnbench.errors import UsageError
-from attnbench.records import Record, RecordWriter, write_meta
-from attnbench.spec import Case
+from attnbench.records import Record
 
 NAN = math.nan
 
@@ -18,25 +18,14 @@ NAN = math.nan
 def rec(mech="linear-masked", mode="fwd", n=1024, t=1.0, spread=0.01, status="ok", mem=NAN,
         check="pass", device="cpu", b=1, h=4, d=32, host=NAN) -> Record:
     """A record of median time ``t`` ms with p20/p80 at t*(1 -/+ spread); ``host``: host_ms."""
-    case = Case(mech, mode, b, h, n, d, "fp32", True)
+    case = make_case(mech, mode, b, h, n, d)
     if status != "ok":
-        return Record.for_case(case, "linear", device, status, reason=f"it was {status}")
-    return Record.for_case(
+        return Record(case, "linear", device, status, reason=f"it was {status}")
+    return Record(
         case, "linear", device, "ok", time_ms=t, time_ms_p20=t * (1 - spread),
         time_ms_p80=t * (1 + spread), reps=20, tokens_per_s=b * n / (t / 1e3), tflops=1.0,
         extra_mem_mib=mem, peak_mem_mib=mem, check=check, host_ms=host,
         reason="" if check == "pass" else "FAILED correctness check")
-
-
-def make_run(path, recs, gpu=None, schema=None):
-    path.mkdir(parents=True)
-    write_meta(path, dict(command="test", environment=dict(gpu=gpu)))
-    if schema is not None:
-        (path / "meta.json").write_text(json.dumps({"schema_version": schema}))
-    with RecordWriter(path) as w:
-        for r in recs:
-            w.write(r)
-    return path
 
 
 def runs(tmp_path, base, new, **kw):
@@ -114,7 +103,7 @@ def test_faster_inside_noise_is_noise(tmp_path):
 
 def test_no_spread_means_the_median_decides(tmp_path):
     base, new = rec(t=1.0), rec(t=1.10)
-    base.time_ms_p20 = base.time_ms_p80 = NAN
+    base = dataclasses.replace(base, time_ms_p20=NAN, time_ms_p80=NAN)
     c, _ = one(tmp_path, base, new)
     assert c.verdict == "regressed"
 
@@ -295,87 +284,3 @@ def test_cli_json(tmp_path, monkeypatch, capsys):
     assert by_n[512]["verdict"] == "same" and by_n[512]["base"]["extra_mem_mib"] == 10.0
     assert by_n[1024]["verdict"] == "status" and by_n[1024]["new"]["time_ms"] is None
     assert data["counts"] == {"regressed": 1, "same": 1, "status": 1}
-
-
-# --- the planted-slowdown test hook ----------------------------------------------------------
-
-
-def test_plant_env_is_read_at_call_time(monkeypatch):
-    monkeypatch.delenv(compare.PLANT_ENV, raising=False)
-    assert compare._planted_fraction("lightning2") == 0.0
-    monkeypatch.setenv(compare.PLANT_ENV, "linear-masked:0.2, lightning2:0.10")
-    assert compare._planted_fraction("lightning2") == pytest.approx(0.10)
-    assert compare._planted_fraction("linear-masked") == pytest.approx(0.2)
-    assert compare._planted_fraction("sdpa-math") == 0.0
-    call = lambda: None
-    assert compare.planted_slowdown("sdpa-math", call, "cpu") is call
-
-
-@pytest.mark.parametrize("bad", ["lightning2", "lightning2:x", ":0.1", "lightning2:-1"])
-def test_plant_env_malformed(monkeypatch, bad):
-    monkeypatch.setenv(compare.PLANT_ENV, bad)
-    with pytest.raises(ValueError, match="NAME:FRACTION"):
-        compare._planted_fraction("lightning2")
-
-
-def test_planted_slowdown_sizes_busy_work_from_the_measured_time(monkeypatch, capsys):
-    # Fake timings (real ones are at the mercy of a shared CPU): one call takes 1 ms, a
-    # matmul 1 us at 32 wide and 8x longer per doubling.
-    def fake_min_seconds(fn, device, repeat=7, inner=1):
-        if fn is call:
-            return 1e-3
-        return 1e-6 * 8 ** math.log2(fn.__defaults__[0].shape[0] / 32)
-
-    calls = []
-    call = lambda: calls.append(1)
-    monkeypatch.setattr(compare, "_min_seconds", fake_min_seconds)
-    monkeypatch.setenv(compare.PLANT_ENV, "mech:0.10")
-    slowed = compare.planted_slowdown("mech", call, "cpu")
-    assert "test hook" in capsys.readouterr().err
-    # target 0.1 ms; 128 wide = 64 us >= target / 8, so 2 of them (~0.128 ms)
-    assert slowed.planted == (2, 128)
-    calls.clear()
-    slowed()
-    assert calls == [1]
-
-
-def test_planted_slowdown_on_cuda_is_one_spin_of_the_fraction(monkeypatch, capsys):
-    # No GPU here: do_bench and the spin kernel are stand-ins, the sizing is the real code.
-    import triton.testing
-
-    spins = []
-    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, return_mode: 2.0)  # 2 ms calls
-    monkeypatch.setattr(compare, "_cuda_sleep_cycles_per_ms", lambda: 1.5e6)  # a 1.5 GHz clock
-    monkeypatch.setattr(torch.cuda, "_sleep", spins.append)
-    monkeypatch.setenv(compare.PLANT_ENV, "mech:0.10")
-    slowed = compare.planted_slowdown("mech", lambda: "out", "cuda")
-    assert slowed.planted == (1, 300_000)  # 0.2 ms at 1.5e6 cycles per ms
-    assert slowed() == "out" and spins == [300_000]
-    assert "0.2 ms GPU spin" in capsys.readouterr().err
-
-
-def test_planted_slowdown_slows_a_real_call(monkeypatch):
-    x = torch.randn(256, 256)
-    call = lambda: x @ x
-    monkeypatch.setenv(compare.PLANT_ENV, "mech:1.0")
-    slowed = compare.planted_slowdown("mech", call, "cpu")
-    reps, size = slowed.planted
-    assert reps >= 1 and 32 <= size <= 4096
-    slowed()
-
-
-def test_measure_case_goes_through_the_hook(monkeypatch):
-    seen = []
-
-    def spy(name, call, device):
-        def counted():
-            seen.append(name)
-            return call()
-        return counted
-
-    monkeypatch.setattr(compare, "planted_slowdown", spy)
-    mech = registry.get("linear-masked")
-    case = Case(mech.name, "bwd", 1, 2, 64, 16, "fp32", True)
-    values = runner.measure_case(mech, mech.callable(), case, "cpu", 10.0)
-    assert values["status"] == "ok"
-    assert len(seen) >= values["reps"] and set(seen) == {mech.name}

@@ -5,32 +5,23 @@ import math
 import sys
 
 import pytest
+from fakes import make_case, make_run
 
 from attnbench import cli, export, records
-from attnbench.records import Record, RecordWriter, write_meta
-from attnbench.spec import Case
+from attnbench.records import Record
 
 NAN = math.nan
 
 
 def rec(mech="linear-masked", mode="fwd", n=1024, t=2.0, status="ok", mem=NAN, check="pass",
         p20=1.6, p80=2.5, decay=True) -> Record:
-    case = Case(mech, mode, 2, 4, n, 32, "bf16", decay)
+    case = make_case(mech, mode, 2, 4, n, 32, dtype="bf16", decay=decay)
     if status != "ok":
-        return Record.for_case(case, "linear", "cuda", status, reason="out of memory")
-    return Record.for_case(case, "linear", "cuda", "ok", time_ms=t, time_ms_p20=p20,
+        return Record(case, "linear", "cuda", status, reason="out of memory")
+    return Record(case, "linear", "cuda", "ok", time_ms=t, time_ms_p20=p20,
                            time_ms_p80=p80, reps=30, tokens_per_s=2 * n / (t / 1e3),
                            tflops=12.5, peak_mem_mib=mem + 10, extra_mem_mib=mem, check=check,
                            impl="triton")
-
-
-def make_run(path, recs):
-    path.mkdir()
-    write_meta(path, dict(command="test"))
-    with RecordWriter(path) as w:
-        for r in recs:
-            w.write(r)
-    return path
 
 
 @pytest.fixture
