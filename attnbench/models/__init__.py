@@ -1,0 +1,76 @@
+"""Model-level training steps: LLaMA and TransNormerLLM around registered mechanisms.
+
+    model = build_model("tnl", "0.4b", "lightning2", "cuda", "bf16")
+    step = make_train_step(model, batch=2, seq_len=8192, device="cuda", checkpointing=False)
+    step()  # forward, cross-entropy, backward, AdamW step, zero_grad
+    tgs = step.tokens / seconds_per_step
+    tflops = train_flops_per_token(model.config, 8192) * step.tokens / seconds_per_step / 1e12
+
+One file a family (``llama.py``, ``tnl.py``); shapes and their sources in ``config.py``; the
+step, FLOPs and parameter count in ``train.py``; what both families share in ``common.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attnbench.case import Case
+
+from .common import DTYPE_POLICIES, check_policy, resolve_mechanism
+from .config import (ATTENTION_FAMILY, DEFAULT_MECHANISM, FAMILIES, SIZES, ModelConfig,
+                     config_for, llama_ffn_dim)
+from .llama import LLaMA
+from .tnl import TNL
+from .train import (TrainStep, attention_flops_per_token, count_params, make_train_step,
+                    matmul_params, train_flops_per_token)
+
+__all__ = [
+    "ATTENTION_FAMILY", "DEFAULT_MECHANISM", "DTYPE_POLICIES", "FAMILIES", "SIZES", "LLaMA",
+    "ModelConfig", "TNL", "TrainStep", "attention_flops_per_token", "build_model",
+    "config_for", "count_params", "llama_ffn_dim", "make_train_step", "matmul_params",
+    "train_flops_per_token", "unsupported_reason",
+]
+
+_CLASSES = {"llama": LLaMA, "tnl": TNL}
+
+
+def build_model(family: str, size: str, mechanism: str, device, dtype_policy: str = "bf16",
+                *, config: ModelConfig | None = None, seed: int = 0) -> LLaMA | TNL:
+    """A ``family`` model ("llama" | "tnl") of ``size`` (a key of SIZES) on ``device``, its
+    attention done by the registered ``mechanism``.
+
+    Parameters are fp32 under both dtype policies ("bf16": the forward and backward run under
+    bf16 autocast; "fp32": they do not). ``device="meta"`` builds without memory (parameter
+    counts). ``config`` replaces the preset (e.g. ``config_for(...).with_(n_layers=1)``).
+    Weights are drawn from ``seed`` without touching the global RNG state.
+
+    Raises UsageError (a ValueError) for an unknown family, size, mechanism or policy, and for
+    a mechanism of the wrong family (softmax for tnl, linear for llama, one without decay for
+    tnl). Whether the mechanism can run on ``device`` is not checked here: ask
+    ``registry.get(mechanism).available(device)`` and ``unsupported_reason``.
+    """
+    config = config if config is not None else config_for(family, size)
+    mech = resolve_mechanism(config.family, mechanism)
+    check_policy(dtype_policy)
+    device = torch.device(device)
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):
+        torch.manual_seed(seed)
+        with device:
+            return _CLASSES[config.family](config, mech, dtype_policy)
+
+
+def unsupported_reason(config: ModelConfig, mechanism: str, seq_len: int,
+                       dtype_policy: str = "bf16") -> str:
+    """Why ``mechanism`` cannot train this model at ``seq_len`` (its head dims, dtype or its
+    own per-case limits, for every layer's (D, E)), or "" if it can."""
+    mech = resolve_mechanism(config.family, mechanism)
+    dtype = "bf16" if check_policy(dtype_policy) == "bf16" else "fp32"
+    for d, e in sorted(set(config.attention_dims())):
+        case = Case(mechanism=mech.name, mode="fwdbwd", batch=1, heads=config.n_heads,
+                    seq_len=seq_len, head_dim=d, value_dim=e, dtype=dtype,
+                    decay=config.family == "tnl")
+        reason = mech.unsupported_reason(case)
+        if reason:
+            return reason
+    return ""

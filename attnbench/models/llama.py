@@ -1,0 +1,133 @@
+"""A LLaMA-style decoder (arXiv 2302.13971): pre-norm RMSNorm, SwiGLU MLP, rotary position
+embeddings, causal softmax attention through a registered softmax mechanism.
+
+Followed: the block (x + attn(norm(x)), then x + mlp(norm(x))), RMSNorm with a gain, the
+SwiGLU w2(silu(w1 x) * w3 x), rotary embeddings on q and k, no biases, untied output
+embedding, the final norm. Simplified: one fused q/k/v projection (gpt-fast's wqkv; the same
+matmul work as three), rotary in the "rotate half" pairing (GPT-NeoX / Hugging Face) rather
+than Meta's interleaved pairs (the same cost; weights are not interchangeable, which does
+not matter here), full multi-head attention (no grouped-query heads, as in LLaMA 1).
+The 1/sqrt(D) scale and the causal mask are the mechanism's: every registered softmax
+mechanism is causal with that scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attnbench import registry
+
+from .common import (from_native, init_weights, lm_head_loss, precision, run_layers,
+                     to_native)
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * g, computed in fp32 and returned in x's dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)  # [B, N, C]
+        return (y * self.weight).type_as(x)
+
+
+def rope_tables(n: int, head_dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles t * base^(-2i/D): fp32 ``(N, 1, D/2)`` each, shaped to
+    broadcast over (B, N, H, D/2)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
+                        / head_dim)  # [D/2]
+    angles = torch.outer(torch.arange(n, device=device, dtype=torch.float32), inv_freq)  # [N, D/2]
+    return angles.cos()[:, None, :], angles.sin()[:, None, :]  # [N, 1, D/2] each
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs (x_i, x_{i+D/2}) of x ``(B, N, H, D)`` by the angles; fp32 inside."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # [B, N, H, D/2] each
+    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # [B, N, H, D]
+    return out.type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, attn_fn, layout: str):
+        super().__init__()
+        c, self.h, self.d = config.dim, config.n_heads, config.head_dim
+        self.wqkv = nn.Linear(c, 3 * self.h * self.d, bias=False)
+        self.wo = nn.Linear(self.h * self.d, c, bias=False)
+        self.attn_fn, self.layout = attn_fn, layout
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.wqkv(x).chunk(3, dim=-1)  # [B, N, H*D] views each
+        q = apply_rope(q.view(b, n, self.h, self.d), cos, sin)  # [B, N, H, D]
+        k = apply_rope(k.view(b, n, self.h, self.d), cos, sin)  # [B, N, H, D]
+        v = v.view(b, n, self.h, self.d)  # [B, N, H, E]
+        o = self.attn_fn(to_native(q, self.layout), to_native(k, self.layout),
+                         to_native(v, self.layout), None)  # native [B, N, H, E] or [B, H, N, E]
+        return self.wo(from_native(o, self.layout))  # [B, N, C]
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
+        self.w3 = nn.Linear(dim, hidden, bias=False)  # up
+        self.w2 = nn.Linear(hidden, dim, bias=False)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # [B, N, F] inside, [B, N, C] out
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, attn_fn, layout: str):
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config, attn_fn, layout)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config.dim, config.ffn_dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin)  # [B, N, C]
+        return x + self.feed_forward(self.ffn_norm(x))  # [B, N, C]
+
+
+class LLaMA(nn.Module):
+    def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str):
+        super().__init__()
+        self.config, self.mechanism, self.dtype_policy = config, mechanism, dtype_policy
+        attn_fn = mechanism.callable()
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config, attn_fn, mechanism.layout)
+                                    for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        init_weights(self)
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
+                checkpointing: bool = False) -> torch.Tensor:
+        """Logits ``(B, N, V)`` of token ids ``(B, N)``; given targets ``(B, N)``, the mean
+        cross-entropy instead (fp32 scalar). ``checkpointing``: recompute each layer in the
+        backward rather than keep its activations."""
+        with precision(self.dtype_policy, ids.device):
+            cos, sin = rope_tables(ids.shape[1], self.config.head_dim, self.config.rope_base,
+                                   ids.device)  # [N, 1, D/2] each
+            x = self.tok_embeddings(ids)  # [B, N, C]
+            x = run_layers(self.layers, x, [(cos, sin)] * len(self.layers), checkpointing)
+            logits = self.output(self.norm(x))  # [B, N, V]
+            return logits if targets is None else lm_head_loss(logits, targets)
+
+    @staticmethod
+    def matmul_params(config: ModelConfig) -> int:
+        """Weights that take part in a matmul per token (all but the embedding lookup and
+        the norm gains): the ``6 * params`` of the FLOP count."""
+        c, hd, f = config.dim, config.n_heads * config.head_dim, config.ffn_dim
+        per_layer = 3 * c * hd + hd * c + 3 * c * f
+        return config.n_layers * per_layer + c * config.vocab_size

@@ -1,0 +1,163 @@
+"""A TransNormerLLM-style decoder (TNL, arXiv 2307.14995) around a registered linear attention
+mechanism with decay (default ``lightning2``).
+
+Followed (the TNL paper and its authors' released code: the Hugging Face TransNormerLLM
+configs and nanoTransNormer, read for shapes and formulas):
+
+- the block: x + GLA(SRMSNorm(x)), then x + SGLU(SRMSNorm(x)); a final SRMSNorm; tied input
+  and output embeddings; no biases.
+- SRMSNorm (the paper's "simple RMSNorm"): x / rms(x), no gain, no bias.
+- SGLU (the paper's "simple GLU"): W_o[(X W_v) * (X W_u)], no activation at all.
+- GLA, the gated linear attention token mixer: one projection to q, k, v and the output gate
+  u; q = swish(.), k = swish(.) (the releases' ``linear_act_fun = swish``); per-head
+  exponential decay; no softmax and no 1/sqrt(D) scale (the mechanism's semantics); the
+  attention output normalised by SRMSNorm over the whole width, gated by u (no activation
+  on u), then W_o.
+- decay: TNL's code decays layer l of L (0-based) at s_{h,l} = s_h * (1 - l/(L-1) + 1e-5),
+  where s_h are the ALiBi slopes = the paper's default rates s_h = 2^(-8h/H) for H a power
+  of two (``default_decay``). So the first layer decays with the default rates and the last
+  one barely at all. We follow TNL here, not the operator benchmark's single default; for H
+  not a power of two (the 3b preset has 20 heads) TNL's code takes ALiBi's interleaved
+  slopes, we keep the plain formula 2^(-8h/H) (rates only: no effect on speed).
+- LRPE on the first layer only (``linear_use_lrpe_list = [1, 0, ...]``): q and k become
+  [x cos(theta t), x sin(theta t)], doubling their head dim there (D = 2 * 128 for the paper
+  sizes), theta_i = 10000^(-2i/C) over the whole width, trainable.
+
+Simplified: the embedding is not scaled by sqrt(C) (one release config does, later ones do
+not); the norm eps is ours; no padding masks or inference cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attnbench import registry
+from attnbench.kernels import default_decay
+
+from .common import from_native, init_weights, lm_head_loss, precision, run_layers, to_native
+from .config import ModelConfig
+
+
+class SRMSNorm(nn.Module):
+    """Simple RMSNorm: x / rms(x), no parameters; computed in fp32, returned in x's dtype."""
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+
+def tnl_decay(n_heads: int, layer: int, n_layers: int, device=None) -> torch.Tensor:
+    """TNL's per-layer decay rates s_h * (1 - l/(L-1) + 1e-5): float32 ``(H,)``, all > 0."""
+    factor = 1.0 - layer / (n_layers - 1) + 1e-5 if n_layers > 1 else 1.0
+    return default_decay(n_heads, device) * factor
+
+
+class Lrpe(nn.Module):
+    """LRPE: x ``(B, N, H, D)`` -> [x cos(theta t), x sin(theta t)] ``(B, N, H, 2D)``."""
+
+    def __init__(self, n_heads: int, head_dim: int):
+        super().__init__()
+        width = n_heads * head_dim
+        theta = 10000.0 ** (-2.0 / width * torch.arange(width, dtype=torch.float32))  # [C]
+        self.theta = nn.Parameter(theta.view(n_heads, head_dim))  # [H, D]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)  # [N]
+        angles = t[:, None, None] * self.theta  # [N, H, D]
+        x32 = x.float()
+        return torch.cat([x32 * angles.cos(), x32 * angles.sin()], dim=-1).type_as(x)  # [B, N, H, 2D]
+
+
+class GLA(nn.Module):
+    """Gated linear attention: W_o[SRMSNorm(attn(swish(q), swish(k), v, decay)) * u]."""
+
+    def __init__(self, config: ModelConfig, layer: int, attn_fn, layout: str):
+        super().__init__()
+        c, self.h, self.d = config.dim, config.n_heads, config.head_dim
+        self.qkvu = nn.Linear(c, 4 * c, bias=False)
+        self.out = nn.Linear(c, c, bias=False)
+        self.norm = SRMSNorm(config.norm_eps)
+        self.lrpe = Lrpe(self.h, self.d) if layer < config.lrpe_layers else None
+        self.register_buffer("decay", tnl_decay(self.h, layer, config.n_layers),
+                             persistent=False)  # [H] float32
+        self.attn_fn, self.layout = attn_fn, layout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v, u = self.qkvu(x).chunk(4, dim=-1)  # [B, N, C] views each
+        q = F.silu(q.view(b, n, self.h, self.d))  # [B, N, H, D]
+        k = F.silu(k.view(b, n, self.h, self.d))  # [B, N, H, D]
+        if self.lrpe is not None:
+            q, k = self.lrpe(q), self.lrpe(k)  # [B, N, H, 2D] each
+        v = v.view(b, n, self.h, self.d)  # [B, N, H, E]
+        o = self.attn_fn(to_native(q, self.layout), to_native(k, self.layout),
+                         to_native(v, self.layout), self.decay)  # native [B, N, H, E] or [B, H, N, E]
+        o = self.norm(from_native(o, self.layout))  # [B, N, C]
+        return self.out(o * u)  # [B, N, C]
+
+
+class SGLU(nn.Module):
+    """Simple GLU: W_o[(X W_v) * (X W_u)], no activation."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w_v = nn.Linear(dim, hidden, bias=False)
+        self.w_u = nn.Linear(dim, hidden, bias=False)
+        self.w_o = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_o(self.w_v(x) * self.w_u(x))  # [B, N, F] inside, [B, N, C] out
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, attn_fn, layout: str):
+        super().__init__()
+        self.token_norm = SRMSNorm(config.norm_eps)
+        self.token_mixer = GLA(config, layer, attn_fn, layout)
+        self.channel_norm = SRMSNorm(config.norm_eps)
+        self.channel_mixer = SGLU(config.dim, config.ffn_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.token_mixer(self.token_norm(x))  # [B, N, C]
+        return x + self.channel_mixer(self.channel_norm(x))  # [B, N, C]
+
+
+class TNL(nn.Module):
+    def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str):
+        super().__init__()
+        self.config, self.mechanism, self.dtype_policy = config, mechanism, dtype_policy
+        attn_fn = mechanism.callable()
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config, i, attn_fn, mechanism.layout)
+                                    for i in range(config.n_layers))
+        self.norm = SRMSNorm(config.norm_eps)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        init_weights(self)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
+                checkpointing: bool = False) -> torch.Tensor:
+        """Logits ``(B, N, V)`` of token ids ``(B, N)``; given targets ``(B, N)``, the mean
+        cross-entropy instead (fp32 scalar). ``checkpointing``: recompute each layer in the
+        backward rather than keep its activations."""
+        with precision(self.dtype_policy, ids.device):
+            x = self.embed(ids)  # [B, N, C]
+            x = run_layers(self.layers, x, [()] * len(self.layers), checkpointing)
+            logits = self.lm_head(self.norm(x))  # [B, N, V]
+            return logits if targets is None else lm_head_loss(logits, targets)
+
+    @staticmethod
+    def matmul_params(config: ModelConfig) -> int:
+        """Weights that take part in a matmul per token (all but the embedding lookup and
+        LRPE's theta; the tied output projection counts, it is a matmul): the ``6 * params``
+        of the FLOP count."""
+        c, f = config.dim, config.ffn_dim
+        per_layer = 4 * c * c + c * c + 3 * c * f
+        return config.n_layers * per_layer + c * config.vocab_size
