@@ -17,12 +17,25 @@ import torch
 from attnbench.case import Case
 
 from .common import DTYPE_POLICIES, check_policy, resolve_mechanism
-from .config import (ATTENTION_FAMILY, DEFAULT_MECHANISM, FAMILIES, SIZES, ModelConfig,
-                     config_for, llama_ffn_dim)
+from .config import (
+    ATTENTION_FAMILY,
+    DEFAULT_MECHANISM,
+    FAMILIES,
+    SIZES,
+    ModelConfig,
+    config_for,
+    llama_ffn_dim,
+)
 from .llama import LLaMA
 from .tnl import TNL
-from .train import (TrainStep, attention_flops_per_token, count_params, make_train_step,
-                    matmul_params, train_flops_per_token)
+from .train import (
+    TrainStep,
+    attention_flops_per_token,
+    count_params,
+    make_train_step,
+    matmul_params,
+    train_flops_per_token,
+)
 
 __all__ = [
     "ATTENTION_FAMILY", "DEFAULT_MECHANISM", "DTYPE_POLICIES", "FAMILIES", "SIZES", "LLaMA",

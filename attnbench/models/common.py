@@ -28,7 +28,8 @@ DTYPE_POLICIES = ("bf16", "fp32")
 
 def check_policy(dtype_policy: str) -> str:
     if dtype_policy not in DTYPE_POLICIES:
-        raise UsageError(f"unknown dtype policy {dtype_policy!r}; known: {', '.join(DTYPE_POLICIES)}")
+        known = ", ".join(DTYPE_POLICIES)
+        raise UsageError(f"unknown dtype policy {dtype_policy!r}; known: {known}")
     return dtype_policy
 
 
@@ -45,8 +46,9 @@ def resolve_mechanism(family: str, name: str) -> registry.Mechanism:
     mech = registry.get(name)
     want = ATTENTION_FAMILY[family]
     if mech.family != want:
+        fits = ", ".join(m.name for m in registry.MECHANISMS if m.family == want)
         raise UsageError(f"{family} takes a {want} attention mechanism; {name} is {mech.family} "
-                         f"(try {', '.join(m.name for m in registry.MECHANISMS if m.family == want)})")
+                         f"(try {fits})")
     if family == "tnl" and not mech.decay:
         raise UsageError(f"tnl needs per-head decay; {name} takes none")
     if mech.layout not in ("bhnd", "bnhd"):

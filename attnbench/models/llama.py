@@ -19,8 +19,7 @@ import torch.nn.functional as F
 
 from attnbench import registry
 
-from .common import (from_native, init_weights, lm_head_loss, precision, run_layers,
-                     to_native)
+from .common import from_native, init_weights, lm_head_loss, precision, run_layers, to_native
 from .config import ModelConfig
 
 
@@ -69,7 +68,7 @@ class Attention(nn.Module):
         k = apply_rope(k.view(b, n, self.h, self.d), cos, sin)  # [B, N, H, D]
         v = v.view(b, n, self.h, self.d)  # [B, N, H, E]
         o = self.attn_fn(to_native(q, self.layout), to_native(k, self.layout),
-                         to_native(v, self.layout), None)  # native [B, N, H, E] or [B, H, N, E]
+                         to_native(v, self.layout), None)  # [B, N, H, E] or [B, H, N, E]
         return self.wo(from_native(o, self.layout))  # [B, N, C]
 
 

@@ -71,7 +71,8 @@ class Lrpe(nn.Module):
         t = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)  # [N]
         angles = t[:, None, None] * self.theta  # [N, H, D]
         x32 = x.float()
-        return torch.cat([x32 * angles.cos(), x32 * angles.sin()], dim=-1).type_as(x)  # [B, N, H, 2D]
+        out = torch.cat([x32 * angles.cos(), x32 * angles.sin()], dim=-1)  # [B, N, H, 2D]
+        return out.type_as(x)
 
 
 class GLA(nn.Module):
@@ -97,7 +98,7 @@ class GLA(nn.Module):
             q, k = self.lrpe(q), self.lrpe(k)  # [B, N, H, 2D] each
         v = v.view(b, n, self.h, self.d)  # [B, N, H, E]
         o = self.attn_fn(to_native(q, self.layout), to_native(k, self.layout),
-                         to_native(v, self.layout), self.decay)  # native [B, N, H, E] or [B, H, N, E]
+                         to_native(v, self.layout), self.decay)  # [B, N, H, E] or [B, H, N, E]
         o = self.norm(from_native(o, self.layout))  # [B, N, C]
         return self.out(o * u)  # [B, N, C]
 

@@ -100,8 +100,9 @@ def make_train_step(model: nn.Module, batch: int, seq_len: int, device,
     The tokens (seeded with ``seed``, uniform over the vocabulary) are made here, once, on
     ``device``: nothing is generated inside the step. The optimizer is AdamW on the fp32
     parameters (fp32 state: see the dtype policies in ``common``), weight decay on the linear
-    and embedding weights only (not norm gains or LRPE's theta), fused on CUDA. Its state is allocated by the first step: warm up before timing.
-    The precision is the model's ``dtype_policy``.
+    and embedding weights only (not norm gains or LRPE's theta), fused on CUDA. Its state is
+    allocated by the first step: warm up before timing. The precision is the model's
+    ``dtype_policy``.
     """
     if batch < 1 or seq_len < 1:
         raise ValueError(f"batch and seq_len must be >= 1; got {batch}, {seq_len}")
