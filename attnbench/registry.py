@@ -204,7 +204,7 @@ def _cutlass_limits(c: Case) -> str:
     multiple = 4 if c.dtype == "fp32" else 8
     for d in (c.head_dim, c.value_dim):
         if d % multiple:
-            return f"head dims must be multiples of {multiple} for {c.dtype}, not {d}"
+            return f"head dim must be a multiple of {multiple} for {c.dtype}, not {d}"
     return ""
 
 

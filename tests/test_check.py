@@ -1,7 +1,7 @@
 import pytest
 import torch
 from attnbench.baselines.linear import linear_masked
-from fakes import fake, scaled
+from fakes import fake, make_case, scaled
 
 from attnbench import registry
 from attnbench.check import TOL_FLOOR, check, from_layout, rel_err, to_layout
@@ -11,19 +11,19 @@ from attnbench.check import TOL_FLOOR, check, from_layout, rel_err, to_layout
                                   "softmax-naive", "sdpa-math"])
 def test_references_pass_their_oracles(name):
     mech = registry.get(name)
-    result = check(mech, 16, "fp32", decay=mech.decay, device="cpu")
+    result = check(mech, make_case(name, head_dim=16, decay=mech.decay), "cpu")
     assert result.passed and result.max_rel_err < 1e-5
 
 
 def test_tolerance_follows_flashattention_rule():
-    result = check(registry.get("linear-masked"), 16, "fp32", decay=True, device="cpu")
+    result = check(registry.get("linear-masked"), make_case(head_dim=16), "cpu")
     assert result.tol == max(2 * result.baseline_err, TOL_FLOOR["fp32"])
 
 
 @pytest.mark.parametrize("factor", [1.01, 0.0])
 def test_wrong_mechanisms_fail(install, factor):
     install(fake("fake-wrong", scaled(factor)))
-    assert not check(registry.get("fake-wrong"), 16, "fp32", True, "cpu").passed
+    assert not check(registry.get("fake-wrong"), make_case(head_dim=16), "cpu").passed
 
 
 def test_wrong_gradients_fail(install):
@@ -38,7 +38,7 @@ def test_wrong_gradients_fail(install):
 
     install(fake("fake-badgrad", lambda q, k, v, decay=None: linear_masked(DoubleGrad.apply(q),
                                                                            k, v, decay)))
-    assert not check(registry.get("fake-badgrad"), 16, "fp32", True, "cpu").passed
+    assert not check(registry.get("fake-badgrad"), make_case(head_dim=16), "cpu").passed
 
 
 def test_nan_fails():
@@ -52,7 +52,7 @@ def test_native_layout_mechanism_is_checked_in_its_layout(install):
         return linear_masked(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                              decay).transpose(1, 2)
     install(fake("fake-bnhd", bnhd_masked, layout="bnhd"))
-    assert check(registry.get("fake-bnhd"), 16, "fp32", True, "cpu").passed
+    assert check(registry.get("fake-bnhd"), make_case(head_dim=16), "cpu").passed
 
 
 def test_layout_round_trip():
@@ -61,3 +61,11 @@ def test_layout_round_trip():
     assert y.shape == (2, 5, 3, 4) and y.is_contiguous()
     assert torch.equal(from_layout(y, "bnhd"), x)
     assert to_layout(x, "bhnd") is x
+
+
+@pytest.mark.parametrize("name", ["linear-recurrent", "linear-masked", "linear-cumsum",
+                                  "softmax-naive", "sdpa-math"])
+def test_value_dim_other_than_head_dim_is_checked(name):
+    mech = registry.get(name)
+    result = check(mech, make_case(name, head_dim=16, value_dim=24, decay=mech.decay), "cpu")
+    assert result.passed and result.max_rel_err < 1e-5

@@ -2,57 +2,133 @@ import json
 
 import pandas as pd
 import pytest
+from fakes import make_case, make_run
 
 from attnbench import records
 from attnbench.errors import UsageError
-from attnbench.records import Record, RecordWriter
-from attnbench.spec import Case
+from attnbench.records import Record, RunWriter
 
-CASE = Case("linear-masked", "fwd", 1, 2, 128, 16, "fp32", True)
+CASE = make_case("linear-masked", "fwd", 1, 2, 128, 16)
 
 
-def make_run(tmp_path, n_records=2):
-    records.write_meta(tmp_path, {"command": "attnbench run"})
-    with RecordWriter(tmp_path) as w:
-        for i in range(n_records):
-            status = "ok" if i % 2 == 0 else "oom"
-            w.write(Record.for_case(CASE, "linear", "cpu", status, time_ms=1.5 + i))
-    return tmp_path
+def two_records(tmp_path):
+    return make_run(tmp_path, [Record(CASE, "linear", "cpu", "ok", time_ms=1.5),
+                               Record(CASE.with_(seq_len=256), "linear", "cpu", "oom")])
 
 
 def test_each_record_is_on_disk_at_once(tmp_path):
     records.write_meta(tmp_path, {})
-    w = RecordWriter(tmp_path)
-    w.write(Record.for_case(CASE, "linear", "cpu", "ok", time_ms=2.0))
+    w = RunWriter(tmp_path)
+    w.write(Record(CASE, "linear", "cpu", "ok", time_ms=2.0))
     line = (tmp_path / "records.jsonl").read_text().splitlines()[0]  # before close
-    assert json.loads(line)["time_ms"] == 2.0
-    assert json.loads(line)["time_ms_p20"] is None  # NaN stored as null
+    row = json.loads(line)
+    assert row["time_ms"] == 2.0 and row["value_dim"] == 16
+    assert row["time_ms_p20"] is None  # NaN stored as null
     w.close()
 
 
-def test_truncated_last_line_is_ignored(tmp_path):
-    make_run(tmp_path, 2)
+def test_record_row_round_trip():
+    rec = Record(CASE.with_(value_dim=32), "linear", "cpu", "ok", time_ms=1.0, reps=3)
+    back = Record.from_row(json.loads(json.dumps(rec.row())))
+    assert back.case == rec.case and back.time_ms == 1.0 and back.reps == 3
+    assert str(back) == str(rec)  # NaN fields included
+
+
+def test_schema_1_rows_take_the_head_dim_as_value_dim(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps({"schema_version": 1}))
+    row = {k: v for k, v in Record(CASE, "linear", "cpu", "ok", time_ms=1.0).row().items()
+           if k != "value_dim"}
+    (run / "records.jsonl").write_text(json.dumps(row) + "\n")
+    df = records.load(run)
+    assert df["value_dim"].tolist() == [16] and df["head_dim"].tolist() == [16]
+
+
+def test_committed_runs_still_load():
+    for name in ("baseline", "h100-paper"):
+        df = records.load(f"results/{name}")
+        assert len(df) and (df["value_dim"] == df["head_dim"]).all()
+        assert not df.attrs["problems"]
+
+
+def test_a_torn_last_line_is_reported_then_moved_aside_before_an_append(tmp_path):
+    two_records(tmp_path)
     with open(tmp_path / "records.jsonl", "a") as f:
         f.write('{"mechanism": "linear-mas')  # a crash mid-write
-    assert len(records.read_jsonl(tmp_path)) == 2
+    journal = records.read_journal(tmp_path)
+    assert len(journal.records) == 2
+    assert journal.problems == ["line 3: cut off without its newline (a crash while writing); "
+                                "25 bytes ignored"]
+    with RunWriter(tmp_path) as w:
+        assert w.repaired
+        w.write(Record(CASE.with_(seq_len=512), "linear", "cpu", "ok", time_ms=3.0))
+    journal = records.read_journal(tmp_path)
+    assert [r.case.seq_len for r in journal.records] == [128, 256, 512]
+    assert journal.problems == []
+    assert (tmp_path / "records.torn").read_text() == '{"mechanism": "linear-mas\n'
+
+
+@pytest.mark.parametrize("line, why", [
+    ("garbage", "not JSON"),
+    ("{}", "not a record (no 'mechanism')"),
+    ("[1, 2]", "not a record (a JSON list)"),
+    ("42", "not a record (a JSON int)"),
+    ("null", "not a record (a JSON NoneType)"),
+    ('{"mechanism": "m", "mode": "fwd", "batch": 1}', "not a record (no 'heads')"),
+    ('{"mechanism": "m", "mode": "fwd", "batch": "x", "heads": 1, "seq_len": 1, '
+     '"head_dim": 1, "dtype": "fp32", "decay": true}', "invalid literal"),
+])
+def test_damaged_lines_are_listed_by_number_and_left_out(tmp_path, line, why):
+    two_records(tmp_path)
+    text = (tmp_path / "records.jsonl").read_text().splitlines()
+    (tmp_path / "records.jsonl").write_text("\n".join([text[0], line, text[1]]) + "\n")
+    df = records.load(tmp_path)
+    assert len(df) == 2
+    assert len(df.attrs["problems"]) == 1 and df.attrs["problems"][0].startswith("line 2: ")
+    assert why in df.attrs["problems"][0]
+    with pytest.raises(UsageError, match="1 damaged line"):
+        records.load(tmp_path, strict=True)
+
+
+def test_started_marker_without_a_record_is_unfinished(tmp_path):
+    two_records(tmp_path)
+    killed = CASE.with_(seq_len=1024)
+    with RunWriter(tmp_path) as w:
+        w.started(CASE.with_(seq_len=512), 1.0)
+        w.write(Record(CASE.with_(seq_len=512), "linear", "cpu", "ok", time_ms=2.0))
+        w.started(killed, 2.0)
+    journal = records.read_journal(tmp_path)
+    assert journal.unfinished == [killed] and len(journal.records) == 3
+    assert len(records.load(tmp_path)) == 3  # markers are not records
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
+    records.write_meta(tmp_path, {})
+    with RunWriter(tmp_path):
+        with pytest.raises(UsageError, match="is being written by attnbench pid"):
+            RunWriter(tmp_path)
+    RunWriter(tmp_path).close()  # released when the first closes
+
+
+def test_the_last_record_of_a_case_wins_in_views(tmp_path):
+    make_run(tmp_path, [Record(CASE, "linear", "cpu", "error", reason="first"),
+                        Record(CASE, "linear", "cpu", "ok", time_ms=1.0)])
+    df = records.load(tmp_path)
+    assert df["status"].tolist() == ["ok"] and df.attrs["duplicates"] == 1
 
 
 def test_finalize_writes_tidy_parquet_and_csv(tmp_path):
-    make_run(tmp_path, 3)
+    two_records(tmp_path)
     df = records.finalize(tmp_path)
     assert list(df.columns) == records.RECORD_COLUMNS
     for name in ("records.parquet", "records.csv"):
         back = pd.read_parquet(tmp_path / name) if name.endswith("parquet") else pd.read_csv(
             tmp_path / name)
-        assert len(back) == 3
+        assert len(back) == 2
         assert set(records.RECORD_COLUMNS) == set(back.columns)
     assert df["seq_len"].dtype == "int64" and df["time_ms"].dtype == "float64"
-
-
-def test_read_records_round_trip(tmp_path):
-    make_run(tmp_path, 2)
-    recs = records.read_records(tmp_path)
-    assert recs[0].case() == CASE and recs[1].status == "oom"
+    assert df["decay"].dtype == bool
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -60,6 +136,7 @@ def test_read_records_round_trip(tmp_path):
     (lambda d: d.mkdir(), "not an attnbench run directory"),
     (lambda d: (d.mkdir(), (d / "meta.json").write_text('{"schema_version": 99}')),
      "schema version 99"),
+    (lambda d: (d.mkdir(), (d / "meta.json").write_text("[1]")), "schema version None"),
     (lambda d: (d.mkdir(), (d / "meta.json").write_text("{nope")), "not valid JSON"),
     (lambda d: (d.mkdir(), records.write_meta(d, {})), "holds no records"),
 ])
@@ -72,4 +149,4 @@ def test_unusable_run_directories(tmp_path, setup, message):
 
 def test_unknown_status_is_refused():
     with pytest.raises(ValueError):
-        Record.for_case(CASE, "linear", "cpu", "fine")
+        Record(CASE, "linear", "cpu", "fine")

@@ -1,4 +1,5 @@
 import pytest
+from fakes import make_case
 
 from attnbench import registry
 from attnbench.errors import UsageError
@@ -19,7 +20,7 @@ def test_every_mechanism_is_well_formed(mech):
     assert mech.layout in ("bhnd", "bnhd")
     assert set(mech.dtypes) <= set(registry.DTYPES)
     assert registry.get(mech.oracle).name != mech.name, "a mechanism cannot be its own oracle"
-    assert mech.flops(2, 3, 64, 32, 32) > 0
+    assert mech.flops(make_case(batch=2, heads=3, seq_len=64)) > 0
 
 
 def test_get_unknown_lists_known_names():
@@ -63,15 +64,23 @@ def test_availability_reasons():
 def test_unsupported_reason_for_dtype_and_head_dim():
     m = registry.Mechanism(name="m", family="softmax", load=lambda: None, summary="",
                            dtypes=("bf16",), head_dims=(16, 256), head_dim_multiple=8)
-    assert "does not take fp32" in m.unsupported_reason(1024, 64, "fp32", False)
-    assert "16..256, multiple of 8, not 100" in m.unsupported_reason(1024, 100, "bf16", False)
-    assert "not 512" in m.unsupported_reason(1024, 512, "bf16", False)
-    assert m.unsupported_reason(1024, 128, "bf16", False) == ""
+    def reason(d, dtype="bf16", e=None):
+        return m.unsupported_reason(make_case(head_dim=d, value_dim=e, dtype=dtype))
+
+    assert "does not take fp32" in reason(64, "fp32")
+    assert "head dims 16..256, multiple of 8, not 100" in reason(100)
+    assert "not 512" in reason(512)
+    assert "value dims 16..256, multiple of 8, not 300" in reason(128, e=300)
+    assert reason(128) == "" and reason(128, e=64) == ""
 
 
 def test_flop_models():
     # Causal softmax, FlashAttention's convention: 4·b·h·n²·d / 2 forward.
-    assert registry.quadratic_flops(2, 3, 8, 16, 16) == 4 * 2 * 3 * 8 * 8 * 16 / 2
-    assert registry.linear_state_flops(1, 1, 10, 4, 4) == 4 * 10 * 4 * 4
-    assert registry.mode_flops(100.0, "bwd") == 250.0
-    assert registry.mode_flops(100.0, "fwdbwd") == 350.0
+    case = make_case(batch=2, heads=3, seq_len=8, head_dim=16)
+    assert registry.quadratic_flops(case) == 4 * 2 * 3 * 8 * 8 * 16 / 2
+    # With E != D each product counts its own dim: QK^T 2·n²·d/2, PV 2·n²·e/2.
+    assert registry.quadratic_flops(case.with_(value_dim=32)) == 2 * 3 * 8 * 8 * (16 + 32)
+    small = make_case(batch=1, heads=1, seq_len=10, head_dim=4, value_dim=8)
+    assert registry.linear_state_flops(small) == 4 * 10 * 4 * 8
+    assert registry.MODE_FLOP_FACTOR["bwd"] == 2.5
+    assert registry.MODE_FLOP_FACTOR["fwdbwd"] == 3.5

@@ -8,7 +8,7 @@ import types
 
 import pytest
 import torch
-from fakes import fake
+from fakes import fake, make_case
 
 from attnbench import registry
 from attnbench.check import check
@@ -48,13 +48,15 @@ def test_registry_import_reads_nothing_from_the_environment():
     ("xformers", 1024, 64, "fp32", ""),
 ])
 def test_declared_limits(name, n, d, dtype, expected):
-    reason = registry.get(name).unsupported_reason(n, d, dtype, False)
+    reason = registry.get(name).unsupported_reason(
+        make_case(name, seq_len=n, head_dim=d, dtype=dtype, decay=False))
     assert (expected in reason) if expected else reason == ""
 
 
 def test_flop_model_is_flash_attentions():
     for name in SOFTMAX:
-        assert registry.get(name).flops(2, 3, 8, 16, 16) == 4 * 2 * 3 * 8 * 8 * 16 / 2
+        case = make_case(name, batch=2, heads=3, seq_len=8, head_dim=16)
+        assert registry.get(name).flops(case) == 4 * 2 * 3 * 8 * 8 * 16 / 2
 
 
 @pytest.fixture
@@ -78,7 +80,8 @@ def test_flash2_says_which_will_run(gpu_visible, monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", fake_module)
     avail = registry.get("flash2").available("cuda")
     assert avail and avail.reason == "runs flash-attn 2.8.3 flash_attn_func"
-    impl = registry.get("flash2").impl_of(1, 2, 64, 64, "bf16")
+    case = make_case("flash2", batch=1, heads=2, seq_len=64, head_dim=64, dtype="bf16")
+    impl = registry.get("flash2").impl_of(case)
     assert impl == "flash-attn 2.8.3 flash_attn_func"
 
 
@@ -123,7 +126,8 @@ def test_xformers_absent_or_built_for_another_torch(gpu_visible, monkeypatch):
 
 def test_math_backend_passes_the_float64_check():
     for dtype in ("fp32", "fp16", "bf16"):
-        result = check(registry.get("sdpa-math"), 48, dtype, False, "cpu")
+        case = make_case("sdpa-math", head_dim=48, dtype=dtype, decay=False)
+        result = check(registry.get("sdpa-math"), case, "cpu")
         assert result.passed, (dtype, result)
 
 
