@@ -1,39 +1,44 @@
+import math
+
 import pytest
 import torch
-from fakes import error_at, fake, oom_from, scaled, sleepy
+from fakes import error_at, fake, make_case, oom_from, scaled, sleepy
 
+from attnbench import records, runner
+from attnbench.errors import UsageError
 from attnbench.records import Record
 from attnbench.runner import Sweep, predicted_ms
 from attnbench.spec import build_spec, expand
 
 
-def run_sweep(mechanisms, seq_lens="128,256,512", modes="fwd", done=(), **kwargs):
-    spec = build_spec("cpu", "cpu", mechanisms=mechanisms, seq_lens=seq_lens, modes=modes,
-                      batch="1", heads="2", head_dims="16", **kwargs)
+def sweep(mechanisms, seq_lens="128,256,512", modes="fwd", done=(), **kwargs):
+    args = dict(batch="1", heads="2", head_dims="16")
+    args.update(kwargs)
+    spec = build_spec("cpu", "cpu", mechanisms=mechanisms, seq_lens=seq_lens, modes=modes, **args)
     out: list[Record] = []
     Sweep(spec, out.append).run(expand(spec), list(done))
     return out
 
 
-def by_len(records):
-    return {r.seq_len: r for r in records}
+def by_len(recs):
+    return {r.case.seq_len: r for r in recs}
 
 
 def test_ok_records_have_every_number():
-    recs = run_sweep("linear-masked", modes="fwd,bwd,fwdbwd", seq_lens="128")
-    assert [r.mode for r in recs] == ["fwd", "bwd", "fwdbwd"]
+    recs = sweep("linear-masked", modes="fwd,bwd,fwdbwd", seq_lens="128")
+    assert [r.case.mode for r in recs] == ["fwd", "bwd", "fwdbwd"]
     for r in recs:
         assert r.status == "ok", r.reason
         assert r.time_ms_p20 <= r.time_ms <= r.time_ms_p80 and r.reps >= 1
         assert r.tokens_per_s == pytest.approx(128 / (r.time_ms / 1e3))
         assert r.tflops > 0 and r.compile_s > 0
         assert r.check == "pass" and r.max_rel_err < r.check_tol
-        assert r.decay is True and r.family == "linear" and r.device == "cpu"
+        assert r.case.decay is True and r.family == "linear" and r.device == "cpu"
 
 
 def test_oom_is_recorded_and_longer_lengths_not_tried(install):
     install(fake("fake-oom", oom_from(256)))
-    recs = by_len(run_sweep("fake-oom"))
+    recs = by_len(sweep("fake-oom"))
     assert recs[128].status == "ok"
     assert recs[256].status == "oom" and "out of memory" in recs[256].reason
     assert recs[512].status == "oom" and recs[512].reason.startswith("not tried")
@@ -41,8 +46,8 @@ def test_oom_is_recorded_and_longer_lengths_not_tried(install):
 
 def test_exception_is_recorded_and_the_sweep_goes_on(install):
     install(fake("fake-error", error_at(256)))
-    recs = run_sweep("fake-error,linear-masked")
-    statuses = [(r.mechanism, r.seq_len, r.status) for r in recs]
+    recs = sweep("fake-error,linear-masked")
+    statuses = [(r.case.mechanism, r.case.seq_len, r.status) for r in recs]
     assert ("fake-error", 256, "error") in statuses
     assert ("fake-error", 512, "ok") in statuses
     assert all(s == "ok" for m, _, s in statuses if m == "linear-masked")
@@ -52,7 +57,7 @@ def test_exception_is_recorded_and_the_sweep_goes_on(install):
 
 def test_wrong_answers_are_flagged_not_ranked(install):
     install(fake("fake-wrong", scaled(1.01)))
-    recs = run_sweep("fake-wrong", seq_lens="128")
+    recs = sweep("fake-wrong", seq_lens="128")
     assert recs[0].check == "fail" and "FAILED correctness check" in recs[0].reason
     assert recs[0].max_rel_err > recs[0].check_tol
 
@@ -60,15 +65,15 @@ def test_wrong_answers_are_flagged_not_ranked(install):
 def test_unsupported_cases_say_why(install):
     install(fake("fake-nobwd", scaled(1.0), backward=False),
             fake("fake-gpu", scaled(1.0), devices=("cuda",)))
-    recs = run_sweep("fake-nobwd,fake-gpu", seq_lens="128", modes="fwd,bwd")
-    reasons = {(r.mechanism, r.mode): (r.status, r.reason) for r in recs}
+    recs = sweep("fake-nobwd,fake-gpu", seq_lens="128", modes="fwd,bwd")
+    reasons = {(r.case.mechanism, r.case.mode): (r.status, r.reason) for r in recs}
     assert reasons[("fake-nobwd", "fwd")][0] == "ok"
     assert reasons[("fake-nobwd", "bwd")] == ("unsupported", "fake-nobwd has no backward pass")
     status, reason = reasons[("fake-gpu", "fwd")]
     assert status == "unsupported" and "runs on cuda only" in reason
     # A head dim outside a mechanism's limits is only that mechanism's problem.
     install(fake("fake-small-d", scaled(1.0), head_dims=(32, 64)))
-    rec = run_sweep("fake-small-d", seq_lens="128")[0]
+    rec = sweep("fake-small-d", seq_lens="128")[0]
     assert rec.status == "unsupported" and "head dims 32..64, not 16" in rec.reason
 
 
@@ -76,18 +81,28 @@ def test_not_implemented_is_unsupported(install):
     def refuses(q, k, v, decay=None):
         raise NotImplementedError("backend refuses head dim 16")
     install(fake("fake-refuses", refuses))
-    rec = run_sweep("fake-refuses", seq_lens="128")[0]
+    rec = sweep("fake-refuses", seq_lens="128")[0]
     assert rec.status == "unsupported" and "refuses head dim 16" in rec.reason
 
 
 def test_budget_skips_predicted_and_times_out_measured(install):
     # One call sleeps 0.05 s at n=128, 0.2 s at 256, 0.8 s at 512; a case costs ~16 calls.
     install(fake("fake-slow", sleepy(0.05)))
-    recs = by_len(run_sweep("fake-slow", seq_lens="128,256,512", max_case_seconds=5.0))
+    recs = by_len(sweep("fake-slow", seq_lens="128,256,512", max_case_seconds=5.0))
     assert recs[128].status == "ok" and recs[256].status == "ok"
     assert recs[512].status == "skipped" and "predicted" in recs[512].reason
-    rec = run_sweep("fake-slow", seq_lens="512", max_case_seconds=5.0)[0]
-    assert rec.status == "timeout" and rec.time_ms >= 800
+    assert math.isnan(recs[512].time_ms)  # a prediction is no measurement
+    rec = sweep("fake-slow", seq_lens="512", max_case_seconds=5.0)[0]
+    assert rec.status == "timeout" and "one call took 0.8" in rec.reason
+    assert math.isnan(rec.time_ms)
+
+
+def test_a_line_that_spent_its_budget_skips_its_longer_lengths(install):
+    install(fake("fake-slow", sleepy(0.02)))
+    recs = by_len(sweep("fake-slow", seq_lens="128,256", line_seconds=0.2,
+                        max_case_seconds=100.0))
+    assert recs[128].status == "ok"
+    assert recs[256].status == "skipped" and "--line-seconds budget is 0.2" in recs[256].reason
 
 
 def test_prediction_scales_by_flops():
@@ -95,23 +110,110 @@ def test_prediction_scales_by_flops():
     sweep = Sweep(spec, lambda r: None)
     first, second = expand(spec)[:2]
     from attnbench import registry
-    rec = Record.for_case(first, "linear", "cpu", "ok", time_ms=2.0)
+    rec = Record(first, "linear", "cpu", "ok", time_ms=2.0)
     sweep.state.learn(rec)
     assert predicted_ms(registry.get("linear-masked"), second, sweep.state) == pytest.approx(8.0)
 
 
 def test_resume_skips_recorded_cases_and_keeps_the_oom_frontier(install):
     install(fake("fake-oom", oom_from(256)))
-    first = run_sweep("fake-oom,linear-masked", seq_lens="128,256")
+    first = sweep("fake-oom,linear-masked", seq_lens="128,256")
     done = first[:2]  # fake-oom 128 ok, 256 oom
-    rest = run_sweep("fake-oom,linear-masked", seq_lens="128,256,512", done=done)
-    keys = [(r.mechanism, r.seq_len) for r in rest]
+    rest = sweep("fake-oom,linear-masked", seq_lens="128,256,512", done=done)
+    keys = [(r.case.mechanism, r.case.seq_len) for r in rest]
     assert ("fake-oom", 128) not in keys and ("fake-oom", 256) not in keys
-    assert [r for r in rest if r.mechanism == "fake-oom"][0].reason.startswith("not tried")
+    assert [r for r in rest if r.case.mechanism == "fake-oom"][0].reason.startswith("not tried")
     assert len(rest) == 1 + 3
 
 
 def test_inputs_are_random_not_zeros():
     from attnbench.check import random_inputs
-    q, k, v = random_inputs(1, 2, 8, 4, torch.float32, "cpu", "bnhd", False, seed=1)
-    assert q.shape == (1, 8, 2, 4) and q.std() > 0.5 and not torch.equal(q, k)
+    case = make_case(batch=1, heads=2, seq_len=8, head_dim=4, value_dim=6)
+    q, k, v = random_inputs(case, "bnhd", "cpu", False, seed=1)
+    assert q.shape == (1, 8, 2, 4) and v.shape == (1, 8, 2, 6)
+    assert q.std() > 0.5 and not torch.equal(q, k)
+
+
+def test_a_case_that_cannot_fit_is_recorded_oom_untried(install, monkeypatch):
+    calls = []
+    install(fake("fake-big", lambda *a: calls.append(1)))
+    monkeypatch.setattr(runner.measure, "available_bytes", lambda device: 2.0**30)
+    rec = sweep("fake-big", seq_lens="128", batch="100000")[0]
+    assert rec.status == "oom" and not calls
+    assert "not tried: needs at least 6.1 GiB, 1.0 GiB free on cpu" in rec.reason
+
+
+# --- run_sweep: the library entry point ----------------------------------------------------
+
+
+def small_spec(**kw):
+    args = dict(mechanisms="linear-masked", seq_lens="64,128", batch="1", heads="2",
+                head_dims="8", modes="fwd")
+    args.update(kw)
+    return build_spec("cpu", "cpu", **args)
+
+
+def test_run_sweep_writes_a_run_and_calls_back(tmp_path):
+    seen, starts = [], []
+    result = runner.run_sweep(small_spec(), tmp_path / "run", on_record=seen.append,
+                              on_start=lambda d, cases, todo: starts.append(todo))
+    assert starts == [2] and [r.status for r in seen] == ["ok", "ok"]
+    assert result.counts == {"ok": 2} and result.run_dir == tmp_path / "run"
+    for name in ("meta.json", "records.jsonl", "records.parquet", "records.csv", "run.lock"):
+        assert (tmp_path / "run" / name).is_file()
+    assert result.frame["seq_len"].tolist() == [64, 128]
+    meta = records.read_meta(tmp_path / "run")
+    assert meta["schema_version"] == records.SCHEMA_VERSION
+    assert meta["spec"]["seq_lens"] == [64, 128]
+
+
+def test_resume_runs_what_is_missing_and_records_a_killed_case(tmp_path):
+    out = tmp_path / "run"
+    runner.run_sweep(small_spec(seq_lens="64"), out)
+    # The sweep grows (as if the first run had been stopped), and a process died in a case.
+    meta = records.read_meta(out)
+    meta["spec"]["seq_lens"] = [64, 128, 256]
+    records.write_meta(out, {k: v for k, v in meta.items() if k != "schema_version"})
+    killed = make_case(seq_len=256, batch=1, heads=2, head_dim=8)
+    with records.RunWriter(out) as w:
+        w.started(killed, 0.0)
+    result = runner.run_sweep(None, out, resume=True)
+    df = result.frame
+    assert sorted(df["seq_len"]) == [64, 128, 256] and len(df) == 3
+    row = df[df["seq_len"] == 256].iloc[0]
+    assert row["status"] == "error" and "process killed" in row["reason"]
+    assert result.counts == {"ok": 1, "error": 1}
+    again = runner.run_sweep(None, out, resume=True)
+    assert again.counts == {} and len(again.frame) == 3
+
+
+@pytest.mark.parametrize("prepare, message", [
+    (lambda d: (d.mkdir(), (d / "x").write_text("")), "not empty and is not an attnbench run"),
+    (lambda d: d.write_text(""), "is a file"),
+    (lambda d: runner.run_sweep(small_spec(seq_lens="64"), d), "already holds a run"),
+])
+def test_run_sweep_refuses_a_directory_it_must_not_write(tmp_path, prepare, message):
+    out = tmp_path / "run"
+    prepare(out)
+    with pytest.raises(UsageError, match=message):
+        runner.run_sweep(small_spec(), out)
+
+
+def test_resume_refuses_another_sweep(tmp_path):
+    runner.run_sweep(small_spec(seq_lens="64"), tmp_path / "run")
+    with pytest.raises(UsageError, match="holds another sweep"):
+        runner.run_sweep(small_spec(seq_lens="128"), tmp_path / "run", resume=True)
+
+
+def test_interrupt_keeps_what_was_recorded(tmp_path, install):
+    def interrupted(q, k, v, decay=None):
+        if q.shape[2] == 128:
+            raise KeyboardInterrupt
+        return scaled(1.0)(q, k, v, decay)
+    install(fake("fake-ctrl-c", interrupted))
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_sweep(small_spec(mechanisms="fake-ctrl-c", seq_lens="64,128,256"), out)
+    df = records.load(out)
+    assert df["seq_len"].tolist() == [64] and (out / "records.parquet").is_file()
+    assert records.read_journal(out).unfinished[0].seq_len == 128
