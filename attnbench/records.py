@@ -14,6 +14,7 @@ The journal (``records.jsonl``) never loses or corrupts a record:
 - Before a case is measured a ``started`` marker line is written; a process killed inside
   the case (the system's OOM killer, a segfault) leaves the marker without a record, and
   ``--resume`` turns it into an ``error`` record, so the case is never walked into again.
+  An interrupt (Ctrl-C, SIGINT) writes an ``abandoned`` line instead: the case runs again.
 - A damaged or foreign line is reported by its number and never crashes a view.
 """
 
@@ -143,6 +144,9 @@ def read_journal(run_dir: Path) -> Journal:
                 case = Case.from_row(row["started"])
                 started[case.key()] = case
                 continue
+            if isinstance(row, dict) and "abandoned" in row:  # interrupted: run it again
+                started.pop(Case.from_row(row["abandoned"]).key(), None)
+                continue
             rec = Record.from_row(row)
         except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
             journal.problems.append(f"line {number}: {_why(exc)}")
@@ -187,6 +191,10 @@ class RunWriter:
     def started(self, case: Case, timestamp: float) -> None:
         """Mark ``case`` as begun: if the process dies inside it, resume records that."""
         self._append({"started": case.to_row(), "timestamp": timestamp, "pid": os.getpid()})
+
+    def abandoned(self, case: Case, timestamp: float) -> None:
+        """``case`` was interrupted (Ctrl-C), not killed: a resume runs it again."""
+        self._append({"abandoned": case.to_row(), "timestamp": timestamp})
 
     def write(self, record: Record) -> None:
         self._append({k: _json_value(v) for k, v in record.row().items()})

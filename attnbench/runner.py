@@ -361,10 +361,20 @@ def run_sweep(
         todo = len({c.key() for c in cases} - {r.case.key() for r in done})
         if on_start is not None:
             on_start(out, cases, todo)
-        sweep = Sweep(spec, emit, on_case=on_status or (lambda text: None),
-                      started=lambda case: writer.started(case, time.time()))
+        current: list[Case] = []  # the case being measured, if any
+
+        def started(case: Case) -> None:
+            current[:] = [case]
+            writer.started(case, time.time())
+
+        sweep = Sweep(spec, lambda rec: (current.clear(), emit(rec)),
+                      on_case=on_status or (lambda text: None), started=started)
         try:
             sweep.run(cases, done)
+        except KeyboardInterrupt:
+            for case in current:
+                writer.abandoned(case, time.time())
+            raise
         finally:
             records.finalize(out)
     return SweepResult(out, counts, time.time() - started_at, repaired)

@@ -1,25 +1,23 @@
 """pytest-benchmark suite set-up: the grid, and timed calls built by the harness.
 
 ``pytest benchmarks/`` times every mechanism that runs on this machine (the GPU if torch
-sees one, else the CPU references) on a small fixed grid. Inputs, decay rates and FLOP
-counts come from the harness (``check.random_inputs``, ``check.decay_rates``,
-``registry.mode_flops``), so these numbers describe the same calls as ``attnbench run``;
-only the timer differs (pytest-benchmark's wall clock around a synchronised call, with no
-L2 flush between rounds), so compare pytest-benchmark runs with each other, not with
-``attnbench run``.
+sees one, else the CPU references) on a small fixed grid. Each case is a ``Case`` and its
+call comes from ``attnbench.prepare_call``, the same function ``attnbench run`` times, so
+these numbers describe the same calls; only the timer differs (pytest-benchmark's wall clock
+around a synchronised call, with no L2 flush between rounds), so compare pytest-benchmark
+runs with each other, not with ``attnbench run``.
 
 Options: ``--mechanisms lightning2,softmax`` (names or families, as for ``attnbench run``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
-from attnbench import check, measure, registry
-from attnbench.spec import Case
+from attnbench import check, registry
+from attnbench.case import Case
+from attnbench.prepare import PreparedCall, prepare_call
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -41,46 +39,19 @@ def pytest_addoption(parser):
                           "run on this device)")
 
 
-def case_id(case: Case) -> str:
-    decay = "-decay" if case.decay else ""
-    return (f"{case.mechanism}-{case.mode}-B{case.batch}-H{case.heads}-N{case.seq_len}-"
-            f"D{case.head_dim}-{case.dtype}{decay}")
-
-
 def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
+    g = GRID
     cases = [
-        Case(m.name, mode, GRID["batch"], GRID["heads"], n, GRID["head_dim"], GRID["dtype"],
+        Case(m.name, mode, g["batch"], g["heads"], n, g["head_dim"], g["head_dim"], g["dtype"],
              m.decay)
         for m in registry.select(metafunc.config.getoption("--mechanisms"), DEVICE)
-        for mode in GRID["modes"]
-        for n in GRID["seq_lens"]
+        for mode in g["modes"]
+        for n in g["seq_lens"]
     ]
-    metafunc.parametrize("case", cases, ids=[case_id(c) for c in cases])
-
-
-@dataclass
-class TimedCall:
-    """One case ready to time: ``call()`` runs it (async on a GPU), ``target()`` waits for it."""
-
-    case: Case
-    mech: registry.Mechanism
-    call: object
-    inputs: list
-
-    def target(self) -> None:
-        self.call()
-        measure.synchronize(DEVICE)
-
-    def reset_grads(self) -> None:
-        for x in self.inputs:
-            x.grad = None
-
-    def flops(self) -> float:
-        c = self.case
-        return registry.mode_flops(
-            self.mech.flops(c.batch, c.heads, c.seq_len, c.head_dim, c.head_dim), c.mode)
+    metafunc.parametrize("case", cases, ids=[f"{c.mechanism}-{c.mode}-{c.label()}"
+                                             for c in cases])
 
 
 @pytest.fixture(scope="session")
@@ -92,13 +63,13 @@ def grid() -> dict:
 
 @pytest.fixture(scope="session")
 def correctness():
-    """(mechanism, head_dim, dtype, decay) -> CheckResult, each checked once per session."""
+    """Case -> CheckResult, each configuration checked once per session."""
     cache = {}
 
     def get(mech: registry.Mechanism, case: Case):
-        key = (mech.name, case.head_dim, case.dtype, case.decay)
+        key = check.check_case(case)
         if key not in cache:
-            cache[key] = check.check(mech, case.head_dim, case.dtype, case.decay, DEVICE)
+            cache[key] = check.check(mech, case, DEVICE)
         return cache[key]
 
     return get
@@ -106,47 +77,22 @@ def correctness():
 
 @pytest.fixture
 def timed_call(correctness):
-    """Builds the TimedCall of a case, or skips with the reason it cannot run here."""
+    """Builds the PreparedCall of a case, or skips with the reason it cannot run here."""
     made = []
 
-    def build(case: Case) -> TimedCall:
+    def build(case: Case) -> PreparedCall:
         mech = registry.get(case.mechanism)
         avail = mech.available(DEVICE)
         if not avail:
             pytest.skip(avail.reason)
-        reason = mech.unsupported_reason(case.seq_len, case.head_dim, case.dtype, case.decay)
-        if reason or (case.mode != "fwd" and not mech.backward):
-            pytest.skip(reason or f"{mech.name} has no backward pass")
+        reason = mech.unsupported_reason(case)
+        if reason:
+            pytest.skip(reason)
         result = correctness(mech, case)
         if not result.passed:  # a wrong kernel's speed is no number to track
             pytest.fail(f"{mech.name} fails its float64 check: rel err "
                         f"{result.max_rel_err:.2e} > tol {result.tol:.2e}")
-
-        fn = mech.callable()
-        b, h, n, d = case.batch, case.heads, case.seq_len, case.head_dim
-        q, k, v = check.random_inputs(b, h, n, d, registry.DTYPES[case.dtype], DEVICE,
-                                      mech.layout, case.mode != "fwd", seed=n)
-        decay = check.decay_rates(mech, case.decay, h, DEVICE)
-        if case.mode == "fwd":
-            def call():
-                return fn(q, k, v, decay)
-        elif case.mode == "bwd":  # the graph is kept; only the backward pass is timed
-            out = fn(q, k, v, decay)
-            d_out = torch.randn_like(out)
-
-            def call():
-                out.backward(d_out, retain_graph=True)
-        else:
-            with torch.no_grad():
-                d_out = torch.randn_like(fn(q, k, v, decay))
-
-            def call():
-                fn(q, k, v, decay).backward(d_out)
-
-        # The same test hook as `attnbench run` (ATTNBENCH_PLANT_SLOWDOWN; off unless set).
-        from attnbench.compare import planted_slowdown
-
-        made.append(TimedCall(case, mech, planted_slowdown(mech.name, call, DEVICE), [q, k, v]))
+        made.append(prepare_call(mech, case, DEVICE))
         return made[-1]
 
     yield build

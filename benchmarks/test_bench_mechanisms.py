@@ -20,22 +20,23 @@ def test_mechanism(benchmark, case, timed_call, grid):
         pytest.skip(f"one call takes {one_s:.2f} s (> {grid['max_call_s']} s): too slow here")
     rounds = int(min(grid["max_rounds"], max(grid["min_rounds"], grid["budget_s"] / one_s)))
 
+    def target():
+        tc.call()
+        measure.synchronize(device)
+
     benchmark.group = f"{case.mode} N={case.seq_len}"
-    benchmark.pedantic(tc.target, setup=tc.reset_grads, rounds=rounds, warmup_rounds=2,
+    benchmark.pedantic(target, setup=tc.reset_grads, rounds=rounds, warmup_rounds=2,
                        iterations=1)
 
     tc.reset_grads()
     peak, extra = measure.peak_memory_mib(tc.call, device)
-    info = dict(mechanism=case.mechanism, mode=case.mode, batch=case.batch, heads=case.heads,
-                seq_len=case.seq_len, head_dim=case.head_dim, dtype=case.dtype,
-                decay=case.decay, device=device, compile_s=compile_s,
+    info = dict(case.to_row(), device=device, compile_s=compile_s,
                 peak_mem_mib=None if peak != peak else peak,  # NaN (CPU) is not JSON
                 extra_mem_mib=None if extra != extra else extra)
-    if tc.mech.impl_of is not None:
-        info["impl"] = tc.mech.impl_of(case.batch, case.heads, case.seq_len, case.head_dim,
-                                       case.dtype)
+    if tc.mechanism.impl_of is not None:
+        info["impl"] = tc.mechanism.impl_of(case)
     if benchmark.stats is not None:  # None under --benchmark-disable
         median_s = benchmark.stats.stats.median
-        info["tokens_per_s"] = case.batch * case.seq_len / median_s
-        info["tflops"] = tc.flops() / median_s / 1e12
+        info["tokens_per_s"] = case.tokens / median_s
+        info["tflops"] = tc.flops / median_s / 1e12
     benchmark.extra_info.update(info)
