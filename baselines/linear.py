@@ -74,3 +74,30 @@ def linear_cumsum(q, k, v, decay=None):
     kv = k.unsqueeze(-1) * v.unsqueeze(-2)  # [B, H, N, D, E]
     states = torch.cumsum(kv, dim=2)  # [B, H, N, D, E]
     return torch.einsum("bhnd,bhnde->bhne", q, states)  # [B, H, N, E]
+
+
+def linear_state(q, k, v, decay=None, initial_state=None):
+    """The masked form with states in and out: ``(o, final_state)``.
+
+    o_t = q_t · (lambda^(t+1) S0 + sum_{j<=t} lambda^(t-j) k_j^T v_j) and
+    S_N = lambda^N S0 + sum_j lambda^(N-1-j) k_j^T v_j, with S0 ``(B, H, D, E)`` (zeros if
+    None). Computes in the inputs' dtype (float64 inputs: an oracle for chunked prefill).
+    """
+    _check(q, k, v, decay)
+    b, h, n, d = q.shape
+    e = v.shape[-1]
+    t = torch.arange(n, device=q.device, dtype=q.dtype)
+    if decay is None:
+        row, key, total = (torch.ones(1, 1, n, 1, dtype=q.dtype, device=q.device),) * 2 + (1.0,)
+    else:
+        s = decay.to(device=q.device, dtype=q.dtype).view(1, h, 1, 1)  # [1, H, 1, 1]
+        row = torch.exp(-s * (t + 1).view(1, 1, n, 1))  # lambda^(t+1), [1, H, N, 1]
+        key = torch.exp(-s * (n - 1 - t).view(1, 1, n, 1))  # lambda^(N-1-j)
+        total = torch.exp(-s * n)  # lambda^N, [1, H, 1, 1]
+    o = linear_masked(q, k, v, decay)
+    state = (k * key).transpose(-1, -2) @ v  # [B, H, D, E]
+    if initial_state is not None:
+        s0 = initial_state.to(q.dtype)
+        o = o + (q * row) @ s0
+        state = state + total * s0
+    return o, state

@@ -1,221 +1,412 @@
-"""Lightning Attention-2 (arXiv 2401.04658) forward and backward in Triton.
+"""Lightning Attention-2 (arXiv 2401.04658) forward and backward in Triton, with states.
 
-Per head h with decay rate s_h > 0 and lambda_h = exp(-s_h) (no softmax, no scale)::
+Per head h with decay rate s_h >= 0 and lambda_h = exp(-s_h) (no softmax, no scale), and an
+optional initial state S0 (D, E)::
 
-    o_t = q_t · sum_{j<=t} lambda_h^(t-j) k_j^T v_j
+    o_t = q_t · (lambda^(t+1) S0 + sum_{j<=t} lambda^(t-j) k_j^T v_j)
+    S_N = lambda^N S0 + sum_j lambda^(N-1-j) k_j^T v_j            (the final state)
 
-The paper's tiling: the sequence is cut into blocks of BLOCK_N tokens; inside a block the
-masked product (Q K^T * M) V uses the decay mask M built on chip; between blocks a running
-state S = sum_j lambda^(.) k_j^T v_j of shape [D, E] carries the past, in fp32 registers,
-decayed by lambda^BLOCK_N per block. Nothing of size N x D x E ever reaches HBM.
+The paper's tiling: blocks of BLOCK_N tokens; inside a block the masked product
+(Q K^T * M) V with the decay mask M built on chip; between blocks a running state in fp32
+registers. Nothing of size N x D x E ever reaches HBM. Derivations and measurements:
+benchmarks/notes/lightning2.md.
 
-One kernel does all of it. The backward is three scans of the very same shape
-(see ``_lightning2_bwd``), so there is one causal-scan kernel with a REVERSE flag rather
-than a forward kernel and near-copies for dq, dk and dv. Parallelism comes from
-B x H x (value dim / BLOCK_V) programs, each scanning the whole sequence for one slice
-of the value dim; the state slice [D, BLOCK_V] stays on chip.
+Kernels:
+* ``_lightning2_scan_kernel``: one decayed scan o = q · (state of k^T v), causal or
+  anti-causal (REVERSE), the state split over BLOCK_E columns per program. It is the
+  forward, dq (the causal scan of (do, v, k)), and for head dims above 128 the dk and dv
+  scans (anti-causal scans of (v, do, q) and (k, q, do)).
+* ``_lightning2_bwd_dkdv_kernel``: dk and dv in one anti-causal scan per head that holds
+  the whole gradient state dS (D, E) on chip and shares it between them (head dims <= 128).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-_MIN_DIM, _MAX_DIM = 16, 256
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from .common import LOG2E, Launcher, align_key, default_decay, interpreted, validate
 
-
-def default_decay(num_heads: int, device=None) -> torch.Tensor:
-    """The paper's ALiBi-style decay rates s_h = 2^(-8h/H), h = 1..H: float32 ``(H,)``."""
-    if num_heads < 1:
-        raise ValueError(f"num_heads must be >= 1; got {num_heads}")
-    h = torch.arange(1, num_heads + 1, dtype=torch.float64)
-    return torch.pow(2.0, -8.0 * h / num_heads).to(device=device, dtype=torch.float32)
+__all__ = ["lightning_attn2", "default_decay"]
 
 
 # --------------------------------------------------------------------------------------
-# Kernel
+# Kernels
 # --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _block_decays(b_s, base, N, o_n, BLOCK_N: tl.constexpr, REVERSE: tl.constexpr):
+    """Key factors and the block factor that age one block into the state.
+
+    Causal: the state is anchored one row before the block; after it, at the block's last
+    valid row. Anti-causal (blocks aligned to end at N): anchored at the block's last row;
+    after it, one row before its first valid row. Exponents are clamped at 0 on masked rows.
+    """
+    if REVERSE:
+        shift = tl.minimum(base, 0)  # < 0 only for the partial block at the sequence start
+        b_kf = tl.exp2(-b_s * tl.maximum(o_n + 1 + shift, 0).to(tl.float32))
+        b_bf = tl.exp2(-b_s * (BLOCK_N + shift).to(tl.float32))
+    else:
+        last = tl.minimum(base + BLOCK_N, N) - 1
+        b_kf = tl.exp2(-b_s * tl.maximum(last - base - o_n, 0).to(tl.float32))
+        b_bf = tl.exp2(-b_s * (last - base + 1).to(tl.float32))
+    return b_kf, b_bf
 
 
 @triton.jit(do_not_specialize=["N"])
 def _lightning2_scan_kernel(
-    Q,  # [B*H, N, DK]
-    K,  # [B*H, N, DK]
-    V,  # [B*H, N, DV]
-    O,  # [B*H, N, DV], written in O's dtype
+    Q,  # [B*H, N, D]
+    K,  # [B*H, N, D]
+    V,  # [B*H, N, E]
+    O,  # [B*H, N, E], written in O's dtype
     S,  # [H] float32 decay rates (unused without HAS_DECAY)
-    Q2,  # a second scan of the same shape, run by the upper programs when PAIRED
-    K2,
-    V2,
-    O2,
+    H0,  # [B*H, D, E] float32 initial state, read with strides (SD, SE) (HAS_H0)
+    HT,  # [B*H, D, E] float32 final state, written with strides (SD, SE) (STORE_HT)
     N,
     H: tl.constexpr,
-    DK: tl.constexpr,
-    DV: tl.constexpr,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    SD: tl.constexpr,
+    SE: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_DK: tl.constexpr,
-    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    NUM_E: tl.constexpr,
     HAS_DECAY: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
     REVERSE: tl.constexpr,
     PRECISION: tl.constexpr,
-    PAIRED: tl.constexpr,
 ):
-    """o_t = q_t · sum_{j<=t} lambda^(t-j) k_j^T v_j (REVERSE: sum over j >= t, lambda^(j-t))."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    if PAIRED:
-        # The dk and dv scans both read q and do, block by block in the same order: run as
-        # neighbours in one launch, each block of q and do comes from HBM once (then L2).
-        if i_v >= tl.cdiv(DV, BLOCK_V):
-            Q, K, V, O = Q2, K2, V2, O2
-            i_v -= tl.cdiv(DV, BLOCK_V)
+    """o_t = q_t · (state of k_j^T v_j over j <= t, aged lambda^(t-j)) (REVERSE: j >= t)."""
+    # One grid axis (B*H*NUM_E < 2^31: no 65535 limit); the E-slices of a head are neighbours
+    # and share their q and k reads through L2.
+    i_bh, i_e = tl.program_id(0) // NUM_E, tl.program_id(0) % NUM_E
     i_h = i_bh % H
-    # int64 base offsets: B*H*N*D passes 2^31 at long N.
-    q_base = Q + i_bh.to(tl.int64) * N * DK
-    k_base = K + i_bh.to(tl.int64) * N * DK
-    v_base = V + i_bh.to(tl.int64) * N * DV
-    o_base = O + i_bh.to(tl.int64) * N * DV
+    q_base = Q + i_bh.to(tl.int64) * N * D
+    k_base = K + i_bh.to(tl.int64) * N * D
+    v_base = V + i_bh.to(tl.int64) * N * E
+    o_base = O + i_bh.to(tl.int64) * N * E
 
     o_n = tl.arange(0, BLOCK_N)
-    o_k = tl.arange(0, BLOCK_DK)
-    o_v = i_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    m_k = o_k < DK
-    m_v = o_v < DV
-    # Position inside the block counted along the scan direction: the reverse scan is the
-    # forward scan on the block read backwards, so every decay exponent below uses o_r.
+    o_d = tl.arange(0, BLOCK_D)
+    o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    m_d = o_d < D
+    m_e = o_e < E
+    # Row i takes column j of its own block where j <= i (causal) or j >= i (REVERSE).
     if REVERSE:
-        o_r = BLOCK_N - 1 - o_n
+        b_dist = o_n[None, :] - o_n[:, None]
+        b_age = BLOCK_N - 1 - o_n  # rows from the state's anchor, the block's last row
     else:
-        o_r = o_n
-    m_causal = o_r[:, None] >= o_r[None, :]
+        b_dist = o_n[:, None] - o_n[None, :]
+        b_age = o_n + 1  # rows from the anchor, one row before the block
+    m_in = b_dist >= 0
+    b_s = 0.0
     if HAS_DECAY:
-        b_s = tl.load(S + i_h).to(tl.float32) * 1.4426950408889634  # rate in log2 units
-        dist = (o_r[:, None] - o_r[None, :]).to(tl.float32)
-        # where() before use: exp2 of the masked-out (negative) distances may be inf.
-        b_m = tl.where(m_causal, tl.exp2(-b_s * dist), 0.0)  # [BLOCK_N, BLOCK_N]
-        b_q_decay = tl.exp2(-b_s * (o_r + 1).to(tl.float32))  # state age seen by row i
-        b_k_decay = tl.exp2(-b_s * (BLOCK_N - 1 - o_r).to(tl.float32))  # age at block end
-        b_block_decay = tl.exp2(-b_s * BLOCK_N)
+        b_s = tl.load(S + i_h).to(tl.float32) * LOG2E  # lambda^x = exp2(-b_s * x)
+        # where() after exp2: the masked (negative) distances may give inf, never used.
+        b_m = tl.where(m_in, tl.exp2(-b_s * b_dist.to(tl.float32)), 0.0)  # [BLOCK_N, BLOCK_N]
+        b_rf = tl.exp2(-b_s * b_age.to(tl.float32))  # [BLOCK_N]
 
-    b_h = tl.zeros([BLOCK_DK, BLOCK_V], dtype=tl.float32)  # running state, fp32 on chip
+    p_h = i_bh.to(tl.int64) * D * E + o_d[:, None] * SD + o_e[None, :] * SE
+    m_h = m_d[:, None] & m_e[None, :]
+    if HAS_H0:
+        b_h = tl.load(H0 + p_h, mask=m_h, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_E]
+    else:
+        b_h = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)
     NT = tl.cdiv(N, BLOCK_N)
     for i in range(0, NT):
         if REVERSE:
-            i_t = NT - 1 - i
+            base = N - (i + 1) * BLOCK_N  # blocks end at N; the partial one is at the start
         else:
-            i_t = i
-        o_t = i_t * BLOCK_N + o_n
-        m_t = o_t < N
-        # Masked loads fill zeros past N and DK, so partial blocks and padded dims are exact.
-        p_q = q_base + o_t[:, None] * DK + o_k[None, :]
-        p_k = k_base + o_t[:, None] * DK + o_k[None, :]
-        p_v = v_base + o_t[:, None] * DV + o_v[None, :]
-        b_q = tl.load(p_q, mask=m_t[:, None] & m_k[None, :], other=0.0)  # [BLOCK_N, BLOCK_DK]
-        b_k = tl.load(p_k, mask=m_t[:, None] & m_k[None, :], other=0.0)  # [BLOCK_N, BLOCK_DK]
-        b_v = tl.load(p_v, mask=m_t[:, None] & m_v[None, :], other=0.0)  # [BLOCK_N, BLOCK_V]
+            base = i * BLOCK_N
+        o_t = base + o_n
+        m_t = (o_t >= 0) & (o_t < N)
+        # Masked loads fill zeros outside [0, N) and past D, E: partial blocks are exact.
+        b_q = tl.load(q_base + o_t[:, None] * D + o_d[None, :],
+                      mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_k = tl.load(k_base + o_t[:, None] * D + o_d[None, :],
+                      mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(v_base + o_t[:, None] * E + o_e[None, :],
+                      mask=m_t[:, None] & m_e[None, :], other=0.0)  # [BLOCK_N, BLOCK_E]
 
-        # Intra-block: (Q K^T * M) V.
         b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)  # [BLOCK_N, BLOCK_N]
         if HAS_DECAY:
             b_a = b_a * b_m
         else:
-            b_a = tl.where(m_causal, b_a, 0.0)
-        b_o = tl.dot(b_a.to(b_v.dtype), b_v, input_precision=PRECISION)  # [BLOCK_N, BLOCK_V]
-        # Inter-block: the state of all earlier blocks, aged to each row.
+            b_a = tl.where(m_in, b_a, 0.0)
+        b_o = tl.dot(b_a.to(b_v.dtype), b_v, input_precision=PRECISION)  # [BLOCK_N, BLOCK_E]
         b_inter = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PRECISION)
         if HAS_DECAY:
-            b_o += b_inter * b_q_decay[:, None]
-            b_vw = (b_v * b_k_decay[:, None]).to(b_v.dtype)
-            b_h = b_h * b_block_decay + tl.dot(tl.trans(b_k), b_vw, input_precision=PRECISION)
+            b_o += b_inter * b_rf[:, None]
+            b_kf, b_bf = _block_decays(b_s, base, N, o_n, BLOCK_N, REVERSE)
+            b_vw = (b_v * b_kf[:, None]).to(b_v.dtype)
+            b_h = b_h * b_bf + tl.dot(tl.trans(b_k), b_vw, input_precision=PRECISION)
         else:
             b_o += b_inter
             b_h += tl.dot(tl.trans(b_k), b_v, input_precision=PRECISION)
-        p_o = o_base + o_t[:, None] * DV + o_v[None, :]
-        tl.store(p_o, b_o.to(O.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+        tl.store(o_base + o_t[:, None] * E + o_e[None, :], b_o.to(O.dtype.element_ty),
+                 mask=m_t[:, None] & m_e[None, :])
+    if STORE_HT:
+        tl.store(HT + p_h, b_h, mask=m_h)
+
+
+@triton.jit(do_not_specialize=["N"])
+def _lightning2_bwd_dkdv_kernel(
+    Q,  # [B*H, N, D]
+    K,  # [B*H, N, D]
+    V,  # [B*H, N, E]
+    DO,  # [B*H, N, E]
+    DK,  # [B*H, N, D]
+    DV,  # [B*H, N, E]
+    S,  # [H] float32 decay rates (HAS_DECAY)
+    DHT,  # [B*H, D, E] float32 gradient of the final state (HAS_DHT)
+    DH0,  # [B*H, D, E] float32 gradient of the initial state, written (STORE_DH0)
+    N,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    HAS_DECAY: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """dk and dv of one head in one anti-causal scan sharing the gradient state dS.
+
+    With dS_j = sum_{t>=j} lambda^(t-j) q_t^T do_t + lambda^(N-1-j) dS_N  (D, E):
+        dv_j = k_j dS_j,   dk_j = v_j dS_j^T,   dS0 = lambda dS_0.
+    Inside a block the t >= j terms are the masked products (K Q^T * M^T) dO and
+    (V dO^T * M^T) Q; the state carries the later blocks, anchored at the block's last row.
+    """
+    i_bh = tl.program_id(0)
+    i_h = i_bh % H
+    q_base = Q + i_bh.to(tl.int64) * N * D
+    k_base = K + i_bh.to(tl.int64) * N * D
+    dk_base = DK + i_bh.to(tl.int64) * N * D
+    v_base = V + i_bh.to(tl.int64) * N * E
+    do_base = DO + i_bh.to(tl.int64) * N * E
+    dv_base = DV + i_bh.to(tl.int64) * N * E
+
+    o_n = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    o_e = tl.arange(0, BLOCK_E)
+    m_d = o_d < D
+    m_e = o_e < E
+    b_dist = o_n[None, :] - o_n[:, None]  # t - j for row j, column t
+    m_in = b_dist >= 0
+    b_s = 0.0
+    if HAS_DECAY:
+        b_s = tl.load(S + i_h).to(tl.float32) * LOG2E
+        b_m = tl.where(m_in, tl.exp2(-b_s * b_dist.to(tl.float32)), 0.0)  # [BLOCK_N, BLOCK_N]
+        b_rf = tl.exp2(-b_s * (BLOCK_N - 1 - o_n).to(tl.float32))  # row j from the anchor
+
+    p_h = i_bh.to(tl.int64) * D * E + o_d[:, None] * E + o_e[None, :]
+    m_h = m_d[:, None] & m_e[None, :]
+    if HAS_DHT:
+        b_ds = tl.load(DHT + p_h, mask=m_h, other=0.0)  # [BLOCK_D, BLOCK_E] fp32
+    else:
+        b_ds = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)
+    NT = tl.cdiv(N, BLOCK_N)
+    for i in range(0, NT):
+        base = N - (i + 1) * BLOCK_N
+        o_t = base + o_n
+        m_t = o_t >= 0
+        m_td = m_t[:, None] & m_d[None, :]
+        m_te = m_t[:, None] & m_e[None, :]
+        b_q = tl.load(q_base + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)  # [BN, BD]
+        b_k = tl.load(k_base + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)  # [BN, BD]
+        b_v = tl.load(v_base + o_t[:, None] * E + o_e[None, :], mask=m_te, other=0.0)  # [BN, BE]
+        b_do = tl.load(do_base + o_t[:, None] * E + o_e[None, :], mask=m_te, other=0.0)
+        b_dsc = b_ds.to(b_q.dtype)  # [BLOCK_D, BLOCK_E]
+
+        # dv: (K Q^T * M^T) dO + K dS.
+        b_p = tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION)  # [BN, BN] k_j·q_t
+        if HAS_DECAY:
+            b_p = b_p * b_m
+        else:
+            b_p = tl.where(m_in, b_p, 0.0)
+        b_dv = tl.dot(b_p.to(b_do.dtype), b_do, input_precision=PRECISION)  # [BN, BE]
+        b_dvi = tl.dot(b_k, b_dsc, input_precision=PRECISION)
+        if HAS_DECAY:
+            b_dv += b_dvi * b_rf[:, None]
+        else:
+            b_dv += b_dvi
+        tl.store(dv_base + o_t[:, None] * E + o_e[None, :], b_dv.to(DV.dtype.element_ty),
+                 mask=m_te)
+
+        # dk: (V dO^T * M^T) Q + V dS^T.
+        b_p = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # [BN, BN] v_j·do_t
+        if HAS_DECAY:
+            b_p = b_p * b_m
+        else:
+            b_p = tl.where(m_in, b_p, 0.0)
+        b_dk = tl.dot(b_p.to(b_q.dtype), b_q, input_precision=PRECISION)  # [BN, BD]
+        b_dki = tl.dot(b_v, tl.trans(b_dsc), input_precision=PRECISION)
+        if HAS_DECAY:
+            b_dk += b_dki * b_rf[:, None]
+        else:
+            b_dk += b_dki
+        tl.store(dk_base + o_t[:, None] * D + o_d[None, :], b_dk.to(DK.dtype.element_ty),
+                 mask=m_td)
+
+        # dS <- lambda^L dS + sum_t lambda^(t - anchor') q_t^T do_t.
+        if HAS_DECAY:
+            b_kf, b_bf = _block_decays(b_s, base, N, o_n, BLOCK_N, True)
+            b_qw = (b_q * b_kf[:, None]).to(b_q.dtype)
+            b_ds = b_ds * b_bf + tl.dot(tl.trans(b_qw), b_do, input_precision=PRECISION)
+        else:
+            b_ds += tl.dot(tl.trans(b_q), b_do, input_precision=PRECISION)
+    if STORE_DH0:
+        tl.store(DH0 + p_h, b_ds, mask=m_h)
 
 
 # --------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------
 
+_SCAN = Launcher(_lightning2_scan_kernel)
+_DKDV = Launcher(_lightning2_bwd_dkdv_kernel)
 
-def _config(dk: int, dv: int, dtype: torch.dtype) -> dict:
-    """Tiles by head dim and dtype (measured on an H100: benchmarks/notes/lightning2.md)."""
-    block_v = min(64, triton.next_power_of_2(dv))
+
+def _scan_config(d: int, e: int, dtype: torch.dtype, tf32: bool) -> dict:
+    """Tiles by head dims and dtype (measured on an H100: benchmarks/notes/lightning2.md)."""
+    block_e = min(64, triton.next_power_of_2(e))
+    if dtype == torch.float32 and not tf32:
+        # IEEE fp32 dots run on CUDA cores: small tiles keep compile time sane.
+        return dict(BLOCK_N=32, BLOCK_E=min(32, block_e), num_warps=4, num_stages=1)
     if dtype == torch.float32:
-        # fp32 dots run in IEEE fp32 on CUDA cores: small tiles keep compile time sane.
-        return dict(BLOCK_N=32, BLOCK_V=min(32, block_v), num_warps=4, num_stages=1)
-    if triton.next_power_of_2(dk) <= 128:
-        return dict(BLOCK_N=64, BLOCK_V=block_v, num_warps=4, num_stages=4)
-    return dict(BLOCK_N=32, BLOCK_V=block_v, num_warps=8, num_stages=3)
+        return dict(BLOCK_N=64, BLOCK_E=block_e, num_warps=4, num_stages=2)
+    if triton.next_power_of_2(d) <= 128:
+        return dict(BLOCK_N=64, BLOCK_E=block_e, num_warps=4, num_stages=4)
+    return dict(BLOCK_N=32, BLOCK_E=block_e, num_warps=8, num_stages=3)
 
 
-def _scan(q, k, v, decay, out_dtype, reverse, config=None, pair=None):
-    """Allocate, grid, launch: one causal (or anti-causal) decayed scan, o (B, H, N, DV).
+def _dkdv_config(d: int, e: int, dtype: torch.dtype, tf32: bool) -> dict | None:
+    """The fused dk/dv scan holds dS (D, E) whole: up to 128 x 128, 16-bit or TF32 inputs."""
+    bd, be = triton.next_power_of_2(d), triton.next_power_of_2(e)
+    if max(bd, be) > 128 or (dtype == torch.float32 and not tf32):
+        return None
+    if dtype == torch.float32:
+        return dict(BLOCK_N=32 if bd * be > 64 * 64 else 64, num_warps=8, num_stages=1)
+    return dict(BLOCK_N=64, num_warps=8 if bd * be > 64 * 128 else 4, num_stages=2)
 
-    ``pair``: an optional second (q, k, v) of the same shapes, scanned in the same launch;
-    then both outputs are returned.
+
+def _plan(q, v, tf32, config):
+    """Configs of one call (forward scan, dq scan, fused dk/dv or None, precision), cached
+    by everything they depend on. ``config`` overrides tiles for benchmarks: BLOCK_N,
+    BLOCK_E, num_warps, num_stages of the scans; dkdv_BLOCK_N, dkdv_num_warps,
+    dkdv_num_stages of the fused scan; fused=False for the three-scan backward."""
+    key = (q.shape[-1], v.shape[-1], q.dtype, tf32,
+           None if config is None else tuple(sorted(config.items())))
+    plan = _PLANS.get(key)
+    if plan is None:
+        d, e, dtype = key[0], key[1], key[2]
+        over = {kk: vv for kk, vv in (config or {}).items()
+                if kk in ("BLOCK_N", "BLOCK_E", "num_warps", "num_stages")}
+        fwd = {**_scan_config(d, e, dtype, tf32), **over}
+        dq = {**_scan_config(e, d, dtype, tf32), **over}  # the dq scan's (D, E) are (E, D)
+        dkdv = _dkdv_config(d, e, dtype, tf32)
+        if dkdv is not None and config:
+            dkdv.update({kk[5:]: vv for kk, vv in config.items() if kk.startswith("dkdv_")})
+        if config and config.get("fused") is False:
+            dkdv = None
+        precision = ("tf32" if tf32 else "ieee") if dtype == torch.float32 else "tf32"
+        plan = _PLANS[key] = (fwd, dq, dkdv, precision)
+    return plan
+
+
+_PLANS: dict = {}
+
+
+def _scan(q, k, v, o, decay, h0, ht, reverse, transpose_state, cfg, precision):
+    """One decayed scan into o (B, H, N, E); optional states (B, H, D', E') in fp32 where
+    the scan's (D, E) are (E', D') when ``transpose_state``."""
+    b, h, n, d = q.shape
+    e = v.shape[-1]
+    sd, se = (1, d) if transpose_state else (e, 1)
+    dummy = q
+    args = (q, k, v, o, dummy if decay is None else decay, dummy if h0 is None else h0,
+            dummy if ht is None else ht, n, h, d, e, sd, se, cfg["BLOCK_N"],
+            triton.next_power_of_2(d), cfg["BLOCK_E"], triton.cdiv(e, cfg["BLOCK_E"]),
+            decay is not None, h0 is not None,
+            ht is not None, reverse, precision)
+    grid = (b * h * triton.cdiv(e, cfg["BLOCK_E"]), 1, 1)
+    key = (args[8:], align_key(*args[:7]), cfg["num_warps"], cfg["num_stages"])
+    _SCAN(key, grid, args, cfg["num_warps"], cfg["num_stages"], q.device.index)
+
+
+def _dkdv(q, k, v, do, dk, dv, decay, dht, dh0, cfg, precision):
+    b, h, n, d = q.shape
+    e = v.shape[-1]
+    dummy = q
+    args = (q, k, v, do, dk, dv, dummy if decay is None else decay,
+            dummy if dht is None else dht, dummy if dh0 is None else dh0, n, h, d, e,
+            cfg["BLOCK_N"], triton.next_power_of_2(d), triton.next_power_of_2(e),
+            decay is not None, dht is not None, dh0 is not None, precision)
+    key = (args[10:], align_key(*args[:9]), cfg["num_warps"], cfg["num_stages"])
+    _DKDV(key, (b * h, 1, 1), args, cfg["num_warps"], cfg["num_stages"], q.device.index)
+
+
+def _lightning2_fwd(q, k, v, decay, h0, output_final_state, plan):
+    """o (B, H, N, E) in v's dtype, and the final state (B, H, D, E) fp32 if asked."""
+    scan, _, _, precision = plan
+    b, h, n, d = q.shape
+    o = torch.empty_like(v)
+    ht = q.new_empty(b, h, d, v.shape[-1], dtype=torch.float32) if output_final_state else None
+    _scan(q, k, v, o, decay, h0, ht, False, False, scan, precision)
+    return o, ht
+
+
+def _lightning2_bwd(q, k, v, do, decay, h0, dht, need_dh0, plan):
+    """dq, dk, dv (input dtype) and dh0 (fp32, if ``need_dh0``): two scans, see the notes.
+
+    dq_i = do_i · (lambda^(i+1) S0 + sum_{j<=i} lambda^(i-j) k_j^T v_j)^T: the causal scan of
+    (do, v, k) from S0^T. dk and dv: one anti-causal scan sharing dS (head dims <= 128), else
+    the anti-causal scans of (v, do, q) from dS_N^T and (k, q, do) from dS_N.
     """
-    b, h, n, dk = q.shape
-    dv = v.shape[-1]
-    cfg = {**_config(dk, dv, q.dtype), **(config or {})}
-    o = torch.empty(b, h, n, dv, dtype=out_dtype, device=q.device)
-    q2, k2, v2 = pair if pair is not None else (q, k, v)
-    o2 = torch.empty_like(o) if pair is not None else o
-    grid = (triton.cdiv(dv, cfg["BLOCK_V"]) * (2 if pair is not None else 1), b * h)
-    _lightning2_scan_kernel[grid](
-        q, k, v, o, decay if decay is not None else q, q2, k2, v2, o2, n,
-        H=h, DK=dk, DV=dv,
-        BLOCK_N=cfg["BLOCK_N"], BLOCK_DK=triton.next_power_of_2(dk), BLOCK_V=cfg["BLOCK_V"],
-        HAS_DECAY=decay is not None, REVERSE=reverse,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PAIRED=pair is not None,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )  # fmt: skip
-    return (o, o2) if pair is not None else o
-
-
-def _lightning2_fwd(q, k, v, decay, config=None):
-    """o = q · (decayed causal sum of k^T v): (B, H, N, E)."""
-    return _scan(q, k, v, decay, v.dtype, reverse=False, config=config)
-
-
-def _lightning2_bwd(q, k, v, do, decay, config=None):
-    """dq, dk, dv as three scans of the forward's shape (derivation in the notes).
-
-    dq_i = sum_{j<=i} lambda^(i-j) (do_i·v_j) k_j: the causal scan of (do, v, k);
-    dk_j = sum_{t>=j} lambda^(t-j) (v_j·do_t) q_t: the anti-causal scan of (v, do, q);
-    dv_j = sum_{t>=j} lambda^(t-j) (k_j·q_t) do_t: the anti-causal scan of (k, q, do).
-    Each writes its gradient once in the input dtype: no fp32 buffers, no temporaries.
-    """
-    dq = _scan(do, v, k, decay, q.dtype, reverse=False, config=config)
-    paired = (config or {}).get("paired", True)
-    if paired and q.shape[-1] == v.shape[-1]:  # D == E: the dk and dv scans share one shape
-        dk, dv = _scan(v, do, q, decay, k.dtype, reverse=True, config=config, pair=(k, q, do))
+    scan, dq_cfg, dkdv, precision = plan
+    b, h, n, d = q.shape
+    e = v.shape[-1]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dh0 = q.new_empty(b, h, d, e, dtype=torch.float32) if need_dh0 else None
+    # dq: the scan's (D, E) are (E, D): its state is S^T, read from h0 transposed.
+    _scan(do, v, k, dq, decay, h0, None, False, True, dq_cfg, precision)
+    if dkdv is not None:
+        _dkdv(q, k, v, do, dk, dv, decay, dht, dh0, dkdv, precision)
     else:
-        dk = _scan(v, do, q, decay, k.dtype, reverse=True, config=config)
-        dv = _scan(k, q, do, decay, v.dtype, reverse=True, config=config)
-    return dq, dk, dv
+        _scan(v, do, q, dk, decay, dht, None, True, True, dq_cfg, precision)
+        _scan(k, q, do, dv, decay, dht, dh0, True, False, scan, precision)
+    return dq, dk, dv, dh0
 
 
 class Lightning2Function(torch.autograd.Function):
-    """apply(q, k, v, decay, config=None); ``config`` overrides the tiles (BLOCK_N, BLOCK_V,
-    num_warps, num_stages, paired) for benchmarks. Inputs must be validated and contiguous."""
+    """apply(q, k, v, decay, h0, output_final_state, plan) -> (o, ht or None).
+
+    Inputs validated and contiguous; ``plan`` from ``_plan``."""
 
     @staticmethod
-    def forward(ctx, q, k, v, decay, config=None):
-        o = _lightning2_fwd(q, k, v, decay, config)
-        ctx.save_for_backward(q, k, v, decay)
-        ctx.config = config
-        return o
+    def forward(ctx, q, k, v, decay, h0, output_final_state, plan):
+        o, ht = _lightning2_fwd(q, k, v, decay, h0, output_final_state, plan)
+        ctx.save_for_backward(q, k, v, decay, h0)
+        ctx.plan = plan
+        ctx.need_dh0 = h0 is not None and ctx.needs_input_grad[4]
+        if ht is None:
+            return o
+        return o, ht
 
     @staticmethod
-    def backward(ctx, do):
-        q, k, v, decay = ctx.saved_tensors
-        dq, dk, dv = _lightning2_bwd(q, k, v, do.contiguous(), decay, ctx.config)
-        return dq, dk, dv, None, None
+    def backward(ctx, do, dht=None):
+        q, k, v, decay, h0 = ctx.saved_tensors
+        dq, dk, dv, dh0 = _lightning2_bwd(
+            q, k, v, do.contiguous(), decay, h0,
+            None if dht is None else dht.contiguous(), ctx.need_dh0, ctx.plan,
+        )
+        return dq, dk, dv, None, dh0, None, None
 
 
 # --------------------------------------------------------------------------------------
@@ -223,70 +414,59 @@ class Lightning2Function(torch.autograd.Function):
 # --------------------------------------------------------------------------------------
 
 
-def _validate(q, k, v, decay):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            shape = getattr(t, "shape", t)
-            raise ValueError(f"{name} must be a 4-D tensor (B, H, N, D); got {shape}")
-    if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"expected q, k (B, H, N, D) and v (B, H, N, E); got {tuple(q.shape)}, "
-            f"{tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if q.dtype not in _DTYPES:
-        raise ValueError(f"q, k, v must be float16, bfloat16 or float32; got {q.dtype}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
-    if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"lightning_attn2 needs CUDA tensors (or TRITON_INTERPRET=1): {q.device}")
-    for name, d in (("D", q.shape[-1]), ("E", v.shape[-1])):
-        if not _MIN_DIM <= d <= _MAX_DIM:
-            raise ValueError(f"head dim {name} must be in [{_MIN_DIM}, {_MAX_DIM}]; got {d}")
-    if q.shape[2] < 1 or q.shape[0] < 1 or q.shape[1] < 1:
-        raise ValueError(f"B, H and N must be >= 1; got {tuple(q.shape[:3])}")
-    if decay is None:
-        return
-    if not isinstance(decay, torch.Tensor) or decay.shape != (q.shape[1],):
-        shape = getattr(decay, "shape", decay)
-        raise ValueError(f"decay must be a tensor of shape (H,) = ({q.shape[1]},); got {shape}")
-    if not decay.is_floating_point():
-        raise ValueError(f"decay must be a floating tensor; got {decay.dtype}")
-    if decay.device != q.device:
-        raise ValueError(f"decay must be on q's device {q.device}; got {decay.device}")
-    # Checking the values on a GPU would cost a host sync per call, so only CPU tensors are
-    # checked; on the GPU a rate s <= 0 is computed faithfully as lambda = exp(-s) >= 1.
-    if decay.device.type == "cpu" and not bool((decay > 0).all()):
-        raise ValueError("decay rates must be > 0 (lambda = exp(-s) < 1)")
-
-
-def lightning_attn2(q, k, v, decay=None):
+def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=False, *,
+                    tf32=False, _config=None):
     """Lightning Attention-2: causal linear attention with per-head exponential decay.
 
-    o_t = q_t · sum_{j<=t} lambda_h^(t-j) k_j^T v_j with lambda_h = exp(-decay[h]);
-    no softmax and no 1/sqrt(D) scale. Differentiable in q, k and v.
+    o_t = q_t · (lambda_h^(t+1) S0 + sum_{j<=t} lambda_h^(t-j) k_j^T v_j), with
+    lambda_h = exp(-decay[h]); no softmax and no 1/sqrt(D) scale. Differentiable in q, k, v
+    and the initial state (also through the final state).
 
     Args:
-        q: (B, H, N, D) query, float16, bfloat16 or float32, on CUDA.
+        q: (B, H, N, D) query, float16, bfloat16 or float32, on CUDA (or the CPU under
+            TRITON_INTERPRET=1).
         k: (B, H, N, D) key, same dtype and device as q.
         v: (B, H, N, E) value, same dtype and device as q.
         decay: None (lambda = 1, plain causal linear attention) or a floating tensor (H,)
-            of decay rates s_h > 0 on q's device, e.g. ``default_decay(H, device)``.
-            Positivity is checked only for CPU tensors (a GPU check would sync the host).
+            of rates s_h >= 0 on q's device, e.g. ``default_decay(H, device)``. The sign
+            is checked only for CPU tensors (a GPU check would sync the host). No gradient.
+        initial_state: None (zeros) or a float32 (B, H, D, E) state S0, as FLA's ops take it:
+            the final state of the previous piece of the sequence.
+        output_final_state: also return the final state S_N (B, H, D, E), float32.
+        tf32: float32 inputs only: TF32 tensor-core products (10-bit mantissa) instead of
+            IEEE fp32 ones. Error against float64 then about that of fp16 inputs (~3e-4 to
+            1e-3 relative); IEEE fp32 is ~1e-6 and slow (CUDA cores).
 
     Returns:
-        o: (B, H, N, E) in v's dtype.
+        o: (B, H, N, E) in v's dtype; with ``output_final_state``, ``(o, final_state)``.
 
-    Limits: D and E in [16, 256] (any value, not only powers of two); any B, H, N >= 1.
-    Accumulation and the running state [D, E] are fp32; the state is cast to the input
-    dtype for the tensor-core product with q, as in the official kernels. Non-contiguous
-    inputs are copied to contiguous ones. Memory: the forward allocates only o, the
-    backward only dq, dk and dv (in the input dtype; no fp32 buffers). fp32 inputs use
-    IEEE fp32 products: exact to fp32 rounding but ~200x slower than bf16.
+    Limits: D and E in [16, 256] (any value); any B, H >= 1, N >= 0 with (N + 128) * max(D, E)
+    < 2^31. Accumulation and the running state are fp32; the state is cast to the input dtype
+    for the tensor-core products, as in the official kernels. Non-contiguous inputs are
+    copied. Memory: the forward allocates o (and the final state), the backward dq, dk, dv
+    (and the initial state's gradient): no other buffers.
     """
-    _validate(q, k, v, decay)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    validate(q, k, v, decay, initial_state, on_cpu=_ON_CPU, grid_bh_limit=None)
+    if not q.is_contiguous():
+        q = q.contiguous()
+    if not k.is_contiguous():
+        k = k.contiguous()
+    if not v.is_contiguous():
+        v = v.contiguous()
     if decay is not None:
-        decay = decay.to(torch.float32).contiguous()
-    return Lightning2Function.apply(q, k, v, decay)
+        decay = decay.detach()
+        if decay.dtype != torch.float32 or not decay.is_contiguous():
+            decay = decay.to(torch.float32).contiguous()
+    if initial_state is not None and not initial_state.is_contiguous():
+        initial_state = initial_state.contiguous()
+    plan = _plan(q, v, bool(tf32) and q.dtype == torch.float32, _config)
+    if torch.is_grad_enabled() and (
+        q.requires_grad or k.requires_grad or v.requires_grad
+        or (initial_state is not None and initial_state.requires_grad)
+    ):
+        return Lightning2Function.apply(q, k, v, decay, initial_state, output_final_state, plan)
+    o, ht = _lightning2_fwd(q, k, v, decay, initial_state, output_final_state, plan)
+    return (o, ht) if output_final_state else o
+
+
+_ON_CPU = interpreted(_lightning2_scan_kernel)
