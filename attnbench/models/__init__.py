@@ -69,8 +69,10 @@ def build_model(family: str, size: str, mechanism: str, device, dtype_policy: st
     forked = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):
         torch.manual_seed(seed)
-        with device:
-            return _CLASSES[config.family](config, mech, dtype_policy)
+        # Every tensor is made with device= rather than under ``with torch.device(...)``: that
+        # context caches torch's factory functions once, and a patched torch.empty (the test
+        # suite's NaN poisoning) makes it silently allocate on the CPU.
+        return _CLASSES[config.family](config, mech, dtype_policy, device)
 
 
 def unsupported_reason(config: ModelConfig, mechanism: str, seq_len: int,

@@ -26,10 +26,10 @@ from .config import ModelConfig
 class RMSNorm(nn.Module):
     """x / rms(x) * g, computed in fp32 and returned in x's dtype."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, device=None):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
@@ -54,11 +54,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, attn_fn, layout: str):
+    def __init__(self, config: ModelConfig, attn_fn, layout: str, device=None):
         super().__init__()
         c, self.h, self.d = config.dim, config.n_heads, config.head_dim
-        self.wqkv = nn.Linear(c, 3 * self.h * self.d, bias=False)
-        self.wo = nn.Linear(self.h * self.d, c, bias=False)
+        self.wqkv = nn.Linear(c, 3 * self.h * self.d, bias=False, device=device)
+        self.wo = nn.Linear(self.h * self.d, c, bias=False, device=device)
         self.attn_fn, self.layout = attn_fn, layout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -75,23 +75,23 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, device=None):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
-        self.w3 = nn.Linear(dim, hidden, bias=False)  # up
-        self.w2 = nn.Linear(hidden, dim, bias=False)  # down
+        self.w1 = nn.Linear(dim, hidden, bias=False, device=device)  # gate
+        self.w3 = nn.Linear(dim, hidden, bias=False, device=device)  # up
+        self.w2 = nn.Linear(hidden, dim, bias=False, device=device)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))  # [B, N, F] inside, [B, N, C] out
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, attn_fn, layout: str):
+    def __init__(self, config: ModelConfig, attn_fn, layout: str, device=None):
         super().__init__()
-        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
-        self.attention = Attention(config, attn_fn, layout)
-        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.feed_forward = FeedForward(config.dim, config.ffn_dim)
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps, device)
+        self.attention = Attention(config, attn_fn, layout, device)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps, device)
+        self.feed_forward = FeedForward(config.dim, config.ffn_dim, device)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin)  # [B, N, C]
@@ -99,15 +99,16 @@ class Block(nn.Module):
 
 
 class LLaMA(nn.Module):
-    def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str):
+    def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str,
+                 device=None):
         super().__init__()
         self.config, self.mechanism, self.dtype_policy = config, mechanism, dtype_policy
         attn_fn = mechanism.callable()
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(Block(config, attn_fn, mechanism.layout)
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim, device=device)
+        self.layers = nn.ModuleList(Block(config, attn_fn, mechanism.layout, device)
                                     for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.norm = RMSNorm(config.dim, config.norm_eps, device)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False, device=device)
         init_weights(self)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,

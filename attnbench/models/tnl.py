@@ -61,10 +61,11 @@ def tnl_decay(n_heads: int, layer: int, n_layers: int, device=None) -> torch.Ten
 class Lrpe(nn.Module):
     """LRPE: x ``(B, N, H, D)`` -> [x cos(theta t), x sin(theta t)] ``(B, N, H, 2D)``."""
 
-    def __init__(self, n_heads: int, head_dim: int):
+    def __init__(self, n_heads: int, head_dim: int, device=None):
         super().__init__()
         width = n_heads * head_dim
-        theta = 10000.0 ** (-2.0 / width * torch.arange(width, dtype=torch.float32))  # [C]
+        index = torch.arange(width, dtype=torch.float32, device=device)  # [C]
+        theta = 10000.0 ** (-2.0 / width * index)  # [C]
         self.theta = nn.Parameter(theta.view(n_heads, head_dim))  # [H, D]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,14 +79,14 @@ class Lrpe(nn.Module):
 class GLA(nn.Module):
     """Gated linear attention: W_o[SRMSNorm(attn(swish(q), swish(k), v, decay)) * u]."""
 
-    def __init__(self, config: ModelConfig, layer: int, attn_fn, layout: str):
+    def __init__(self, config: ModelConfig, layer: int, attn_fn, layout: str, device=None):
         super().__init__()
         c, self.h, self.d = config.dim, config.n_heads, config.head_dim
-        self.qkvu = nn.Linear(c, 4 * c, bias=False)
-        self.out = nn.Linear(c, c, bias=False)
+        self.qkvu = nn.Linear(c, 4 * c, bias=False, device=device)
+        self.out = nn.Linear(c, c, bias=False, device=device)
         self.norm = SRMSNorm(config.norm_eps)
-        self.lrpe = Lrpe(self.h, self.d) if layer < config.lrpe_layers else None
-        self.register_buffer("decay", tnl_decay(self.h, layer, config.n_layers),
+        self.lrpe = Lrpe(self.h, self.d, device) if layer < config.lrpe_layers else None
+        self.register_buffer("decay", tnl_decay(self.h, layer, config.n_layers, device),
                              persistent=False)  # [H] float32
         self.attn_fn, self.layout = attn_fn, layout
 
@@ -106,23 +107,23 @@ class GLA(nn.Module):
 class SGLU(nn.Module):
     """Simple GLU: W_o[(X W_v) * (X W_u)], no activation."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, device=None):
         super().__init__()
-        self.w_v = nn.Linear(dim, hidden, bias=False)
-        self.w_u = nn.Linear(dim, hidden, bias=False)
-        self.w_o = nn.Linear(hidden, dim, bias=False)
+        self.w_v = nn.Linear(dim, hidden, bias=False, device=device)
+        self.w_u = nn.Linear(dim, hidden, bias=False, device=device)
+        self.w_o = nn.Linear(hidden, dim, bias=False, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_o(self.w_v(x) * self.w_u(x))  # [B, N, F] inside, [B, N, C] out
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int, attn_fn, layout: str):
+    def __init__(self, config: ModelConfig, layer: int, attn_fn, layout: str, device=None):
         super().__init__()
         self.token_norm = SRMSNorm(config.norm_eps)
-        self.token_mixer = GLA(config, layer, attn_fn, layout)
+        self.token_mixer = GLA(config, layer, attn_fn, layout, device)
         self.channel_norm = SRMSNorm(config.norm_eps)
-        self.channel_mixer = SGLU(config.dim, config.ffn_dim)
+        self.channel_mixer = SGLU(config.dim, config.ffn_dim, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.token_mixer(self.token_norm(x))  # [B, N, C]
@@ -130,15 +131,16 @@ class Block(nn.Module):
 
 
 class TNL(nn.Module):
-    def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str):
+    def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str,
+                 device=None):
         super().__init__()
         self.config, self.mechanism, self.dtype_policy = config, mechanism, dtype_policy
         attn_fn = mechanism.callable()
-        self.embed = nn.Embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(Block(config, i, attn_fn, mechanism.layout)
+        self.embed = nn.Embedding(config.vocab_size, config.dim, device=device)
+        self.layers = nn.ModuleList(Block(config, i, attn_fn, mechanism.layout, device)
                                     for i in range(config.n_layers))
         self.norm = SRMSNorm(config.norm_eps)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False, device=device)
         init_weights(self)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
