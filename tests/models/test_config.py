@@ -4,9 +4,18 @@ import pytest
 import torch
 
 from attnbench.errors import UsageError
-from attnbench.models import (DEFAULT_MECHANISM, SIZES, attention_flops_per_token, build_model,
-                              config_for, count_params, llama_ffn_dim, matmul_params,
-                              train_flops_per_token, unsupported_reason)
+from attnbench.models import (
+    DEFAULT_MECHANISM,
+    SIZES,
+    attention_flops_per_token,
+    build_model,
+    config_for,
+    count_params,
+    llama_ffn_dim,
+    matmul_params,
+    train_flops_per_token,
+    unsupported_reason,
+)
 
 
 @pytest.mark.parametrize("family", ["llama", "tnl"])

@@ -1,0 +1,74 @@
+"""One real training step on the CPU: it learns, checkpointing changes nothing, the batch is
+made once, and the bf16 policy keeps fp32 master weights and optimizer state."""
+
+import pytest
+import torch
+
+from attnbench.models import build_model, make_train_step
+
+MODELS = [("llama", "sdpa-math"), ("llama", "softmax-naive"),
+          ("tnl", "linear-masked"), ("tnl", "linear-recurrent")]
+
+
+@pytest.mark.parametrize("family,mechanism", MODELS)
+def test_loss_decreases_on_a_fixed_batch(family, mechanism):
+    model = build_model(family, "tiny", mechanism, "cpu", "fp32")
+    step = make_train_step(model, batch=2, seq_len=32, device="cpu", lr=3e-3)
+    losses = [step().item() for _ in range(4)]
+    assert losses[0] == pytest.approx(torch.log(torch.tensor(512.0)).item(), rel=0.05)
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+
+
+@pytest.mark.parametrize("family,mechanism", [("llama", "sdpa-math"), ("tnl", "linear-masked")])
+def test_checkpointing_gives_the_same_gradients(family, mechanism, tokens, grads):
+    model = build_model(family, "tiny", mechanism, "cpu", "fp32")
+    ids, targets = tokens(512, 2, 24)
+    loss, plain = grads(model, ids, targets, checkpointing=False)
+    loss_ckpt, ckpt = grads(model, ids, targets, checkpointing=True)
+    assert loss_ckpt == loss
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_checkpointed_steps_update_the_weights_alike():
+    models = [build_model("tnl", "tiny", "linear-masked", "cpu", "fp32") for _ in range(2)]
+    steps = [make_train_step(m, 2, 16, "cpu", checkpointing=c)
+             for m, c in zip(models, (False, True))]
+    for step in steps:
+        step()
+        step()
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_the_batch_is_made_once_and_seeded():
+    model = build_model("llama", "tiny", "softmax-naive", "cpu", "fp32")
+    step = make_train_step(model, batch=3, seq_len=10, device="cpu", seed=5)
+    inputs = step.inputs.clone()
+    step()
+    assert torch.equal(step.inputs, inputs)
+    assert (step.batch, step.seq_len, step.tokens) == (3, 10, 30)
+    assert torch.equal(step.targets[:, :-1], step.inputs[:, 1:])  # next-token targets
+    again = make_train_step(model, batch=3, seq_len=10, device="cpu", seed=5)
+    assert torch.equal(again.inputs, inputs)
+    assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none)
+
+
+@pytest.mark.parametrize("family,mechanism", [("llama", "sdpa-math"), ("tnl", "linear-masked")])
+def test_bf16_policy_keeps_fp32_master_weights_and_adam_state(family, mechanism):
+    model = build_model(family, "tiny", mechanism, "cpu", "bf16")
+    step = make_train_step(model, batch=2, seq_len=16, device="cpu", lr=3e-3)
+    losses = [step() for _ in range(3)]
+    assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in losses)
+    assert losses[-1] < losses[0]
+    with torch.no_grad():
+        assert model(step.inputs).dtype == torch.bfloat16  # the compute ran in bf16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    for state in step.optimizer.state.values():
+        assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
+
+
+def test_bad_batch_is_refused():
+    model = build_model("tnl", "tiny", "linear-masked", "cpu", "fp32")
+    with pytest.raises(ValueError, match="batch and seq_len must be >= 1"):
+        make_train_step(model, batch=0, seq_len=16, device="cpu")
