@@ -24,9 +24,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.jit import JITFunction
 
-LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2(e))
+from .common import LOG2E, MAX_GRID_Y, interpreted, validate
 
 
 def _configs(pairs):
@@ -62,10 +61,11 @@ _SMEM_BUDGET = 200 * 1024  # of the H100's 227 KiB per block, with a margin for 
 def _prune_fwd(configs, named_args, **kwargs):
     if named_args["q"].device.type == "cpu":
         return _CPU_FWD
-    # Resident q tile [BLOCK_M, BD] plus num_stages k, v tiles [BLOCK_N, BD + BE].
-    elt, bd, be = named_args["q"].element_size(), kwargs["BD"], kwargs["BE"]
+    # Resident q tile [BLOCK_M, BLOCK_D] plus num_stages k, v tiles
+    # [BLOCK_N, BLOCK_D + BLOCK_E].
+    elt, block_d, block_e = named_args["q"].element_size(), kwargs["BLOCK_D"], kwargs["BLOCK_E"]
     fit = [] if elt == 4 else [c for c in _FWD_CONFIGS
-           if elt * (c.kwargs["BLOCK_M"] * bd + c.num_stages * c.kwargs["BLOCK_N"] * (bd + be))
+           if elt * (c.kwargs["BLOCK_M"] * block_d + c.num_stages * c.kwargs["BLOCK_N"] * (block_d + block_e))
            <= _SMEM_BUDGET]
     return fit or _FWD_FALLBACK
 
@@ -73,8 +73,9 @@ def _prune_fwd(configs, named_args, **kwargs):
 def _prune_bwd(configs, named_args, **kwargs):
     if named_args["q"].device.type == "cpu":
         return _CPU_BWD
-    # Resident k, v tiles [BLOCK_N, BD + BE] plus num_stages q, do tiles [BLOCK_M, BD + BE].
-    elt, width = named_args["q"].element_size(), kwargs["BD"] + kwargs["BE"]
+    # Resident k, v tiles [BLOCK_N, BLOCK_D + BLOCK_E] plus num_stages q, do tiles
+    # [BLOCK_M, BLOCK_D + BLOCK_E].
+    elt, width = named_args["q"].element_size(), kwargs["BLOCK_D"] + kwargs["BLOCK_E"]
     fit = [] if elt == 4 else [c for c in _BWD_CONFIGS
            if elt * width * (c.kwargs["BLOCK_N"] + c.num_stages * c.kwargs["BLOCK_M"])
            <= _SMEM_BUDGET]
@@ -89,7 +90,7 @@ def _prune_bwd(configs, named_args, **kwargs):
 @triton.jit(do_not_specialize=["N"])
 def _lightning1_fwd_kernel(
     q, k, v, o, decay, N, H,
-    D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+    D: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     HAS_DECAY: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -107,15 +108,15 @@ def _lightning1_fwd_kernel(
     i0 = i_m * BLOCK_M
     o_i = i0 + tl.arange(0, BLOCK_M)
     o_j = tl.arange(0, BLOCK_N)
-    o_d = tl.arange(0, BD)
-    o_e = tl.arange(0, BE)
+    o_d = tl.arange(0, BLOCK_D)
+    o_e = tl.arange(0, BLOCK_E)
     m_i = o_i < N
     m_d = o_d < D
     m_e = o_e < E
 
     b_q = tl.load(q + o_i[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :],
-                  other=0.0)  # [BLOCK_M, BD]
-    b_o = tl.zeros([BLOCK_M, BE], dtype=tl.float32)
+                  other=0.0)  # [BLOCK_M, BLOCK_D]
+    b_o = tl.zeros([BLOCK_M, BLOCK_E], dtype=tl.float32)
     if HAS_DECAY:
         b_r = tl.load(decay + i_h).to(tl.float32) * LOG2E  # lambda^x = exp2(-b_r * x)
 
@@ -123,8 +124,8 @@ def _lightning1_fwd_kernel(
     for j0 in range(0, i0, BLOCK_N):
         p_k = k + (j0 + o_j)[:, None] * D + o_d[None, :]
         p_v = v + (j0 + o_j)[:, None] * E + o_e[None, :]
-        b_k = tl.load(p_k, mask=m_d[None, :], other=0.0)  # [BLOCK_N, BD]
-        b_v = tl.load(p_v, mask=m_e[None, :], other=0.0)  # [BLOCK_N, BE]
+        b_k = tl.load(p_k, mask=m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(p_v, mask=m_e[None, :], other=0.0)  # [BLOCK_N, BLOCK_E]
         b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
         if HAS_DECAY:
             # Key factor lambda^(i0 - j) <= 1.
@@ -140,8 +141,8 @@ def _lightning1_fwd_kernel(
         m_j = o_jj < N
         p_k = k + o_jj[:, None] * D + o_d[None, :]
         p_v = v + o_jj[:, None] * E + o_e[None, :]
-        b_k = tl.load(p_k, mask=m_j[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BD]
-        b_v = tl.load(p_v, mask=m_j[:, None] & m_e[None, :], other=0.0)  # [BLOCK_N, BE]
+        b_k = tl.load(p_k, mask=m_j[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(p_v, mask=m_j[:, None] & m_e[None, :], other=0.0)  # [BLOCK_N, BLOCK_E]
         b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
         b_dist = o_i[:, None] - o_jj[None, :]  # i - j, [BLOCK_M, BLOCK_N]
         if HAS_DECAY:
@@ -164,7 +165,7 @@ def _lightning1_fwd_kernel(
 @triton.jit(do_not_specialize=["N"])
 def _lightning1_bwd_dkdv_kernel(
     q, k, v, do, dk, dv, decay, N, H,
-    D: tl.constexpr, E: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+    D: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     HAS_DECAY: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -183,18 +184,18 @@ def _lightning1_bwd_dkdv_kernel(
     j_last = j0 + BLOCK_N - 1
     o_j = j0 + tl.arange(0, BLOCK_N)
     o_i = tl.arange(0, BLOCK_M)
-    o_d = tl.arange(0, BD)
-    o_e = tl.arange(0, BE)
+    o_d = tl.arange(0, BLOCK_D)
+    o_e = tl.arange(0, BLOCK_E)
     m_j = o_j < N
     m_d = o_d < D
     m_e = o_e < E
 
     b_k = tl.load(k + o_j[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :],
-                  other=0.0)  # [BLOCK_N, BD]
+                  other=0.0)  # [BLOCK_N, BLOCK_D]
     b_v = tl.load(v + o_j[:, None] * E + o_e[None, :], mask=m_j[:, None] & m_e[None, :],
-                  other=0.0)  # [BLOCK_N, BE]
-    b_dk = tl.zeros([BLOCK_N, BD], dtype=tl.float32)
-    b_dv = tl.zeros([BLOCK_N, BE], dtype=tl.float32)
+                  other=0.0)  # [BLOCK_N, BLOCK_E]
+    b_dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    b_dv = tl.zeros([BLOCK_N, BLOCK_E], dtype=tl.float32)
     if HAS_DECAY:
         b_r = tl.load(decay + i_h).to(tl.float32) * LOG2E  # lambda^x = exp2(-b_r * x)
 
@@ -204,8 +205,8 @@ def _lightning1_bwd_dkdv_kernel(
         m_i = o_ii < N
         p_q = q + o_ii[:, None] * D + o_d[None, :]
         p_do = do + o_ii[:, None] * E + o_e[None, :]
-        b_q = tl.load(p_q, mask=m_i[:, None] & m_d[None, :], other=0.0)  # [BLOCK_M, BD]
-        b_do = tl.load(p_do, mask=m_i[:, None] & m_e[None, :], other=0.0)  # [BLOCK_M, BE]
+        b_q = tl.load(p_q, mask=m_i[:, None] & m_d[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+        b_do = tl.load(p_do, mask=m_i[:, None] & m_e[None, :], other=0.0)  # [BLOCK_M, BLOCK_E]
         if HAS_DECAY:
             # Query factor lambda^(i - j_last) <= 1 of
             # lambda^(i-j) = lambda^(i-j_last) lambda^(j_last-j).
@@ -231,8 +232,8 @@ def _lightning1_bwd_dkdv_kernel(
         m_i = o_ii < N
         p_q = q + o_ii[:, None] * D + o_d[None, :]
         p_do = do + o_ii[:, None] * E + o_e[None, :]
-        b_q = tl.load(p_q, mask=m_i[:, None] & m_d[None, :], other=0.0)  # [BLOCK_M, BD]
-        b_do = tl.load(p_do, mask=m_i[:, None] & m_e[None, :], other=0.0)  # [BLOCK_M, BE]
+        b_q = tl.load(p_q, mask=m_i[:, None] & m_d[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+        b_do = tl.load(p_do, mask=m_i[:, None] & m_e[None, :], other=0.0)  # [BLOCK_M, BLOCK_E]
         b_s = tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
         b_t = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
         b_dist = o_ii[None, :] - o_j[:, None]  # i - j, [BLOCK_N, BLOCK_M]
@@ -253,7 +254,8 @@ def _meta(q, v, decay):
     """Kernel arguments shared by both launchers."""
     d, e = q.shape[-1], v.shape[-1]
     return dict(
-        H=q.shape[1], D=d, E=e, BD=triton.next_power_of_2(d), BE=triton.next_power_of_2(e),
+        H=q.shape[1], D=d, E=e, BLOCK_D=triton.next_power_of_2(d),
+        BLOCK_E=triton.next_power_of_2(e),
         HAS_DECAY=decay is not None,
         # fp32 inputs get true fp32 products, as torch's matmul does by default.
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
@@ -297,51 +299,9 @@ class Lightning1Function(torch.autograd.Function):
         return dq, dk, dv, None
 
 
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_MIN_DIM, _MAX_DIM = 16, 256
-_MAX_GRID_Y = 65535  # CUDA's limit on the grid's second axis, which holds B * H
-
-
 def _interpreted() -> bool:
     """True when the kernels were built by Triton's CPU interpreter (TRITON_INTERPRET=1)."""
-    return not isinstance(_lightning1_fwd_kernel.fn, JITFunction)
-
-
-def _validate(q, k, v, decay):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have 4 dims (B, H, N, D); got shape {tuple(t.shape)}")
-    if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            f"expected q, k (B, H, N, D) and v (B, H, N, E); got {tuple(q.shape)}, "
-            f"{tuple(k.shape)}, {tuple(v.shape)}"
-        )
-    if q.dtype not in _DTYPES:
-        raise ValueError(f"dtype must be float16, bfloat16 or float32; got {q.dtype}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
-    if q.device.type == "cpu" and not _interpreted():
-        raise ValueError("CPU tensors run only under Triton's interpreter (TRITON_INTERPRET=1)")
-    b, h, n, d = q.shape
-    e = v.shape[-1]
-    for name, size in (("D", d), ("E", e)):
-        if not _MIN_DIM <= size <= _MAX_DIM:
-            raise ValueError(f"head dim {name} must be in {_MIN_DIM}..{_MAX_DIM}; got {size}")
-    if b * h > _MAX_GRID_Y:
-        raise ValueError(f"B * H must be at most {_MAX_GRID_Y}; got {b * h}")
-    if n * max(d, e) >= 2**31:
-        raise ValueError(f"N * max(D, E) must stay under 2^31 (int32 offsets); got {n * max(d, e)}")
-    if decay is not None:
-        if not isinstance(decay, torch.Tensor) or not decay.is_floating_point():
-            raise ValueError("decay must be None or a floating-point tensor of shape (H,)")
-        if decay.shape != (h,):
-            raise ValueError(f"decay must have shape (H,) = ({h},); got {tuple(decay.shape)}")
-        if decay.device != q.device:
-            raise ValueError(f"decay must be on {q.device}; got {decay.device}")
+    return interpreted(_lightning1_fwd_kernel)
 
 
 def lightning_attn1(q, k, v, decay=None):
@@ -352,12 +312,14 @@ def lightning_attn1(q, k, v, decay=None):
 
     Args:
         q: (B, H, N, D) queries, float16, bfloat16 or float32, on a CUDA device (or the CPU
-            under TRITON_INTERPRET=1). 16 <= D <= 256; any N >= 0, B, H.
+            under TRITON_INTERPRET=1). 16 <= D <= 256; any N >= 0; B, H >= 1 with
+            B * H <= 65535 (the grid axis that holds them); (N + 128) * max(D, E) < 2^31.
         k: (B, H, N, D) keys, same dtype and device as q.
         v: (B, H, N, E) values, same dtype and device; 16 <= E <= 256, E may differ from D.
         decay: None (lambda = 1, plain causal linear attention) or a floating tensor (H,) on
-            the same device holding the rates s_h >= 0 (lambda_h = exp(-s_h)). Not checked
-            for sign (that would synchronise with the GPU); it gets no gradient.
+            the same device holding the rates s_h >= 0 (lambda_h = exp(-s_h)), e.g.
+            ``default_decay(H, device)``. The sign is checked only for CPU tensors (a GPU
+            check would synchronise the host); it gets no gradient.
 
     Returns:
         o: (B, H, N, E) in v's dtype. Accumulation is in float32; float32 inputs get full
@@ -365,10 +327,10 @@ def lightning_attn1(q, k, v, decay=None):
         copied to contiguous ones first.
 
     Raises:
-        ValueError: on wrong ranks or shapes, mismatched dtypes or devices, non-float dtypes,
-            D or E outside 16..256, or a decay that is not a float tensor of shape (H,).
+        ValueError: on any input outside these limits (kernels/common.py: ``validate``).
     """
-    _validate(q, k, v, decay)
+    # The grid's second axis holds B * H (and keeps a head's blocks side by side for L2).
+    validate(q, k, v, decay, on_cpu=_interpreted(), grid_bh_limit=MAX_GRID_Y)
     if decay is not None:
         decay = decay.detach().to(torch.float32).contiguous()  # [H]
     return Lightning1Function.apply(q.contiguous(), k.contiguous(), v.contiguous(), decay)

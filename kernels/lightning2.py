@@ -57,13 +57,13 @@ def _block_decays(b_s, base, N, o_n, BLOCK_N: tl.constexpr, REVERSE: tl.constexp
 
 @triton.jit(do_not_specialize=["N"])
 def _lightning2_scan_kernel(
-    Q,  # [B*H, N, D]
-    K,  # [B*H, N, D]
-    V,  # [B*H, N, E]
-    O,  # [B*H, N, E], written in O's dtype
-    S,  # [H] float32 decay rates (unused without HAS_DECAY)
-    H0,  # [B*H, D, E] float32 initial state, read with strides (SD, SE) (HAS_H0)
-    HT,  # [B*H, D, E] float32 final state, written with strides (SD, SE) (STORE_HT)
+    q,  # [B*H, N, D]
+    k,  # [B*H, N, D]
+    v,  # [B*H, N, E]
+    o,  # [B*H, N, E], written in o's dtype
+    decay,  # [H] float32 decay rates (unused without HAS_DECAY)
+    h0,  # [B*H, D, E] float32 initial state, read with strides (SD, SE) (HAS_H0)
+    ht,  # [B*H, D, E] float32 final state, written with strides (SD, SE) (STORE_HT)
     N,
     H: tl.constexpr,
     D: tl.constexpr,
@@ -85,10 +85,10 @@ def _lightning2_scan_kernel(
     # and share their q and k reads through L2.
     i_bh, i_e = tl.program_id(0) // NUM_E, tl.program_id(0) % NUM_E
     i_h = i_bh % H
-    q_base = Q + i_bh.to(tl.int64) * N * D
-    k_base = K + i_bh.to(tl.int64) * N * D
-    v_base = V + i_bh.to(tl.int64) * N * E
-    o_base = O + i_bh.to(tl.int64) * N * E
+    q_base = q + i_bh.to(tl.int64) * N * D
+    k_base = k + i_bh.to(tl.int64) * N * D
+    v_base = v + i_bh.to(tl.int64) * N * E
+    o_base = o + i_bh.to(tl.int64) * N * E
 
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
@@ -105,7 +105,7 @@ def _lightning2_scan_kernel(
     m_in = b_dist >= 0
     b_s = 0.0
     if HAS_DECAY:
-        b_s = tl.load(S + i_h).to(tl.float32) * LOG2E  # lambda^x = exp2(-b_s * x)
+        b_s = tl.load(decay + i_h).to(tl.float32) * LOG2E  # lambda^x = exp2(-b_s * x)
         # where() after exp2: the masked (negative) distances may give inf, never used.
         b_m = tl.where(m_in, tl.exp2(-b_s * b_dist.to(tl.float32)), 0.0)  # [BLOCK_N, BLOCK_N]
         b_rf = tl.exp2(-b_s * b_age.to(tl.float32))  # [BLOCK_N]
@@ -113,7 +113,7 @@ def _lightning2_scan_kernel(
     p_h = i_bh.to(tl.int64) * D * E + o_d[:, None] * SD + o_e[None, :] * SE
     m_h = m_d[:, None] & m_e[None, :]
     if HAS_H0:
-        b_h = tl.load(H0 + p_h, mask=m_h, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_E]
+        b_h = tl.load(h0 + p_h, mask=m_h, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_E]
     else:
         b_h = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)
     NT = tl.cdiv(N, BLOCK_N)
@@ -147,23 +147,23 @@ def _lightning2_scan_kernel(
         else:
             b_o += b_inter
             b_h += tl.dot(tl.trans(b_k), b_v, input_precision=PRECISION)
-        tl.store(o_base + o_t[:, None] * E + o_e[None, :], b_o.to(O.dtype.element_ty),
+        tl.store(o_base + o_t[:, None] * E + o_e[None, :], b_o.to(o.dtype.element_ty),
                  mask=m_t[:, None] & m_e[None, :])
     if STORE_HT:
-        tl.store(HT + p_h, b_h, mask=m_h)
+        tl.store(ht + p_h, b_h, mask=m_h)
 
 
 @triton.jit(do_not_specialize=["N"])
 def _lightning2_bwd_dkdv_kernel(
-    Q,  # [B*H, N, D]
-    K,  # [B*H, N, D]
-    V,  # [B*H, N, E]
-    DO,  # [B*H, N, E]
-    DK,  # [B*H, N, D]
-    DV,  # [B*H, N, E]
-    S,  # [H] float32 decay rates (HAS_DECAY)
-    DHT,  # [B*H, D, E] float32 gradient of the final state (HAS_DHT)
-    DH0,  # [B*H, D, E] float32 gradient of the initial state, written (STORE_DH0)
+    q,  # [B*H, N, D]
+    k,  # [B*H, N, D]
+    v,  # [B*H, N, E]
+    do,  # [B*H, N, E]
+    dk,  # [B*H, N, D]
+    dv,  # [B*H, N, E]
+    decay,  # [H] float32 decay rates (HAS_DECAY)
+    dht,  # [B*H, D, E] float32 gradient of the final state (HAS_DHT)
+    dh0,  # [B*H, D, E] float32 gradient of the initial state, written (STORE_DH0)
     N,
     H: tl.constexpr,
     D: tl.constexpr,
@@ -185,12 +185,12 @@ def _lightning2_bwd_dkdv_kernel(
     """
     i_bh = tl.program_id(0)
     i_h = i_bh % H
-    q_base = Q + i_bh.to(tl.int64) * N * D
-    k_base = K + i_bh.to(tl.int64) * N * D
-    dk_base = DK + i_bh.to(tl.int64) * N * D
-    v_base = V + i_bh.to(tl.int64) * N * E
-    do_base = DO + i_bh.to(tl.int64) * N * E
-    dv_base = DV + i_bh.to(tl.int64) * N * E
+    q_base = q + i_bh.to(tl.int64) * N * D
+    k_base = k + i_bh.to(tl.int64) * N * D
+    dk_base = dk + i_bh.to(tl.int64) * N * D
+    v_base = v + i_bh.to(tl.int64) * N * E
+    do_base = do + i_bh.to(tl.int64) * N * E
+    dv_base = dv + i_bh.to(tl.int64) * N * E
 
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
@@ -201,14 +201,14 @@ def _lightning2_bwd_dkdv_kernel(
     m_in = b_dist >= 0
     b_s = 0.0
     if HAS_DECAY:
-        b_s = tl.load(S + i_h).to(tl.float32) * LOG2E
+        b_s = tl.load(decay + i_h).to(tl.float32) * LOG2E
         b_m = tl.where(m_in, tl.exp2(-b_s * b_dist.to(tl.float32)), 0.0)  # [BLOCK_N, BLOCK_N]
         b_rf = tl.exp2(-b_s * (BLOCK_N - 1 - o_n).to(tl.float32))  # row j from the anchor
 
     p_h = i_bh.to(tl.int64) * D * E + o_d[:, None] * E + o_e[None, :]
     m_h = m_d[:, None] & m_e[None, :]
     if HAS_DHT:
-        b_ds = tl.load(DHT + p_h, mask=m_h, other=0.0)  # [BLOCK_D, BLOCK_E] fp32
+        b_ds = tl.load(dht + p_h, mask=m_h, other=0.0)  # [BLOCK_D, BLOCK_E] fp32
     else:
         b_ds = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)
     NT = tl.cdiv(N, BLOCK_N)
@@ -218,40 +218,40 @@ def _lightning2_bwd_dkdv_kernel(
         m_t = o_t >= 0
         m_td = m_t[:, None] & m_d[None, :]
         m_te = m_t[:, None] & m_e[None, :]
-        b_q = tl.load(q_base + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)  # [BN, BD]
-        b_k = tl.load(k_base + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)  # [BN, BD]
-        b_v = tl.load(v_base + o_t[:, None] * E + o_e[None, :], mask=m_te, other=0.0)  # [BN, BE]
+        b_q = tl.load(q_base + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_k = tl.load(k_base + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(v_base + o_t[:, None] * E + o_e[None, :], mask=m_te, other=0.0)  # [BLOCK_N, BLOCK_E]
         b_do = tl.load(do_base + o_t[:, None] * E + o_e[None, :], mask=m_te, other=0.0)
         b_dsc = b_ds.to(b_q.dtype)  # [BLOCK_D, BLOCK_E]
 
-        # dv: (K Q^T * M^T) dO + K dS.
-        b_p = tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION)  # [BN, BN] k_j·q_t
+        # dv: (k Q^T * M^T) dO + k dS.
+        b_p = tl.dot(b_k, tl.trans(b_q), input_precision=PRECISION)  # [BLOCK_N, BLOCK_N] k_j·q_t
         if HAS_DECAY:
             b_p = b_p * b_m
         else:
             b_p = tl.where(m_in, b_p, 0.0)
-        b_dv = tl.dot(b_p.to(b_do.dtype), b_do, input_precision=PRECISION)  # [BN, BE]
+        b_dv = tl.dot(b_p.to(b_do.dtype), b_do, input_precision=PRECISION)  # [BLOCK_N, BLOCK_E]
         b_dvi = tl.dot(b_k, b_dsc, input_precision=PRECISION)
         if HAS_DECAY:
             b_dv += b_dvi * b_rf[:, None]
         else:
             b_dv += b_dvi
-        tl.store(dv_base + o_t[:, None] * E + o_e[None, :], b_dv.to(DV.dtype.element_ty),
+        tl.store(dv_base + o_t[:, None] * E + o_e[None, :], b_dv.to(dv.dtype.element_ty),
                  mask=m_te)
 
-        # dk: (V dO^T * M^T) Q + V dS^T.
-        b_p = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # [BN, BN] v_j·do_t
+        # dk: (v dO^T * M^T) q + v dS^T.
+        b_p = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # [BLOCK_N, BLOCK_N] v_j·do_t
         if HAS_DECAY:
             b_p = b_p * b_m
         else:
             b_p = tl.where(m_in, b_p, 0.0)
-        b_dk = tl.dot(b_p.to(b_q.dtype), b_q, input_precision=PRECISION)  # [BN, BD]
+        b_dk = tl.dot(b_p.to(b_q.dtype), b_q, input_precision=PRECISION)  # [BLOCK_N, BLOCK_D]
         b_dki = tl.dot(b_v, tl.trans(b_dsc), input_precision=PRECISION)
         if HAS_DECAY:
             b_dk += b_dki * b_rf[:, None]
         else:
             b_dk += b_dki
-        tl.store(dk_base + o_t[:, None] * D + o_d[None, :], b_dk.to(DK.dtype.element_ty),
+        tl.store(dk_base + o_t[:, None] * D + o_d[None, :], b_dk.to(dk.dtype.element_ty),
                  mask=m_td)
 
         # dS <- lambda^L dS + sum_t lambda^(t - anchor') q_t^T do_t.
@@ -262,7 +262,7 @@ def _lightning2_bwd_dkdv_kernel(
         else:
             b_ds += tl.dot(tl.trans(b_q), b_do, input_precision=PRECISION)
     if STORE_DH0:
-        tl.store(DH0 + p_h, b_ds, mask=m_h)
+        tl.store(dh0 + p_h, b_ds, mask=m_h)
 
 
 # --------------------------------------------------------------------------------------
