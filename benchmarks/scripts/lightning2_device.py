@@ -1,16 +1,18 @@
-"""One device call for kernels/lightning2.py: check, then time variants, then memory and 256k.
+"""One device call for kernels/lightning2.py (round two): check, time, host cost, memory.
 
-Run on the GPU machine from the repository root:
+Run on the GPU machine from the repository root (benchmarks/scripts/device_setup.sh first):
 
-    pip install -q --no-deps --no-build-isolation -e . && \
-        PYTHONUNBUFFERED=1 python benchmarks/scripts/lightning2_device.py --out $OUT
+    PYTHONUNBUFFERED=1 python benchmarks/scripts/lightning2_device.py --out $OUT --deadline 240
 
-Steps (each prints as it goes; a compact table comes last):
-1. long correctness: bf16 at N=64k (B=1, H=2, D=E=128) and fp16/fp32 at N=4k against a
-   float64 chunked reference on the GPU (forward and dq, dk, dv);
-2. timings of each config at the paper shape (B=4, H=32, D=E=128, bf16, decay) for the
-   forward and the backward pass alone, median of triton.testing.do_bench;
-3. peak memory above the inputs at N=64k; forward and backward at N=256k.
+Sections, most important first; each is skipped once ``--deadline`` seconds have passed,
+and the JSON summary is rewritten after each, so a cut-off run still reports:
+1. bf16 checks of every backward variant against a float64 blocked oracle (N = 1000, and
+   N = 64k with an initial state for the default);
+2. paper shape (B=4, H=32, D=E=128, bf16, decay): forward and backward of each variant,
+   median (p20, p80) of triton.testing.do_bench;
+3. host cost of issuing one call (N calls without synchronising / N) at B=2, H=16, N=1k,
+   with each saving turned off in turn;
+4. other shapes at 4k; memory above the inputs at 64k; 256k forward and backward.
 """
 
 from __future__ import annotations
@@ -19,101 +21,162 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import torch
 import triton
-from attnbench.kernels.lightning2 import (
-    Lightning2Function,
-    _lightning2_scan_kernel,
-    default_decay,
-)
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests"))
+from kernel_testing import chunked_reference  # noqa: E402
+
+from attnbench.kernels import common, default_decay, lightning2  # noqa: E402
+from attnbench.kernels.lightning2 import lightning_attn2  # noqa: E402
 
 B, H, D, E = 4, 32, 128, 128
-GIB = 1024**3
+T0 = time.time()
+LOG: list[str] = []
 
 
-def ref_chunked(q, k, v, s, chunk=512):
-    """Float64 reference by blocks (O(N) memory), differentiable by autograd."""
-    b, h, n, d = q.shape
-    if s is None:
-        s = torch.zeros(h, dtype=torch.float64, device=q.device)
-    lam = torch.exp(-s.double()).view(1, h, 1, 1)
-    state = q.new_zeros(b, h, d, v.shape[-1])
-    out = []
-    for st in range(0, n, chunk):
-        qc, kc, vc = q[:, :, st : st + chunk], k[:, :, st : st + chunk], v[:, :, st : st + chunk]
-        c = qc.shape[2]
-        i = torch.arange(c, device=q.device, dtype=torch.float64)
-        dist = i[:, None] - i[None, :]
-        m = torch.where(dist >= 0, lam ** dist.clamp(min=0), 0.0)  # [1, H, c, c]
-        o = (qc @ kc.transpose(-1, -2) * m) @ vc + (qc * lam ** (i + 1)[:, None]) @ state
-        state = lam**c * state + (kc * lam ** (c - 1 - i)[:, None]).transpose(-1, -2) @ vc
-        out.append(o)
-    return torch.cat(out, dim=2)
+def say(line: str):
+    line = f"[{time.time() - T0:5.0f}s] {line}"
+    print(line, flush=True)
+    LOG.append(line)
 
 
 def rel(a, b):
     return ((a.double() - b).norm() / b.norm()).item()
 
 
-def check_long(n, dtype, with_decay, bound, b=1, h=2):
+BWD_VARIANTS = {  # name -> _config of lightning_attn2
+    "fused-w8s2": None,  # the default: BLOCK_N 64, 8 warps, 2 stages
+    "fused-w8s1": {"dkdv_num_stages": 1},
+    "fused-w4s2": {"dkdv_num_warps": 4},
+    "fused-n32w4s3": {"dkdv_BLOCK_N": 32, "dkdv_num_warps": 4, "dkdv_num_stages": 3},
+    "three-scans": {"fused": False},  # round one's design: dq, dk, dv scans
+}
+
+
+def check(n, dtype, cfg, with_state, b=1, h=2, d=D, e=E, tf32=False):
+    """Max relative error of o, final state, dq, dk, dv, dh0 against float64."""
     torch.manual_seed(n)
-    q, k, v, do = (torch.randn(b, h, n, d, device="cuda", dtype=dtype) for d in (D, D, E, E))
-    s = default_decay(h, "cuda") if with_decay else None
-    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-    o = Lightning2Function.apply(qg, kg, vg, s)
-    o.backward(do)
-    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
-    r = ref_chunked(q64, k64, v64, s)
-    r.backward(do.double())
-    errs = [rel(o, r), rel(qg.grad, q64.grad), rel(kg.grad, k64.grad), rel(vg.grad, v64.grad)]
-    rounding = rel(r.to(dtype), r)  # the output's own rounding: no kernel can go below it
-    ok = all(math.isfinite(e) and e <= bound for e in errs)
-    line = (
-        f"check N={n} {str(dtype)[6:]} decay={with_decay}: o {errs[0]:.2e} dq {errs[1]:.2e} "
-        f"dk {errs[2]:.2e} dv {errs[3]:.2e} (rounding {rounding:.1e}, bound {bound:.0e}) "
-        f"{'OK' if ok else 'FAIL'}"
-    )
-    print(line)
-    return line
+    q, k, v, do = (torch.randn(b, h, n, x, device="cuda").to(dtype) for x in (d, d, e, e))
+    h0, dht = (torch.randn(b, h, d, e, device="cuda") for _ in range(2))
+    s = default_decay(h, "cuda")
+    xs = [t.clone().requires_grad_() for t in (q, k, v, h0)]
+    o, ht = lightning_attn2(*xs[:3], s, xs[3] if with_state else None, True, tf32=tf32,
+                           _config=cfg)
+    ((o.float() * do.float()).sum() + (ht * dht).sum()).backward()
+    x64 = [t.double().requires_grad_() for t in (q, k, v, h0)]
+    ro, rht = chunked_reference(*x64[:3], s.double(), x64[3] if with_state else None)
+    ((ro * do.double()).sum() + (rht * dht.double()).sum()).backward()
+    errs = {"o": rel(o, ro), "ht": rel(ht, rht)}
+    for name, a, r in zip(("dq", "dk", "dv", "dh0"), xs, x64, strict=True):
+        if a.grad is not None and (name != "dh0" or with_state):
+            errs[name] = rel(a.grad, r.grad)
+    return errs
 
 
-def inputs(n, dtype=torch.bfloat16, d=D, e=E):
+def inputs(n, dtype=torch.bfloat16, d=D, e=E, b=B, h=H, grad=True):
     torch.manual_seed(0)
-    q, k, v = (
-        torch.randn(B, H, n, x, device="cuda", dtype=dtype).requires_grad_() for x in (d, d, e)
-    )
-    return q, k, v, default_decay(H, "cuda")
+    q, k, v = (torch.randn(b, h, n, x, device="cuda", dtype=dtype).requires_grad_(grad)
+               for x in (d, d, e))
+    return q, k, v, default_decay(h, "cuda")
 
 
-def bench(n, config, mode, dtype=torch.bfloat16, d=D, e=E):
+def timed(fn, grads=None):
+    fn()
+    torch.cuda.synchronize()
+    p20, p50, p80 = triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grads,
+                                            quantiles=[0.2, 0.5, 0.8])
+    return p50, p20, p80
+
+
+def bench(n, mode, cfg=None, dtype=torch.bfloat16, d=D, e=E, tf32=False):
     q, k, v, s = inputs(n, dtype, d, e)
-    o = Lightning2Function.apply(q, k, v, s, config)
     if mode == "fwd":
-        fn = lambda: Lightning2Function.apply(q, k, v, s, config)
-        grads = None
+        with torch.no_grad():
+            r = timed(lambda: lightning_attn2(q, k, v, s, tf32=tf32, _config=cfg))
     else:
+        o = lightning_attn2(q, k, v, s, tf32=tf32, _config=cfg)
         do = torch.randn_like(o)
 
         def fn():
-            # do_bench's warm-up does not clear grads: accumulating would need 2x grads.
-            q.grad = k.grad = v.grad = None
+            q.grad = k.grad = v.grad = None  # do_bench's warm-up would accumulate grads
             o.backward(do, retain_graph=True)
 
-        grads = [q, k, v]
-    fn()  # compile outside the timing
-    torch.cuda.synchronize()
-    ms = triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grads, return_mode="median")
-    return ms, B * n / ms / 1e3  # ms, M tokens/s
+        r = timed(fn, [q, k, v])
+        del o, do
+    del q, k, v
+    torch.cuda.empty_cache()
+    return dict(n=n, mode=mode, ms=r[0], p20=r[1], p80=r[2], mtok=B * n / r[0] / 1e3)
 
 
-def memory(n, config=None):
+def host_us(fn, calls=100):
+    best = math.inf
+    for _ in range(3):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t) / calls)
+        torch.cuda.synchronize()
+    return best * 1e6
+
+
+class _Never(set):
+    def __contains__(self, key):  # every call validates in full
+        return False
+
+
+def host_costs():
+    """Host µs to issue one call at B=2, H=16, N=1k, bf16, decay; savings turned off."""
+    out = {}
+    q, k, v, s = inputs(1024, b=2, h=16, grad=False)
+    qg, kg, vg, _ = inputs(1024, b=2, h=16, grad=True)
+    o = lightning_attn2(qg, kg, vg, s)
+    do = torch.randn_like(o)
+
+    def bwd():
+        qg.grad = kg.grad = vg.grad = None
+        o.backward(do, retain_graph=True)
+
+    def fwd_grad():
+        return lightning_attn2(qg, kg, vg, s)
+
+    fwd = lambda: lightning_attn2(q, k, v, s)  # noqa: E731
+    plain = {"fwd (no grad)": fwd, "fwd (autograd)": fwd_grad, "bwd": bwd}
+    for name, fn in plain.items():
+        out[f"{name}: all savings"] = host_us(fn)
+    # Savings off, one at a time.
+    valid = common._VALID
+    common._VALID = _Never()
+    for name, fn in plain.items():
+        out[f"{name}: validation every call"] = host_us(fn)
+    common._VALID = valid
+    for launcher in (lightning2._SCAN, lightning2._DKDV):
+        launcher.disabled = "off for the comparison"
+    for name, fn in plain.items():
+        out[f"{name}: Triton's own launcher"] = host_us(fn)
+    for launcher in (lightning2._SCAN, lightning2._DKDV):
+        launcher.disabled = None
+    out["validate alone"] = host_us(lambda: common.validate(q, k, v, s, on_cpu=False))
+    out["validate in full alone"] = host_us(
+        lambda: common._validate(q, k, v, s, None, False, None))
+    out["torch.empty_like alone"] = host_us(lambda: torch.empty_like(q))
+    with torch.no_grad():
+        out["fwd gpu ms"] = timed(fwd)[0]
+    out["bwd gpu ms"] = timed(bwd, [qg, kg, vg])[0]
+    out["launcher disabled (reason)"] = [lightning2._SCAN.disabled, lightning2._DKDV.disabled]
+    return out
+
+
+def memory(n):
     q, k, v, s = inputs(n)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    o = Lightning2Function.apply(q, k, v, s, config)
+    o = lightning_attn2(q, k, v, s)
     torch.cuda.synchronize()
     fwd = (torch.cuda.max_memory_allocated() - base) / 2**20
     do = torch.randn_like(o)
@@ -128,151 +191,111 @@ def memory(n, config=None):
     return fwd, bwd
 
 
-CONFIGS = {
-    "default": None,  # n64v64w4s4 at this shape, dk and dv scans paired in one launch
-    "n64v64w4s3": dict(BLOCK_N=64, BLOCK_V=64, num_warps=4, num_stages=3),
-    "unpaired": dict(paired=False),  # dq, dk, dv as three launches
-}
-# Tiles tried at D = E = 256 (BLOCK_N, BLOCK_V, warps, stages); None: the default.
-CONFIGS_256 = {
-    "default": None,
-    "n64v32w4s2": dict(BLOCK_N=64, BLOCK_V=32, num_warps=4, num_stages=2),
-    "n64v32w8s3": dict(BLOCK_N=64, BLOCK_V=32, num_warps=8, num_stages=3),
-    "n64v64w8s2": dict(BLOCK_N=64, BLOCK_V=64, num_warps=8, num_stages=2),
-}
-
-
-def sweep_256():
-    """D = E = 256 at 4k (B=4, H=32, bf16): a quick check against float64, then timings."""
-    lines = []
-    for name, cfg in CONFIGS_256.items():
-        try:
-            torch.manual_seed(1)
-            q, k, v, do = (torch.randn(1, 2, 1000, 256, device="cuda") for _ in range(4))
-            q, k, v, do = (t.to(torch.bfloat16) for t in (q, k, v, do))
-            s = default_decay(2, "cuda")
-            qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-            o = Lightning2Function.apply(qg, kg, vg, s, cfg)
-            o.backward(do)
-            q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
-            r = ref_chunked(q64, k64, v64, s)
-            r.backward(do.double())
-            err = max(
-                rel(o, r), rel(qg.grad, q64.grad), rel(kg.grad, k64.grad), rel(vg.grad, v64.grad)
-            )
-            f, ft = bench(4096, cfg, "fwd", torch.bfloat16, 256, 256)
-            g, gt = bench(4096, cfg, "bwd", torch.bfloat16, 256, 256)
-            torch.cuda.empty_cache()
-            line = f"D=E=256 {name:11s} max err {err:.2e}: fwd {f:6.3f} ms {ft:6.2f}, bwd {g:6.3f} ms {gt:6.2f}"  # noqa: E501
-        except Exception as e:  # noqa: BLE001
-            line = f"D=E=256 {name:11s} {type(e).__name__}: {str(e)[:150]}"
-        print(line)
-        lines.append(line)
-    return lines
-
-
-def other_shapes():
-    """Forward and backward at 4k for other dtypes and head dims (B=4, H=32), default tiles."""
-    lines = []
-    for dtype, d, e in [
-        (torch.float16, 128, 128),
-        (torch.bfloat16, 64, 64),
-        (torch.bfloat16, 256, 256),
-        (torch.bfloat16, 96, 192),
-        (torch.float32, 128, 128),
-    ]:
-        f, ft = bench(4096, None, "fwd", dtype, d, e)
-        g, gt = bench(4096, None, "bwd", dtype, d, e)
-        torch.cuda.empty_cache()
-        name = str(dtype)[6:]
-        line = f"{name:8s} D={d:3d} E={e:3d} N=4k: fwd {f:7.3f} ms {ft:6.2f}, bwd {g:7.3f} ms {gt:6.2f}"  # noqa: E501
-        print(line)
-        lines.append(line)
-    return lines
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--configs", default=",".join(CONFIGS))
-    ap.add_argument("--lengths", default="4096,32768,131072")
-    ap.add_argument("--skip-check", action="store_true")
-    ap.add_argument("--skip-256k", action="store_true")
+    ap.add_argument("--deadline", type=float, default=240.0)
+    ap.add_argument("--variants", default=",".join(BWD_VARIANTS))
     args = ap.parse_args()
-    t0 = time.time()
     p = torch.cuda.get_device_properties(0)
-    print(f"{p.name}, {p.multi_processor_count} SMs, torch {torch.__version__}")
-    print(f"triton {triton.__version__}")
-    summary = {"device": p.name, "checks": [], "timings": [], "memory": {}}
+    summary = {"device": p.name, "torch": torch.__version__, "triton": triton.__version__,
+               "checks": {}, "paper": [], "host_us": {}, "other": [], "memory": {}, "log": LOG}
 
-    if not args.skip_check:
-        for n, dt, dec, bound in [
-            (65536, torch.bfloat16, True, 1e-2),
-            (65536, torch.bfloat16, False, 1e-2),
-            (4096, torch.float16, True, 2e-3),
-            (4096, torch.float32, True, 1e-5),
-        ]:
-            summary["checks"].append(check_long(n, dt, dec, bound))
-        print(f"[{time.time() - t0:.0f}s] checks done")
+    def save():
+        with open(os.path.join(args.out, "lightning2_device.json"), "w") as f:
+            json.dump(summary, f, indent=1)
 
-    lengths = [int(x) for x in args.lengths.split(",")]
-    for name in args.configs.split(","):
-        cfg = CONFIGS[name]
-        for mode in ("fwd", "bwd"):
-            for n in lengths:
-                try:
-                    ms, mtok = bench(n, cfg, mode)
-                    torch.cuda.empty_cache()
-                except Exception as e:  # noqa: BLE001 - report and go on to the next variant
-                    ms, mtok = float("nan"), float("nan")
-                    print(f"{name} {mode} N={n}: {type(e).__name__}: {str(e)[:200]}")
-                summary["timings"].append(dict(config=name, mode=mode, n=n, ms=ms, mtok=mtok))
-                stamp = f"[{time.time() - t0:.0f}s] {name:12s} {mode} N={n:6d}"
-                print(f"{stamp}: {ms:8.3f} ms {mtok:7.2f} M tok/s")
-    try:
-        ncomp = sum(len(c[0]) for c in _lightning2_scan_kernel.device_caches.values())
-        print(f"compiled variants of the scan kernel: {ncomp}")
-    except Exception:  # noqa: BLE001
-        pass
+    def late():
+        return time.time() - T0 > args.deadline
 
-    summary["other"] = other_shapes() + sweep_256()
-    fwd_mib, bwd_mib = memory(65536)
-    summary["memory"]["64k"] = dict(fwd_mib=fwd_mib, bwd_mib=bwd_mib)
-    print(f"memory N=64k above inputs: fwd {fwd_mib:.0f} MiB (o: 2048)")
-    print(f"                           bwd {bwd_mib:.0f} MiB (grads: 6144)")
+    say(f"{p.name}, {p.multi_processor_count} SMs, torch {torch.__version__}, "
+        f"triton {triton.__version__}")
+    variants = args.variants.split(",")
+    for name in variants:
+        try:
+            errs = check(1000, torch.bfloat16, BWD_VARIANTS[name], with_state=True)
+            summary["checks"][f"{name} bf16 N=1000 state"] = errs
+            say(f"check {name}: " + " ".join(f"{k} {v:.2e}" for k, v in errs.items()))
+        except Exception as exc:  # noqa: BLE001 - report the variant and go on
+            summary["checks"][f"{name}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            say(f"check {name}: {type(exc).__name__}: {str(exc)[:300]}")
+    save()
 
-    if not args.skip_256k:
-        n = 262144
-        for mode in ("fwd", "bwd"):
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+    # Paper shape: forward at every length, backward variants at 4k and 32k, default wide.
+    for n in (4096, 32768, 131072):
+        r = bench(n, "fwd")
+        summary["paper"].append({"variant": "default", **r})
+        say(f"fwd default N={n}: {r['ms']:.3f} ms ({r['p20']:.3f}-{r['p80']:.3f}) "
+            f"{r['mtok']:.1f} M tok/s")
+    for name in variants:
+        if not isinstance(summary["checks"].get(f"{name} bf16 N=1000 state"), dict):
+            continue
+        for n in (4096, 32768):
             try:
-                ms, mtok = bench(n, None, mode)
-            except Exception as e:  # noqa: BLE001
-                ms, mtok = float("nan"), float("nan")
-                print(f"256k {mode}: {type(e).__name__}: {str(e)[:200]}")
-            summary["timings"].append(dict(config="default", mode=mode, n=n, ms=ms, mtok=mtok))
-            peak = torch.cuda.max_memory_allocated() / GIB
-            stamp = f"[{time.time() - t0:.0f}s] default {mode} N=256k"
-            print(f"{stamp}: {ms:.3f} ms {mtok:.2f} M tok/s, peak {peak:.1f} GiB in all")
+                r = bench(n, "bwd", BWD_VARIANTS[name])
+            except Exception as exc:  # noqa: BLE001
+                say(f"bwd {name} N={n}: {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            summary["paper"].append({"variant": name, **r})
+            say(f"bwd {name} N={n}: {r['ms']:.3f} ms ({r['p20']:.3f}-{r['p80']:.3f}) "
+                f"{r['mtok']:.1f} M tok/s")
+    save()
 
-    with open(os.path.join(args.out, "lightning2_device.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    print("\n==== summary:", p.name, "bf16 B=4 H=32 D=E=128 decay, M tokens/s (ms)")
-    for c in summary["checks"]:
-        print(c)
-    rows = {}
-    for t in summary["timings"]:
-        rows.setdefault((t["config"], t["mode"]), {})[t["n"]] = (t["mtok"], t["ms"])
-    ns = sorted({t["n"] for t in summary["timings"]})
-    print(f"{'config':12s} {'mode':4s} " + " ".join(f"{n // 1024:>15d}k" for n in ns))
-    for (cfg, mode), r in rows.items():
-        cells = " ".join(f"{r[n][0]:7.2f} ({r[n][1]:6.2f})" if n in r else " " * 16 for n in ns)
-        print(f"{cfg:12s} {mode:4s} {cells}")
-    print(f"memory 64k: {summary['memory']['64k']}")
-    for line in summary["other"]:
-        print(line)
-    print(f"total {time.time() - t0:.0f}s")
+    if not late():
+        summary["host_us"] = host_costs()
+        for k_, v_ in summary["host_us"].items():
+            say(f"host {k_}: {v_}")
+        save()
+
+    if not late():
+        errs = check(65536, torch.bfloat16, None, with_state=True)
+        summary["checks"]["default bf16 N=64k state"] = errs
+        say("check default N=64k: " + " ".join(f"{k} {v:.2e}" for k, v in errs.items()))
+        errs = check(4096, torch.float32, None, with_state=True, tf32=True)
+        summary["checks"]["default fp32 tf32 N=4k state"] = errs
+        say("check tf32 N=4k: " + " ".join(f"{k} {v:.2e}" for k, v in errs.items()))
+        save()
+
+    for n in (8192, 16384, 65536, 131072):
+        if late():
+            break
+        r = bench(n, "bwd")
+        summary["paper"].append({"variant": "default", **r})
+        say(f"bwd default N={n}: {r['ms']:.3f} ms {r['mtok']:.1f} M tok/s")
+    save()
+
+    for dtype, d, e, tf32 in [(torch.bfloat16, 64, 64, False), (torch.float16, 128, 128, False),
+                              (torch.bfloat16, 256, 256, False), (torch.float32, 128, 128, True),
+                              (torch.bfloat16, 96, 192, False)]:
+        if late():
+            break
+        try:
+            f = bench(4096, "fwd", None, dtype, d, e, tf32)
+            g = bench(4096, "bwd", None, dtype, d, e, tf32)
+        except Exception as exc:  # noqa: BLE001
+            say(f"other {dtype} {d} {e}: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        name = f"{str(dtype)[6:]}{'-tf32' if tf32 else ''} D={d} E={e}"
+        summary["other"].append({"shape": name, "fwd": f, "bwd": g})
+        say(f"other {name} N=4k: fwd {f['mtok']:.1f} bwd {g['mtok']:.1f} M tok/s")
+    save()
+
+    if not late():
+        fwd_mib, bwd_mib = memory(65536)
+        summary["memory"]["64k"] = dict(fwd_mib=fwd_mib, bwd_mib=bwd_mib)
+        say(f"memory 64k above inputs: fwd {fwd_mib:.0f} MiB (o 2048), bwd {bwd_mib:.0f} "
+            "(dq+dk+dv 6144)")
+    for mode in ("fwd", "bwd"):
+        if late():
+            break
+        torch.cuda.reset_peak_memory_stats()
+        r = bench(262144, mode)
+        r["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        summary["paper"].append({"variant": "default", **r})
+        say(f"{mode} default N=256k: {r['ms']:.3f} ms {r['mtok']:.1f} M tok/s, peak "
+            f"{r['peak_gib']:.1f} GiB")
+    save()
+    say("done")
 
 
 if __name__ == "__main__":
