@@ -85,9 +85,64 @@ def run_layers(layers: nn.ModuleList, x: torch.Tensor, extras: list[tuple],
     return x
 
 
-def lm_head_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy; under autocast it runs in fp32."""
-    return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+def compute_dtype(dtype_policy: str) -> torch.dtype:
+    return torch.bfloat16 if dtype_policy == "bf16" else torch.float32
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``h @ weight.T`` without the (T, V) logits ever in memory whole.
+
+    The forward walks ``chunk`` tokens at a time: logits in fp32, their loss, and at once the
+    gradient d loss / d logits = softmax - onehot, turned into the chunk's grad of h and its
+    share of the grad of the weight; the backward only scales those. The same three matmuls
+    as an unchunked forward and backward (no recomputation), but the memory of one chunk's
+    logits rather than of all (at 128K tokens and a 64000 vocabulary the fp32 logits and
+    their gradient alone would be 67 GB).
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk):  # h [T, C], weight [V, C], targets [T]
+        w = weight.to(h.dtype)  # [V, C] in the compute dtype
+        grad_h = torch.empty_like(h)  # [T, C]
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)  # [V, C]
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for start in range(0, h.shape[0], chunk):
+            h_c, t_c = h[start:start + chunk], targets[start:start + chunk]  # [T_c, C], [T_c]
+            logits = (h_c @ w.T).float()  # [T_c, V]
+            lse = torch.logsumexp(logits, dim=-1)  # [T_c]
+            total += (lse - logits.gather(1, t_c[:, None]).squeeze(1)).sum()
+            g = logits.sub_(lse[:, None]).exp_()  # [T_c, V] softmax, in place of the logits
+            g[torch.arange(g.shape[0], device=g.device), t_c] -= 1.0
+            g = g.to(h.dtype)  # [T_c, V]
+            grad_h[start:start + chunk] = g @ w  # [T_c, C]
+            grad_w += (g.T @ h_c).float()  # [V, C]
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype, ctx.tokens = weight.dtype, h.shape[0]
+        return total / h.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        scale = grad_out / ctx.tokens
+        return grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(ctx.weight_dtype), None, None
+
+
+def lm_loss(h: torch.Tensor, head: nn.Linear, targets: torch.Tensor, dtype_policy: str,
+            loss_chunk: int | None) -> torch.Tensor:
+    """Mean next-token cross-entropy (fp32) of the output projection ``head`` of the final
+    hidden states h ``(B, N, C)`` against targets ``(B, N)``.
+
+    ``loss_chunk=None``: the plain way, logits ``(B, N, V)`` in the compute dtype, then
+    F.cross_entropy (fp32 under autocast). An int: ``ChunkedLinearCrossEntropy`` with that
+    many tokens a chunk, the same loss and gradients in O(chunk x V) memory.
+    """
+    if loss_chunk is None:
+        logits = head(h)  # [B, N, V]
+        return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    if loss_chunk < 1:
+        raise ValueError(f"loss_chunk must be >= 1 or None; got {loss_chunk}")
+    h = h.flatten(0, 1).to(compute_dtype(dtype_policy))  # [T, C]
+    return ChunkedLinearCrossEntropy.apply(h, head.weight, targets.flatten(), loss_chunk)
 
 
 def init_weights(model: nn.Module, std: float = 0.02) -> None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from attnbench import registry
 
-from .common import from_native, init_weights, lm_head_loss, precision, run_layers, to_native
+from .common import from_native, init_weights, lm_loss, precision, run_layers, to_native
 from .config import ModelConfig
 
 
@@ -112,17 +112,19 @@ class LLaMA(nn.Module):
         init_weights(self)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
-                checkpointing: bool = False) -> torch.Tensor:
+                checkpointing: bool = False, loss_chunk: int | None = None) -> torch.Tensor:
         """Logits ``(B, N, V)`` of token ids ``(B, N)``; given targets ``(B, N)``, the mean
-        cross-entropy instead (fp32 scalar). ``checkpointing``: recompute each layer in the
-        backward rather than keep its activations."""
+        cross-entropy instead (fp32 scalar; ``loss_chunk`` tokens at a time if given, see
+        ``common.lm_loss``). ``checkpointing``: recompute each layer in the backward rather
+        than keep its activations."""
         with precision(self.dtype_policy, ids.device):
             cos, sin = rope_tables(ids.shape[1], self.config.head_dim, self.config.rope_base,
                                    ids.device)  # [N, 1, D/2] each
             x = self.tok_embeddings(ids)  # [B, N, C]
             x = run_layers(self.layers, x, [(cos, sin)] * len(self.layers), checkpointing)
-            logits = self.output(self.norm(x))  # [B, N, V]
-            return logits if targets is None else lm_head_loss(logits, targets)
+            if targets is None:
+                return self.output(self.norm(x))  # [B, N, V]
+            return lm_loss(self.norm(x), self.output, targets, self.dtype_policy, loss_chunk)
 
     @staticmethod
     def matmul_params(config: ModelConfig) -> int:

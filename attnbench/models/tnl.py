@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from attnbench import registry
 from attnbench.kernels import default_decay
 
-from .common import from_native, init_weights, lm_head_loss, precision, run_layers, to_native
+from .common import from_native, init_weights, lm_loss, precision, run_layers, to_native
 from .config import ModelConfig
 
 
@@ -146,15 +146,17 @@ class TNL(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
-                checkpointing: bool = False) -> torch.Tensor:
+                checkpointing: bool = False, loss_chunk: int | None = None) -> torch.Tensor:
         """Logits ``(B, N, V)`` of token ids ``(B, N)``; given targets ``(B, N)``, the mean
-        cross-entropy instead (fp32 scalar). ``checkpointing``: recompute each layer in the
-        backward rather than keep its activations."""
+        cross-entropy instead (fp32 scalar; ``loss_chunk`` tokens at a time if given, see
+        ``common.lm_loss``). ``checkpointing``: recompute each layer in the backward rather
+        than keep its activations."""
         with precision(self.dtype_policy, ids.device):
             x = self.embed(ids)  # [B, N, C]
             x = run_layers(self.layers, x, [()] * len(self.layers), checkpointing)
-            logits = self.lm_head(self.norm(x))  # [B, N, V]
-            return logits if targets is None else lm_head_loss(logits, targets)
+            if targets is None:
+                return self.lm_head(self.norm(x))  # [B, N, V]
+            return lm_loss(self.norm(x), self.lm_head, targets, self.dtype_policy, loss_chunk)
 
     @staticmethod
     def matmul_params(config: ModelConfig) -> int:

@@ -60,7 +60,8 @@ def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
 class TrainStep:
     """A zero-argument callable: one training step on a fixed random batch.
 
-    Each call: forward, mean cross-entropy, backward, AdamW step, zero_grad (set to None).
+    Each call: forward, mean cross-entropy (``loss_chunk`` tokens at a time, or all at once
+    for None), backward, AdamW step, zero_grad (set to None).
     Returns the loss as a detached 0-dim tensor (no host sync; ``.item()`` it if needed).
     """
 
@@ -69,6 +70,7 @@ class TrainStep:
     inputs: torch.Tensor  # (batch, seq_len) int64 token ids
     targets: torch.Tensor  # (batch, seq_len) int64: the inputs shifted by one
     checkpointing: bool
+    loss_chunk: int | None
 
     @property
     def batch(self) -> int:
@@ -84,7 +86,8 @@ class TrainStep:
         return self.inputs.numel()
 
     def __call__(self) -> torch.Tensor:
-        loss = self.model(self.inputs, self.targets, checkpointing=self.checkpointing)
+        loss = self.model(self.inputs, self.targets, checkpointing=self.checkpointing,
+                          loss_chunk=self.loss_chunk)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -92,7 +95,8 @@ class TrainStep:
 
 
 def make_train_step(model: nn.Module, batch: int, seq_len: int, device,
-                    checkpointing: bool = False, *, lr: float = 3e-4,
+                    checkpointing: bool = False, *, loss_chunk: int | None = 8192,
+                    lr: float = 3e-4,
                     weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
                     seed: int = 0) -> TrainStep:
     """A ``TrainStep`` of ``model`` on ``batch`` x ``seq_len`` random tokens.
@@ -103,6 +107,12 @@ def make_train_step(model: nn.Module, batch: int, seq_len: int, device,
     and embedding weights only (not norm gains or LRPE's theta), fused on CUDA. Its state is
     allocated by the first step: warm up before timing. The precision is the model's
     ``dtype_policy``.
+
+    ``loss_chunk`` (default 8192 tokens): the cross-entropy walks that many tokens at a time
+    and never holds the whole (tokens x vocabulary) logits, whose fp32 copy and gradient
+    would otherwise dominate the memory at long lengths (67 GB at 128K tokens, vocab 64000).
+    Same FLOPs and gradients (``common.ChunkedLinearCrossEntropy``); None for the plain
+    F.cross_entropy on the full logits.
     """
     if batch < 1 or seq_len < 1:
         raise ValueError(f"batch and seq_len must be >= 1; got {batch}, {seq_len}")
@@ -118,4 +128,4 @@ def make_train_step(model: nn.Module, batch: int, seq_len: int, device,
               {"params": [p for p in params if id(p) not in matrices], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas,
                                   fused=True if device.type == "cuda" else None)
-    return TrainStep(model, optimizer, inputs, targets, checkpointing)
+    return TrainStep(model, optimizer, inputs, targets, checkpointing, loss_chunk)

@@ -72,3 +72,27 @@ def test_bad_batch_is_refused():
     model = build_model("tnl", "tiny", "linear-masked", "cpu", "fp32")
     with pytest.raises(ValueError, match="batch and seq_len must be >= 1"):
         make_train_step(model, batch=0, seq_len=16, device="cpu")
+
+
+@pytest.mark.parametrize("family,mechanism", [("llama", "sdpa-math"), ("tnl", "linear-masked")])
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_chunked_loss_matches_the_plain_cross_entropy(family, mechanism, chunk, tokens, grads):
+    """Tied (tnl) and untied (llama) output projections; chunks that do not divide 48."""
+    model = build_model(family, "tiny", mechanism, "cpu", "fp32")
+    ids, targets = tokens(512, 2, 24)
+    plain_loss, plain = grads(model, ids, targets)
+    model.zero_grad(set_to_none=True)
+    loss = model(ids, targets, loss_chunk=chunk)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), plain_loss)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_chunked_loss_in_bf16_is_close_to_the_plain_one(tokens):
+    model = build_model("tnl", "tiny", "linear-masked", "cpu", "bf16")
+    ids, targets = tokens(512, 2, 24)
+    plain = model(ids, targets)
+    chunked = model(ids, targets, loss_chunk=16)
+    assert chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, plain, rtol=1e-2, atol=1e-2)
