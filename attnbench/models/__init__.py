@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from attnbench.case import Case
+from attnbench.errors import UsageError
 
 from .common import DTYPE_POLICIES, check_policy, resolve_mechanism
 from .config import (
@@ -63,11 +64,12 @@ def build_model(family: str, size: str, mechanism: str, device, dtype_policy: st
     ``registry.get(mechanism).available(device)`` and ``unsupported_reason``.
     """
     config = config if config is not None else config_for(family, size)
+    if config.family != family:
+        raise UsageError(f"build_model({family!r}, ...) was given a {config.family} config")
     mech = resolve_mechanism(config.family, mechanism)
     check_policy(dtype_policy)
     device = torch.device(device)
-    forked = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         # Every tensor is made with device= rather than under ``with torch.device(...)``: that
         # context caches torch's factory functions once, and a patched torch.empty (the test

@@ -21,7 +21,8 @@ from .config import ATTENTION_FAMILY
 # bf16: fp32 parameters, gradients and AdamW state ("master weights"); the forward and
 #       backward run under torch.autocast(bfloat16), so matmuls and attention see bf16
 #       inputs and norms, softmax and the loss stay in fp32 (PyTorch's standard AMP; nothing
-#       to hand-write in the optimizer). 16 bytes per parameter before activations.
+#       to hand-write in the optimizer). 16 bytes per parameter before activations, and
+#       the bf16 weight copies autocast makes in each forward (2 more, freed by the step).
 # fp32: everything fp32 (the CPU tests).
 DTYPE_POLICIES = ("bf16", "fp32")
 
@@ -46,7 +47,8 @@ def resolve_mechanism(family: str, name: str) -> registry.Mechanism:
     mech = registry.get(name)
     want = ATTENTION_FAMILY[family]
     if mech.family != want:
-        fits = ", ".join(m.name for m in registry.MECHANISMS if m.family == want)
+        fits = ", ".join(m.name for m in registry.MECHANISMS
+                         if m.family == want and (m.decay or family == "llama"))
         raise UsageError(f"{family} takes a {want} attention mechanism; {name} is {mech.family} "
                          f"(try {fits})")
     if family == "tnl" and not mech.decay:
