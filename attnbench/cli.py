@@ -21,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from attnbench import envinfo, records, registry
 from attnbench.errors import UsageError
@@ -28,9 +29,30 @@ from attnbench.report import print_report
 from attnbench.runner import CudaContextLost, default_run_dir, run_sweep
 from attnbench.spec import PRESETS, SweepSpec, build_spec
 
+
+
+class _FlagsWithoutType:
+    """Help without a ``<bool>`` type after flags that take no value (typer 0.29 prints one)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Group(_FlagsWithoutType, TyperGroup):
+    pass
+
+
+class _Command(_FlagsWithoutType, TyperCommand):
+    pass
+
+
 app = typer.Typer(
     help="Benchmark attention mechanisms (softmax and linear) as sequences grow.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_Group,
 )
 # Wide tables stay whole in logs and pipes (rich assumes 80 columns when not on a terminal).
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -61,7 +83,7 @@ def _load(run_dir: Path, strict: bool):
     return df
 
 
-@app.command("list")
+@app.command("list", cls=_Command)
 def list_mechanisms(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of objects.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda: availability on this device.")] = "auto",
@@ -97,7 +119,7 @@ def _progress() -> Progress:
                     TimeRemainingColumn(), console=console, transient=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
     preset: Annotated[str | None, typer.Option(help=f"One of {', '.join(PRESETS)}; default: quick on a GPU, cpu without.")] = None,
     mechanisms: Annotated[str | None, typer.Option(help="Names or families (softmax, linear), comma separated; default all that run on the device.")] = None,
@@ -216,7 +238,7 @@ def _out_dir(path: Path) -> Path:
     return path
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     metric: Annotated[str, typer.Option(help="tokens, time, memory or all.")] = "all",
@@ -238,7 +260,7 @@ def report(
     print_report(df, console, metrics)
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the figures (default: the run directory).")] = None,
@@ -270,7 +292,7 @@ def plot(
         console.print(str(path), highlight=False, markup=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """The environment a run would record: GPU, driver, CUDA, torch, triton, packages."""
     info = envinfo.environment()
@@ -283,7 +305,7 @@ def env(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = F
         console.print(f"[bold]{key}[/]: {escape(str(value))}", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def compare(
     base: Annotated[Path, typer.Argument(help="The baseline run directory.")],
     new: Annotated[Path, typer.Argument(help="The run directory to check against it.")],
@@ -318,7 +340,7 @@ def compare(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     fmt: Annotated[str, typer.Option("--format", help="github-action-benchmark (customBiggerIsBetter) or bencher (BMF JSON).")] = "github-action-benchmark",
