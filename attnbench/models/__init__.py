@@ -36,13 +36,14 @@ from .train import (
     make_train_step,
     matmul_params,
     train_flops_per_token,
+    train_memory_floor,
 )
 
 __all__ = [
     "ATTENTION_FAMILY", "DEFAULT_MECHANISM", "DTYPE_POLICIES", "FAMILIES", "SIZES", "LLaMA",
     "ModelConfig", "TNL", "TrainStep", "attention_flops_per_token", "build_model",
     "config_for", "count_params", "llama_ffn_dim", "make_train_step", "matmul_params",
-    "train_flops_per_token", "unsupported_reason",
+    "train_flops_per_token", "train_memory_floor", "unsupported_reason",
 ]
 
 _CLASSES = {"llama": LLaMA, "tnl": TNL}

@@ -37,6 +37,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() already deduplicates
 
 
+def train_memory_floor(n_params: int, dtype_policy: str) -> int:
+    """Bytes a training step holds whatever the length: fp32 parameters, gradients and the two
+    AdamW moments (16 B a parameter), plus autocast's bf16 weight copies under "bf16" (2 B).
+    Activations come on top: a lower bound, for refusing a case that cannot fit."""
+    return n_params * (16 + (2 if dtype_policy == "bf16" else 0))
+
+
 def matmul_params(config: ModelConfig) -> int:
     from .llama import LLaMA
     from .tnl import TNL

@@ -14,6 +14,7 @@ from attnbench.models import (
     llama_ffn_dim,
     matmul_params,
     train_flops_per_token,
+    train_memory_floor,
     unsupported_reason,
 )
 
@@ -97,3 +98,11 @@ def test_seeded_build_is_deterministic_and_leaves_the_global_rng_alone():
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
     assert all(torch.isfinite(p).all() for p in a.parameters())  # nothing left uninitialised
+
+
+def test_memory_floor_of_the_3b_presets():
+    """16 B a parameter (fp32 weights, grads, two AdamW moments) + 2 B of bf16 copies."""
+    tnl = count_params(build_model("tnl", "3b", "lightning2", "meta"))
+    assert train_memory_floor(tnl, "bf16") == 18 * tnl
+    assert 50e9 < train_memory_floor(tnl, "bf16") < 55e9  # fits an 80 GB H100, barely
+    assert train_memory_floor(tnl, "fp32") == 16 * tnl
