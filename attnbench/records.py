@@ -121,6 +121,9 @@ class Journal:
     records: list[Record] = field(default_factory=list)
     unfinished: list[Case] = field(default_factory=list)  # a started marker with no record
     problems: list[str] = field(default_factory=list)  # "line 7: ..." per damaged line
+    # The case whose started marker is the last whole line: if a torn line follows it, that
+    # fragment was this case's record (the process died writing it, after measuring).
+    last_started: Case | None = None
 
 
 def read_journal(run_dir: Path) -> Journal:
@@ -138,11 +141,12 @@ def read_journal(run_dir: Path) -> Journal:
     for number, raw in enumerate(lines[:-1], start=1):
         if not raw.strip():
             continue
+        journal.last_started = None
         try:
             row = json.loads(raw)
             if isinstance(row, dict) and "started" in row:
                 case = Case.from_row(row["started"])
-                started[case.key()] = case
+                started[case.key()] = journal.last_started = case
                 continue
             if isinstance(row, dict) and "abandoned" in row:  # interrupted: run it again
                 started.pop(Case.from_row(row["abandoned"]).key(), None)

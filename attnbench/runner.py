@@ -338,7 +338,7 @@ def run_sweep(
                 started=datetime.now().isoformat(), spec=spec.to_json(),
                 environment=envinfo.environment()))
         journal = records.read_journal(out)
-        repaired = list(journal.problems)
+        repaired = [f"{records.JSONL_FILE} {problem} (left out)" for problem in journal.problems]
         if writer.repaired:
             repaired.append(f"a last line cut off by a crash was moved to {records.TORN_FILE}")
         done = list(journal.records)
@@ -349,8 +349,12 @@ def run_sweep(
             if on_record is not None:
                 on_record(rec)
 
-        # A case the last process died in: recorded as an error, so it is not tried again.
+        # A case the last process died in: recorded as an error, so it is not tried again;
+        # unless the torn line just moved aside was its record (it died writing it, after
+        # measuring): then it is measured again.
         for case in journal.unfinished:
+            if writer.repaired and case == journal.last_started:
+                continue
             mech = registry.get(case.mechanism)
             rec = Record(case, mech.family, device, "error", timestamp=time.time(),
                          reason="process killed while measuring this case (out of host "

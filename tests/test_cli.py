@@ -1,12 +1,17 @@
 """The command line as a user meets it: real argv, exit codes, one-line errors, files written."""
 
 import json
+import math
+import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from fakes import fake, make_case, make_run, scaled, sleepy
 
 from attnbench.cli import main
+from attnbench.records import Record
 
 TINY = ["run", "--device", "cpu", "--mechanisms", "linear-masked,softmax-naive",
         "--seq-lens", "64,128", "--heads", "2", "--head-dim", "16", "--max-case-seconds", "60"]
@@ -35,10 +40,23 @@ def test_list_json(monkeypatch, capsys):
         assert r["available"] or r["reason"]
 
 
+COMMANDS = ("list", "run", "report", "plot", "env", "compare", "export")
+
+
 def test_help_on_every_command(monkeypatch, capsys):
-    for command in ("list", "run", "report", "plot", "env"):
+    for command in COMMANDS:
         code, out, _ = cli(monkeypatch, capsys, command, "--help")
         assert code == 0 and "Usage" in out
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_shows_no_type_after_flags(monkeypatch, capsys, command):
+    """Issue 12 item 8: typer printed `<bool>` after --plot/--no-plot, --json, --help ..."""
+    code, out, _ = cli(monkeypatch, capsys, *filter(None, [command]), "--help")
+    assert code == 0 and "--help" in out
+    assert "<bool>" not in out
+    if command == "run":
+        assert "--no-plot" in out and "<float>" in out  # options that take values keep theirs
 
 
 @pytest.mark.parametrize("args, message", [
@@ -66,7 +84,6 @@ def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, args, m
 
 def test_head_dim_one_mechanism_cannot_take_is_recorded_unsupported(monkeypatch, capsys,
                                                                      tmp_path, install):
-    from fakes import fake, scaled
     install(fake("fake-d32", scaled(1.0), head_dims=(32, 64)))
     code, _, _ = cli(monkeypatch, capsys, "run", "--device", "cpu", "--mechanisms",
                      "fake-d32,linear-masked", "--seq-lens", "64", "--head-dim", "16",
@@ -100,7 +117,7 @@ def test_run_report_plot_resume(monkeypatch, capsys, tmp_path):
                  "sweep.svg"):
         assert (run_dir / name).is_file(), name
     meta = json.loads((run_dir / "meta.json").read_text())
-    assert meta["schema_version"] == 1 and meta["command"].startswith("attnbench run")
+    assert meta["schema_version"] == 2 and meta["command"].startswith("attnbench run")
     assert meta["environment"]["packages"]["torch"]
     df = pd.read_parquet(run_dir / "records.parquet")
     assert len(df) == 8 and set(df["status"]) == {"ok"} and set(df["check"]) == {"pass"}
@@ -121,7 +138,7 @@ def test_run_report_plot_resume(monkeypatch, capsys, tmp_path):
 
     # Refusals: an existing run directory, and sweep options beside --resume.
     code, _, err = cli(monkeypatch, capsys, *TINY, "--out", run_dir)
-    assert code == 2 and "already exists" in err
+    assert code == 2 and "already holds a run" in err and f"--resume {run_dir}" in err
     code, _, err = cli(monkeypatch, capsys, "run", "--resume", run_dir, "--seq-lens", "1k")
     assert code == 2 and "--resume takes the sweep" in err
 
@@ -130,3 +147,255 @@ def test_env(monkeypatch, capsys):
     code, out, _ = cli(monkeypatch, capsys, "env", "--json")
     info = json.loads(out)
     assert code == 0 and info["packages"]["torch"] and "git_commit" in info
+
+
+# --- issue 12: files, paths and text a user or a library hands us ----------------------------
+
+
+def ok_record(mech="linear-masked", mode="fwd", n=64, t=1.0) -> Record:
+    case = make_case(mech, mode, heads=2, seq_len=n, head_dim=16)
+    return Record(case, "linear", "cpu", "ok", time_ms=t, time_ms_p20=t * 0.99,
+                  time_ms_p80=t * 1.01, reps=10, tokens_per_s=n / (t / 1e3), tflops=1e-3,
+                  max_rel_err=1e-7, check="pass", check_tol=1e-5)
+
+
+def fake_run(path: Path) -> Path:
+    """A run directory made on the spot: linear-masked fwd and bwd at 64 and 128."""
+    return make_run(path, [ok_record(mode=m, n=n) for m in ("fwd", "bwd") for n in (64, 128)])
+
+
+def unwritable(tmp_path: Path) -> Path:
+    """A directory this process cannot write in: read-only by its mode, or, for root (whom
+    modes do not stop), /sys, which even root cannot create files in."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    path = tmp_path / "read-only"
+    path.mkdir()
+    path.chmod(0o555)
+    return path
+
+
+def one_line_error(code: int, out: str, err: str, *needles: str) -> None:
+    assert code == 2, (out, err)
+    assert err.startswith("attnbench: error: ") and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in out + err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "unwritable"])
+def test_run_out_that_cannot_be_written_is_one_line(monkeypatch, capsys, tmp_path, where):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    out = {"a file": a_file, "under a file": a_file / "run",
+           "unwritable": unwritable(tmp_path) / "run"}[where]
+    code, stdout, err = cli(monkeypatch, capsys, *TINY, "--out", out, "--no-plot")
+    one_line_error(code, stdout, err, str(out))
+    assert a_file.read_text() == "not a directory"
+
+
+def test_run_in_an_unwritable_working_directory_is_one_line(monkeypatch, capsys, tmp_path):
+    run_dir = fake_run(tmp_path / "run")
+    monkeypatch.chdir(unwritable(tmp_path))
+    code, out, err = cli(monkeypatch, capsys, *TINY, "--no-plot")  # default out: results/...
+    one_line_error(code, out, err, "cannot create results")
+    code, out, _ = cli(monkeypatch, capsys, "report", run_dir)  # reading still works
+    assert code == 0 and "linear-masked" in out
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "unwritable"])
+def test_plot_out_that_cannot_be_written_is_one_line(monkeypatch, capsys, tmp_path, where):
+    run_dir = fake_run(tmp_path / "run")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = {"a file": a_file, "under a file": a_file / "figs",
+           "unwritable": unwritable(tmp_path) / "figs"}[where]
+    code, stdout, err = cli(monkeypatch, capsys, "plot", run_dir, "--out", out, "--format", "png")
+    one_line_error(code, stdout, err, str(out))
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file", "unwritable"])
+def test_export_out_that_cannot_be_written_is_one_line(monkeypatch, capsys, tmp_path, where):
+    run_dir = fake_run(tmp_path / "run")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = {"a directory": run_dir, "under a file": a_file / "bench.json",
+           "unwritable": unwritable(tmp_path) / "bench.json"}[where]
+    code, stdout, err = cli(monkeypatch, capsys, "export", run_dir, "--out", out)
+    one_line_error(code, stdout, err, str(out))
+
+
+def test_export_out_writes_the_file(monkeypatch, capsys, tmp_path):
+    run_dir = fake_run(tmp_path / "run")
+    code, _, err = cli(monkeypatch, capsys, "export", run_dir, "--out", tmp_path / "b.json")
+    assert code == 0 and "wrote" in err
+    assert len(json.loads((tmp_path / "b.json").read_text())) == 4
+
+
+def _cpu_oom(q, k, v, decay=None):
+    """The host allocator's own words when a case does not fit (torch's CPU OOM)."""
+    if q.shape[2] >= 128:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 8 GiB")
+    return scaled(1.0)(q, k, v, decay)
+
+
+def test_text_in_square_brackets_is_printed_literally(monkeypatch, capsys, tmp_path, install):
+    """Rich markup ate `[xformers]`, `[enforce fail ...]`, `[bold]`, `[red]` (issue 12 item 6)."""
+    install(fake("fake-xf", scaled(1.0), package="attnbench_no_such_package",
+                 pip_hint="pip install 'attnbench[xformers]'"),
+            fake("fake-cpu-oom", _cpu_oom))
+    code, out, _ = cli(monkeypatch, capsys, "list", "--device", "cpu")
+    assert code == 0 and "'attnbench[xformers]'" in out.replace("\n", "")
+
+    run_dir = tmp_path / "run[bold]x"
+    code, out, err = cli(monkeypatch, capsys, "run", "--device", "cpu", "--mechanisms",
+                         "fake-xf,fake-cpu-oom", "--seq-lens", "64,128", "--heads", "2",
+                         "--head-dim", "16", "--modes", "fwd", "--out", run_dir, "--no-plot")
+    assert code == 0, err
+    assert str(run_dir) in out
+    assert "[enforce fail at alloc_cpu.cpp:127]" in out  # the OOM line as it happens
+    for text in (out, cli(monkeypatch, capsys, "report", run_dir)[1]):
+        flat = " ".join(text.split())
+        assert "pip install 'attnbench[xformers]'" in flat  # the report's notes
+        assert "oom at 128: RuntimeError: [enforce fail at alloc_cpu.cpp:127]" in flat
+    df = pd.read_parquet(run_dir / "records.parquet").set_index(["mechanism", "seq_len"])
+    assert df.loc[("fake-cpu-oom", 128), "status"] == "oom"
+
+    code, out, err = cli(monkeypatch, capsys, "run", "--device", "cpu", "--mechanisms",
+                         "[red]softmx", "--out", tmp_path / "r2")
+    one_line_error(code, out, err, "'[red]softmx'")
+    code, out, err = cli(monkeypatch, capsys, "report", tmp_path / "[red]missing")
+    one_line_error(code, out, err, "[red]missing")
+
+
+# --- damaged journals, --strict --------------------------------------------------------------
+
+HALF_RECORD = json.dumps({"mechanism": "linear-masked", "mode": "fwd", "batch": 1})
+DAMAGED = ["garbage {", "{}", "[1, 2]", "42", "null", HALF_RECORD, '{"mechanism": "linear-ma']
+
+
+def damage(run_dir: Path, after: int = 2) -> list[int]:
+    """Insert every kind of damaged line after line ``after``; their line numbers."""
+    path = run_dir / "records.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:after] + DAMAGED + lines[after:]) + "\n")
+    return list(range(after + 1, after + 1 + len(DAMAGED)))
+
+
+@pytest.mark.parametrize("view", ["report", "plot", "export", "compare"])
+def test_damaged_lines_warn_by_number_in_every_view_and_strict_exits_2(monkeypatch, capsys,
+                                                                       tmp_path, view):
+    run_dir = fake_run(tmp_path / "run")
+    numbers = damage(run_dir)
+    args = {"report": ["report", run_dir],
+            "plot": ["plot", run_dir, "--out", tmp_path / "figs", "--format", "png"],
+            "export": ["export", run_dir],
+            "compare": ["compare", fake_run(tmp_path / "base"), run_dir]}[view]
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert "Traceback" not in out + err and "warning" in err
+    flat = " ".join(err.split())
+    assert f"line {numbers[0]}: not JSON" in flat
+    if view == "compare":  # one warning line per damaged line
+        for n in numbers:
+            assert f"line {n}:" in flat
+    else:  # one warning with the count
+        assert f"{len(DAMAGED)} damaged line(s)" in flat
+    if view == "export":
+        assert len(json.loads(out)) == 4  # every good record kept
+    code, out, err = cli(monkeypatch, capsys, *args, "--strict")
+    one_line_error(code, out, err, f"{len(DAMAGED)} damaged line(s)", f"line {numbers[0]}")
+
+
+def test_resume_reports_damaged_lines_and_measures_only_what_is_missing(monkeypatch, capsys,
+                                                                        tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["run", "--device", "cpu", "--mechanisms", "linear-masked", "--seq-lens", "64,128",
+            "--heads", "2", "--head-dim", "16", "--modes", "fwd"]
+    assert cli(monkeypatch, capsys, *args, "--out", run_dir, "--no-plot")[0] == 0
+    lines = [line for line in (run_dir / "records.jsonl").read_text().splitlines()
+             if '"started"' not in line]  # the records, without their started markers
+    (run_dir / "records.jsonl").write_text("\n".join([lines[0], *DAMAGED[:2]]) + "\n")
+    code, out, err = cli(monkeypatch, capsys, "run", "--resume", run_dir, "--no-plot")
+    assert code == 0 and "Traceback" not in out + err
+    flat = " ".join(err.split())
+    assert "line 2: not JSON" in flat and "line 3: not a record" in flat
+    df = pd.read_parquet(run_dir / "records.parquet")
+    assert sorted(df["seq_len"]) == [64, 128] and set(df["status"]) == {"ok"}
+
+
+# --- smaller items -----------------------------------------------------------------------------
+
+
+def test_max_case_seconds_nan_is_refused(monkeypatch, capsys, tmp_path):
+    for value in ("nan", "inf", "0", "-1"):
+        code, out, err = cli(monkeypatch, capsys, *TINY[:-2], "--max-case-seconds", value,
+                             "--out", tmp_path / "run")
+        one_line_error(code, out, err, "--max-case-seconds")
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_non_empty_directory_that_is_not_a_run_is_refused_with_its_own_message(
+        monkeypatch, capsys, tmp_path):
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    code, out, err = cli(monkeypatch, capsys, *TINY, "--out", other)
+    one_line_error(code, out, err, "is not empty and is not an attnbench run")
+    assert "--resume" not in err  # which would fail: it is not a run
+    code, out, err = cli(monkeypatch, capsys, "run", "--resume", other)
+    one_line_error(code, out, err, "not an attnbench run directory")
+    assert sorted(p.name for p in other.iterdir()) == ["todo.txt"]
+
+
+def test_skipped_records_carry_no_time_and_notes_name_the_mode(monkeypatch, capsys, tmp_path,
+                                                               install):
+    install(fake("fake-slow", sleepy(0.05)))
+    code, out, _ = cli(monkeypatch, capsys, "run", "--device", "cpu", "--mechanisms",
+                       "fake-slow", "--seq-lens", "128,1k", "--heads", "2", "--head-dim", "16",
+                       "--modes", "fwd", "--max-case-seconds", "2", "--out", tmp_path / "r",
+                       "--no-plot")
+    assert code == 0
+    df = pd.read_parquet(tmp_path / "r" / "records.parquet").set_index("seq_len")
+    assert df.loc[128, "status"] == "ok" and df.loc[1024, "status"] == "skipped"
+    assert "predicted" in df.loc[1024, "reason"]
+    assert math.isnan(df.loc[1024, "time_ms"])  # a prediction is not a measurement
+    assert "fake-slow fwd skipped at 1k: predicted" in " ".join(out.split())
+
+
+def test_plot_formats_match_the_help(monkeypatch, capsys, tmp_path):
+    run_dir = fake_run(tmp_path / "run")
+    _, out, _ = cli(monkeypatch, capsys, "plot", "--help")
+    assert "png, svg, pdf" in out
+    code, out, _ = cli(monkeypatch, capsys, "plot", run_dir, "--out", tmp_path / "f",
+                       "--format", "pdf")
+    assert code == 0 and (tmp_path / "f" / "sweep.pdf").read_bytes().startswith(b"%PDF")
+    code, out, err = cli(monkeypatch, capsys, "plot", run_dir, "--format", "jpg")
+    one_line_error(code, out, err, "png, svg, pdf")
+
+
+def test_predicted_oom_is_recorded_without_trying(monkeypatch, capsys, tmp_path):
+    code, out, _ = cli(monkeypatch, capsys, "run", "--device", "cpu", "--mechanisms",
+                       "sdpa-math", "--batch", "100000", "--seq-lens", "1k", "--modes", "fwd",
+                       "--out", tmp_path / "r", "--no-plot")
+    assert code == 0
+    df = pd.read_parquet(tmp_path / "r" / "records.parquet")
+    assert list(df["status"]) == ["oom"]
+    assert df["reason"][0].startswith("not tried: needs at least") and "GiB free on cpu" in \
+        df["reason"][0]
+
+
+def test_interrupt_hint_is_one_unbroken_line(monkeypatch, capsys, tmp_path, install):
+    def interrupted(q, k, v, decay=None):
+        if q.shape[2] == 128:
+            raise KeyboardInterrupt
+        return scaled(1.0)(q, k, v, decay)
+
+    install(fake("fake-ctrl-c", interrupted))
+    run_dir = tmp_path / ("a-long-directory-name-" * 4) / "run"
+    code, _, err = cli(monkeypatch, capsys, "run", "--device", "cpu", "--mechanisms",
+                       "fake-ctrl-c", "--seq-lens", "64,128", "--heads", "2", "--head-dim", "16",
+                       "--modes", "fwd", "--out", run_dir, "--no-plot")
+    assert code == 130
+    assert f"continue with: attnbench run --resume {run_dir}\n" in err
