@@ -37,19 +37,27 @@ class RMSNorm(nn.Module):
         return (y * self.weight).type_as(x)
 
 
-def rope_tables(n: int, head_dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles t * base^(-2i/D): fp32 ``(N, 1, D/2)`` each, shaped to
-    broadcast over (B, N, H, D/2)."""
+def rope_tables(n: int, head_dim: int, base: float, device,
+                layout: str = "bnhd") -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles t * base^(-2i/D), fp32, shaped to broadcast over q in
+    ``layout``: ``(N, 1, D/2)`` for (B, N, H, D/2), ``(N, D/2)`` for (B, H, N, D/2)."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
                         / head_dim)  # [D/2]
     angles = torch.outer(torch.arange(n, device=device, dtype=torch.float32), inv_freq)  # [N, D/2]
-    return angles.cos()[:, None, :], angles.sin()[:, None, :]  # [N, 1, D/2] each
+    if layout == "bnhd":
+        angles = angles[:, None, :]  # [N, 1, D/2]
+    return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the pairs (x_i, x_{i+D/2}) of x ``(B, N, H, D)`` by the angles; fp32 inside."""
-    x1, x2 = x.float().chunk(2, dim=-1)  # [B, N, H, D/2] each
-    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # [B, N, H, D]
+    """Rotate the pairs (x_i, x_{i+D/2}) of x (either layout) by the angles; fp32 inside.
+
+    The result is a new contiguous tensor of x's shape: given a transposed (B, H, N, D) view,
+    the rotation writes q and k in (B, H, N, D) order, so a bhnd mechanism gets them without
+    a copy of its own.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)  # [..., D/2] each
+    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # [..., D]
     return out.type_as(x)
 
 
@@ -64,11 +72,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.wqkv(x).chunk(3, dim=-1)  # [B, N, H*D] views each
-        q = apply_rope(q.view(b, n, self.h, self.d), cos, sin)  # [B, N, H, D]
-        k = apply_rope(k.view(b, n, self.h, self.d), cos, sin)  # [B, N, H, D]
-        v = v.view(b, n, self.h, self.d)  # [B, N, H, E]
-        o = self.attn_fn(to_native(q, self.layout), to_native(k, self.layout),
-                         to_native(v, self.layout), None)  # [B, N, H, E] or [B, H, N, E]
+        # In the mechanism's layout from here: [B, N, H, D] or [B, H, N, D].
+        q = apply_rope(to_native(q.view(b, n, self.h, self.d), self.layout), cos, sin)
+        k = apply_rope(to_native(k.view(b, n, self.h, self.d), self.layout), cos, sin)
+        v = to_native(v.view(b, n, self.h, self.d), self.layout)  # a view; E = D
+        o = self.attn_fn(q, k, v, None)  # [B, N, H, E] or [B, H, N, E]
         return self.wo(from_native(o, self.layout))  # [B, N, C]
 
 
@@ -119,7 +127,7 @@ class LLaMA(nn.Module):
         than keep its activations."""
         with precision(self.dtype_policy, ids.device):
             cos, sin = rope_tables(ids.shape[1], self.config.head_dim, self.config.rope_base,
-                                   ids.device)  # [N, 1, D/2] each
+                                   ids.device, self.mechanism.layout)
             x = self.tok_embeddings(ids)  # [B, N, C]
             x = run_layers(self.layers, x, [(cos, sin)] * len(self.layers), checkpointing)
             if targets is None:

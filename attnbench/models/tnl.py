@@ -59,20 +59,27 @@ def tnl_decay(n_heads: int, layer: int, n_layers: int, device=None) -> torch.Ten
 
 
 class Lrpe(nn.Module):
-    """LRPE: x ``(B, N, H, D)`` -> [x cos(theta t), x sin(theta t)] ``(B, N, H, 2D)``."""
+    """LRPE: x -> [x cos(theta t), x sin(theta t)], doubling the head dim, in either layout:
+    ``(B, N, H, D)`` -> ``(B, N, H, 2D)`` or ``(B, H, N, D)`` -> ``(B, H, N, 2D)``, a new
+    contiguous tensor (so a bhnd mechanism gets q and k of this layer without a copy)."""
 
-    def __init__(self, n_heads: int, head_dim: int, device=None):
+    def __init__(self, n_heads: int, head_dim: int, layout: str, device=None):
         super().__init__()
         width = n_heads * head_dim
         index = torch.arange(width, dtype=torch.float32, device=device)  # [C]
         theta = 10000.0 ** (-2.0 / width * index)  # [C]
         self.theta = nn.Parameter(theta.view(n_heads, head_dim))  # [H, D]
+        self.layout = layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)  # [N]
-        angles = t[:, None, None] * self.theta  # [N, H, D]
+        n = x.shape[1 if self.layout == "bnhd" else 2]
+        t = torch.arange(n, device=x.device, dtype=torch.float32)  # [N]
+        if self.layout == "bnhd":
+            angles = t[:, None, None] * self.theta  # [N, H, D]
+        else:
+            angles = self.theta[:, None, :] * t[None, :, None]  # [H, N, D]
         x32 = x.float()
-        out = torch.cat([x32 * angles.cos(), x32 * angles.sin()], dim=-1)  # [B, N, H, 2D]
+        out = torch.cat([x32 * angles.cos(), x32 * angles.sin()], dim=-1)  # [..., 2D]
         return out.type_as(x)
 
 
@@ -85,7 +92,7 @@ class GLA(nn.Module):
         self.qkvu = nn.Linear(c, 4 * c, bias=False, device=device)
         self.out = nn.Linear(c, c, bias=False, device=device)
         self.norm = SRMSNorm(config.norm_eps)
-        self.lrpe = Lrpe(self.h, self.d, device) if layer < config.lrpe_layers else None
+        self.lrpe = Lrpe(self.h, self.d, layout, device) if layer < config.lrpe_layers else None
         self.register_buffer("decay", tnl_decay(self.h, layer, config.n_layers, device),
                              persistent=False)  # [H] float32
         self.attn_fn, self.layout = attn_fn, layout
@@ -93,13 +100,13 @@ class GLA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v, u = self.qkvu(x).chunk(4, dim=-1)  # [B, N, C] views each
-        q = F.silu(q.view(b, n, self.h, self.d))  # [B, N, H, D]
-        k = F.silu(k.view(b, n, self.h, self.d))  # [B, N, H, D]
+        # In the mechanism's layout from here: [B, N, H, D] or [B, H, N, D].
+        q = F.silu(to_native(q.view(b, n, self.h, self.d), self.layout))
+        k = F.silu(to_native(k.view(b, n, self.h, self.d), self.layout))
         if self.lrpe is not None:
-            q, k = self.lrpe(q), self.lrpe(k)  # [B, N, H, 2D] each
-        v = v.view(b, n, self.h, self.d)  # [B, N, H, E]
-        o = self.attn_fn(to_native(q, self.layout), to_native(k, self.layout),
-                         to_native(v, self.layout), self.decay)  # [B, N, H, E] or [B, H, N, E]
+            q, k = self.lrpe(q), self.lrpe(k)  # head dim 2D
+        v = to_native(v.view(b, n, self.h, self.d), self.layout)  # a view; E = D
+        o = self.attn_fn(q, k, v, self.decay)  # [B, N, H, E] or [B, H, N, E]
         o = self.norm(from_native(o, self.layout))  # [B, N, C]
         return self.out(o * u)  # [B, N, C]
 

@@ -67,3 +67,19 @@ def test_refuses_a_linear_mechanism(mechanism):
     with pytest.raises(ValueError, match=f"llama takes a softmax attention mechanism; "
                                          f"{mechanism} is linear"):
         build_model("llama", "tiny", mechanism, "meta")
+
+
+def test_bhnd_mechanism_gets_q_and_k_contiguous_from_the_rotation(install, tokens):
+    """The rotation writes q and k in the mechanism's (B, H, N, D) order: no copy left to it."""
+    seen = []
+
+    def bhnd(q, k, v, decay=None):  # [B, H, N, D]
+        seen.append((q.shape, q.is_contiguous(), k.is_contiguous()))
+        return softmax_naive(q, k, v)
+
+    install(registry.Mechanism(name="fake-bhnd", family="softmax", load=lambda: bhnd,
+                               summary="test double", devices=("cpu",)))
+    ids, _ = tokens(512, 2, 24)
+    with torch.no_grad():
+        build_model("llama", "tiny", "fake-bhnd", "cpu", "fp32")(ids)
+    assert seen == [((2, 4, 24, 16), True, True)] * 2
