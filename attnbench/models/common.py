@@ -62,8 +62,10 @@ def to_native(x: torch.Tensor, layout: str) -> torch.Tensor:
     """(B, N, H, D) -> the mechanism's layout, as a view: bnhd as is, bhnd transposed.
 
     The projections write (B, N, H*D), so bnhd costs nothing; bhnd gets a strided view (the
-    same the LLaMA and gpt-fast code make), which a kernel that needs contiguous rows copies
-    (our lightning2 wrapper does, SDPA takes strides).
+    same the LLaMA and gpt-fast code make). Where the model writes q and k anew (rotary in
+    llama, LRPE in tnl's first layer) it writes them in the layout, contiguous; v, and tnl's
+    swish(q), swish(k) elsewhere, stay strided, and a kernel that needs contiguous rows
+    copies them (our lightning2 wrapper does; SDPA takes strides).
     """
     return x if layout == "bnhd" else x.transpose(1, 2)
 
