@@ -30,7 +30,6 @@ from attnbench.runner import CudaContextLost, default_run_dir, run_sweep
 from attnbench.spec import PRESETS, SweepSpec, build_spec
 
 
-
 class _FlagsWithoutType:
     """Help without a ``<bool>`` type after flags that take no value (typer 0.29 prints one)."""
 
@@ -314,17 +313,17 @@ def compare(
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Do not fail on cases present in one run only.")] = False,
     gate: Annotated[str, typer.Option(help="Mechanisms (names or families) that can fail the comparison; the others are reported only.")] = "all",
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON instead of a table.")] = False,
+    cpu_times: Annotated[bool, typer.Option("--cpu-times", help="Gate times of CPU runs too (by default reported only: on a shared CPU they drift between runs by more than any threshold). For a dedicated, quiet CPU.")] = False,
     strict: STRICT = False,
 ) -> None:
     """Compare two runs case by case; exit 1 on a regression of tokens/s, memory or status.
 
-    The rule is in attnbench/compare.py: a case regresses when its median time grows by more
-    than --threshold and the new p20 is still slower than the base p80.
+    The rule is in attnbench/compare.py: a case regresses when its median time grows by more than --threshold and the new p20 is still slower than the base p80. Times of CPU runs are reported, not gated, unless --cpu-times.
     """
     from attnbench.compare import compare_dirs, failure_lines, not_gated_lines, parse_gate, table
 
     result = compare_dirs(base, new, threshold, mem_threshold, allow_missing, parse_gate(gate),
-                          strict=strict)
+                          strict=strict, cpu_times=cpu_times)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:

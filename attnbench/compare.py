@@ -52,6 +52,29 @@ Other verdicts:
 - **only-base** / **only-new**: a case on one side only: fails unless ``allow_missing``.
 - **not-run**: neither side measured it, with the same status (e.g. oom on both): reported.
 
+**CPU times are not gated** (``cpu-drift``, reported, never failed): on records of device
+``cpu`` a time that moved by more than ``t`` is shown with its ratio and the verdict
+``cpu-drift``; status, correctness and missing cases still fail as above. The rule above
+asks for a change larger than the spread *within* one process and trusts the threshold to
+cover drift *between* processes. A GPU runs one kernel at a time with its own clocks and
+memory, so that holds there (on the lent H100 a planted 10% slowdown is caught and identical
+runs pass). A CPU shares its cores, caches and memory bandwidth with everything else on the
+machine, and on a shared one the drift between processes dwarfs any threshold. Measured for
+issue 12 on a 2-core VM shared with other jobs (``benchmarks/scripts/cpu_drift.py``: the
+cpu preset over linear-masked, sdpa-math and linear-cumsum, 24 cases, base and new run one
+after the other):
+
+- 10 identical pairs: new/base median time per case from 0.01x to 130x; the rule above
+  failed 9 of the 10 pairs (up to 21 of 24 cases "regressed"), ``--threshold 0.5`` too.
+- Best of k alternating runs per side does not settle it: with k = 6 the best times of
+  identical sets still differ by 0.30x to 2.6x, 17% of cases by more than 30%.
+
+So no threshold on two CPU runs passes identical pairs and catches a 30% slowdown there,
+and compare does not pretend to: it says that CPU times are not gated (a warning) and why.
+``cpu_times=True`` (``--cpu-times``) applies the rule to CPU times anyway: for a dedicated,
+quiet CPU whose drift you have measured to be small (run the script there). Elsewhere the
+honest gate of a slowdown is a GPU run.
+
 ``gate`` (``--gate lightning2,lightning1``) limits which mechanisms can fail the comparison:
 the others are still compared and shown, their failures marked "not gated". A commit to
 this repository changes our kernels, not the peers beside them; and a peer whose small
@@ -83,6 +106,12 @@ DEFAULT_MEM_THRESHOLD = 0.05
 MEM_FLOOR_MIB = 1.0  # memory growth smaller than this never fails
 FAILING_NEW_STATUS = "error"  # reaching this status from any other fails
 BUDGET_STATUSES = ("skipped", "timeout")  # ok -> these is reported, not failed
+CPU_WARNING = (
+    "CPU times are not gated (cpu-drift: reported, never failed): identical runs on a shared "
+    "CPU drift apart by more than any threshold (0.01x to 130x per case measured for issue 12 "
+    "on a shared 2-core machine), so a slowdown cannot be told from another process's load. "
+    "Status, correctness and missing cases still fail. Gate times on a GPU, or with "
+    "--cpu-times on a dedicated, quiet CPU.")
 SIDE_COLUMNS = ["status", "time_ms", "time_ms_p20", "time_ms_p80", "host_ms", "tokens_per_s",
                 "tflops", "extra_mem_mib", "peak_mem_mib", "check", "reason"]
 
@@ -100,8 +129,8 @@ def _ratio(new: float, base: float) -> float:
 @dataclass(frozen=True)
 class CaseComparison:
     case: Case
-    # regressed | noise | same | improved | host-bound | status | check | only-base | only-new
-    # | not-run
+    # regressed | noise | same | improved | host-bound | cpu-drift | status | check | only-base
+    # | only-new | not-run
     verdict: str
     failed: bool
     why: str  # one line: what moved and by how much, or why it failed
@@ -136,6 +165,7 @@ class Comparison:
     mem_threshold: float
     allow_missing: bool
     gate: tuple[str, ...] = ()  # mechanisms that can fail; () is all of them
+    times_gated: bool = True  # False for CPU runs without cpu_times: times reported only
     cases: list[CaseComparison] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -157,7 +187,8 @@ class Comparison:
         return dict(
             base=self.base_dir, new=self.new_dir, threshold=self.threshold,
             mem_threshold=self.mem_threshold, allow_missing=self.allow_missing,
-            gate=list(self.gate), failed=self.failed, counts=self.counts(), warnings=self.warnings,
+            gate=list(self.gate), times_gated=self.times_gated, failed=self.failed,
+            counts=self.counts(), warnings=self.warnings,
             cases=[c.to_json() for c in self.cases],
         )
 
@@ -197,7 +228,10 @@ def mem_verdict(base: dict, new: dict, mem_threshold: float) -> str:
 
 
 def compare_case(case: Case, base: dict | None, new: dict | None, threshold: float,
-                 mem_threshold: float, allow_missing: bool) -> CaseComparison:
+                 mem_threshold: float, allow_missing: bool,
+                 gate_times: bool = True) -> CaseComparison:
+    """One case's verdict (the module docstring's rules); ``gate_times=False`` (CPU runs):
+    a time that moved is ``cpu-drift``, reported and never failed."""
     if base is None or new is None:
         verdict = "only-new" if base is None else "only-base"
         side = "new" if base is None else "base"
@@ -221,7 +255,11 @@ def compare_case(case: Case, base: dict | None, new: dict | None, threshold: flo
     verdict = time_verdict(base, new, threshold)
     pct = (ratios["time_ratio"] - 1) * 100
     side = next((s for s in (base, new) if host_bound(s)), None)
-    if verdict in ("regressed", "improved") and side is not None:
+    if verdict in ("regressed", "improved") and not gate_times:
+        verdict = "cpu-drift"
+        why = (f"time {pct:+.1f}%, not gated: CPU times drift between runs by more than any "
+               "threshold on a shared CPU")
+    elif verdict in ("regressed", "improved") and side is not None:
         verdict = "host-bound"
         why = (f"time {pct:+.1f}%, but issuing one call took the host {side['host_ms'] * 1e3:.0f}"
                f" of {side['time_ms'] * 1e3:.0f} us: the host sets this time, not the kernel")
@@ -268,10 +306,11 @@ def parse_gate(text: str | None) -> tuple[str, ...]:
 def compare_frames(base: pd.DataFrame, new: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
                    mem_threshold: float = DEFAULT_MEM_THRESHOLD, allow_missing: bool = False,
                    base_name: str = "base", new_name: str = "new",
-                   gate: tuple[str, ...] = ()) -> Comparison:
+                   gate: tuple[str, ...] = (), cpu_times: bool = False) -> Comparison:
     """Compare two tidy record frames (``records.load``). UsageError if they are not comparable.
 
-    Only mechanisms in ``gate`` (all when empty) can fail the comparison."""
+    Only mechanisms in ``gate`` (all when empty) can fail the comparison. Times of CPU runs
+    are reported, not gated, unless ``cpu_times`` (the module docstring says why)."""
     if threshold < 0 or mem_threshold < 0:
         raise UsageError("--threshold and --mem-threshold must not be negative")
     if _device(base) != _device(new):
@@ -281,11 +320,15 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, threshold: float = DEF
     if not set(b) & set(n):
         raise UsageError(f"{base_name} and {new_name} have no case in common "
                          f"({len(b)} and {len(n)} cases): nothing to compare")
-    result = Comparison(base_name, new_name, threshold, mem_threshold, allow_missing, gate)
+    gate_times = cpu_times or _device(base) != "cpu"
+    result = Comparison(base_name, new_name, threshold, mem_threshold, allow_missing, gate,
+                        times_gated=gate_times)
+    if not gate_times:
+        result.warnings.append(CPU_WARNING)
     cases = {key: side[0] for side_map in (b, n) for key, side in side_map.items()}
     for key in sorted(cases, key=lambda k: (cases[k].series(), cases[k].seq_len)):
         c = compare_case(cases[key], b.get(key, (None, None))[1], n.get(key, (None, None))[1],
-                         threshold, mem_threshold, allow_missing)
+                         threshold, mem_threshold, allow_missing, gate_times)
         if c.failed and gate and c.case.mechanism not in gate:
             c = replace(c, failed=False, not_gated=True)
         result.cases.append(c)
@@ -295,12 +338,12 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, threshold: float = DEF
 def compare_dirs(base_dir: Path, new_dir: Path, threshold: float = DEFAULT_THRESHOLD,
                  mem_threshold: float = DEFAULT_MEM_THRESHOLD,
                  allow_missing: bool = False, gate: tuple[str, ...] = (),
-                 strict: bool = False) -> Comparison:
+                 strict: bool = False, cpu_times: bool = False) -> Comparison:
     """Load both run directories and compare them (UsageError for unusable ones; ``strict``:
-    also for a damaged line, which is otherwise a warning)."""
+    also for a damaged line, which is otherwise a warning; ``cpu_times``: gate CPU times)."""
     base, new = records.load(base_dir, strict), records.load(new_dir, strict)
     result = compare_frames(base, new, threshold, mem_threshold, allow_missing,
-                            str(base_dir), str(new_dir), gate)
+                            str(base_dir), str(new_dir), gate, cpu_times)
     for run_dir, df in ((base_dir, base), (new_dir, new)):
         for problem in df.attrs.get("problems", []):
             result.warnings.append(f"{run_dir}: {records.JSONL_FILE} {problem} (left out)")
@@ -315,7 +358,7 @@ def compare_dirs(base_dir: Path, new_dir: Path, threshold: float = DEFAULT_THRES
 
 VERDICT_STYLE = {"regressed": "bold red", "status": "red", "check": "bold red",
                  "only-base": "yellow", "only-new": "yellow", "noise": "dim", "same": "",
-                 "improved": "green", "not-run": "dim", "host-bound": "dim"}
+                 "improved": "green", "not-run": "dim", "host-bound": "dim", "cpu-drift": "dim"}
 
 
 def _fmt(x, spec: str) -> str:
@@ -334,10 +377,12 @@ def table(result: Comparison):
     varying = [col for col in SHAPE_COLUMNS if len({getattr(k, col) for k in cases}) > 1]
     fixed = cases[0].label(only=[c for c in SHAPE_COLUMNS if c not in varying], sep=" ")
     show_mem = any(not _isnan(c.mem_ratio) for c in result.cases)
-    t = Table(title=f"compare {result.base_dir} -> {result.new_dir} (M tokens/s)",
+    t = Table(title=f"compare {escape(result.base_dir)} -> {escape(result.new_dir)} (M tokens/s)",
               box=box.SIMPLE_HEAD,
-              caption=f"{fixed}; fails: median time +{result.threshold:.0%} outside the "
-                      f"p20-p80 spread, memory +{result.mem_threshold:.0%}"
+              caption=f"{fixed}; fails: "
+                      + (f"median time +{result.threshold:.0%} outside the p20-p80 spread, "
+                         if result.times_gated else "times not gated on the CPU; ")
+                      + f"memory +{result.mem_threshold:.0%}"
                       + (f"; gate: {', '.join(result.gate)}" if result.gate else ""),
               title_justify="left", caption_justify="left")
     t.add_column("mechanism", no_wrap=True)

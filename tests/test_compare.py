@@ -16,8 +16,10 @@ NAN = math.nan
 
 
 def rec(mech="linear-masked", mode="fwd", n=1024, t=1.0, spread=0.01, status="ok", mem=NAN,
-        check="pass", device="cpu", b=1, h=4, d=32, host=NAN) -> Record:
-    """A record of median time ``t`` ms with p20/p80 at t*(1 -/+ spread); ``host``: host_ms."""
+        check="pass", device="cuda", b=1, h=4, d=32, host=NAN) -> Record:
+    """A record of median time ``t`` ms with p20/p80 at t*(1 -/+ spread); ``host``: host_ms.
+
+    On CUDA by default: the time rule gates GPU times (CPU times have their own tests)."""
     case = make_case(mech, mode, b, h, n, d)
     if status != "ok":
         return Record(case, "linear", device, status, reason=f"it was {status}")
@@ -116,7 +118,7 @@ def test_no_spread_means_the_median_decides(tmp_path):
     (100.0, 103.0, "same", False),
     (0.2, 0.6, "same", False),  # +200%, but under MEM_FLOOR_MIB
     (100.0, 80.0, "shrank", False),
-    (NAN, NAN, "", False),  # the CPU: not compared
+    (NAN, NAN, "", False),  # no figure (the CPU): not compared
     (100.0, NAN, "", False),
 ])
 def test_memory(tmp_path, base_mem, new_mem, verdict, failed):
@@ -172,8 +174,8 @@ def test_no_common_case_is_a_usage_error(tmp_path):
 
 
 def test_different_devices_is_a_usage_error(tmp_path):
-    b = make_run(tmp_path / "b", [rec()])
-    n = make_run(tmp_path / "n", [rec(device="cuda")])
+    b = make_run(tmp_path / "b", [rec(device="cpu")])
+    n = make_run(tmp_path / "n", [rec()])
     with pytest.raises(compare.UsageError, match="not comparable"):
         compare.compare_dirs(b, n)
 
@@ -277,10 +279,84 @@ def test_cli_json(tmp_path, monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "compare", b, n, "--json")
     assert code == 1
     data = json.loads(out)
-    assert data["failed"] is True and data["threshold"] == 0.05
+    assert data["failed"] is True and data["threshold"] == 0.05 and data["times_gated"] is True
     by_n = {c["case"]["seq_len"]: c for c in data["cases"]}
     assert by_n[256]["verdict"] == "regressed"
     assert by_n[256]["tokens_ratio"] == pytest.approx(1 / 1.5)
     assert by_n[512]["verdict"] == "same" and by_n[512]["base"]["extra_mem_mib"] == 10.0
     assert by_n[1024]["verdict"] == "status" and by_n[1024]["new"]["time_ms"] is None
     assert data["counts"] == {"regressed": 1, "same": 1, "status": 1}
+
+
+# --- CPU times: reported, not gated (issue 12 item 7) --------------------------------------
+
+
+def cpu(**kw) -> Record:
+    return rec(device="cpu", **kw)
+
+
+@pytest.mark.parametrize("new_t", [2.51, 0.2, 1.10])
+def test_cpu_times_that_moved_are_reported_not_failed(tmp_path, new_t):
+    # +151% with tight spreads: what two identical back-to-back CPU runs showed in the issue
+    c, result = one(tmp_path, cpu(t=1.0), cpu(t=new_t))
+    assert c.verdict == "cpu-drift" and not c.failed and not result.failed
+    assert "not gated" in c.why and c.time_ratio == pytest.approx(new_t)
+    assert not result.times_gated and result.warnings == [compare.CPU_WARNING]
+
+
+def test_cpu_times_within_the_threshold_are_same(tmp_path):
+    c, _ = one(tmp_path, cpu(t=1.0), cpu(t=1.04))
+    assert c.verdict == "same"
+
+
+@pytest.mark.parametrize("base, new, verdict", [
+    (dict(), dict(status="error"), "status"),
+    (dict(), dict(status="oom"), "status"),
+    (dict(), dict(check="fail"), "check"),
+])
+def test_cpu_runs_still_fail_on_status_and_correctness(tmp_path, base, new, verdict):
+    c, result = one(tmp_path, cpu(**base), cpu(t=3.0, **new))
+    assert c.verdict == verdict and c.failed and result.failed
+
+
+def test_cpu_runs_still_fail_on_missing_cases(tmp_path):
+    b, n = runs(tmp_path, [cpu(n=256), cpu(n=512)], [cpu(n=256, t=5.0)])
+    result = compare.compare_dirs(b, n)
+    assert result.failed and [c.verdict for c in result.cases] == ["cpu-drift", "only-base"]
+
+
+def test_cpu_times_option_applies_the_time_rule(tmp_path):
+    c, result = one(tmp_path, cpu(t=1.0), cpu(t=1.3), cpu_times=True)
+    assert c.verdict == "regressed" and c.failed and result.times_gated
+    assert result.warnings == []
+
+
+def test_cli_on_cpu_runs_says_times_are_not_gated(tmp_path, monkeypatch, capsys):
+    slow = runs(tmp_path, [cpu(), cpu(n=2048)], [cpu(t=2.51), cpu(n=2048, t=0.5)])
+    code, out, err = run_cli(monkeypatch, capsys, "compare", *slow)
+    assert code == 0 and "cpu-drift" in out and "times not gated on the CPU" in out
+    assert "CPU times are not gated" in err and "--cpu-times" in err
+    assert "FAIL" not in err
+    code, out, err = run_cli(monkeypatch, capsys, "compare", *slow, "--cpu-times")
+    assert code == 1 and "regressed" in out and "FAIL" in err
+    code, out, _ = run_cli(monkeypatch, capsys, "compare", *slow, "--json")
+    assert code == 0 and json.loads(out)["times_gated"] is False
+
+
+def test_two_real_cpu_runs_one_after_the_other_pass(tmp_path, monkeypatch, capsys):
+    """The issue's reproduction, small: two identical back-to-back CPU runs, then compare."""
+    sweep = ["run", "--device", "cpu", "--mechanisms", "sdpa-math,linear-masked", "--seq-lens",
+             "64,256", "--heads", "2", "--head-dim", "16", "--no-plot"]
+    for side in ("base", "new"):
+        assert run_cli(monkeypatch, capsys, *sweep, "--out", tmp_path / side)[0] == 0
+    code, out, err = run_cli(monkeypatch, capsys, "compare", tmp_path / "base", tmp_path / "new")
+    assert code == 0, out + err
+    assert "CPU times are not gated" in err
+
+
+def test_brackets_in_directory_names_survive_the_table(tmp_path, monkeypatch, capsys):
+    b = make_run(tmp_path / "base[bold]x", [rec()])
+    n = make_run(tmp_path / "new[red]y", [rec(mech="[red]softmx")] + [rec()])
+    code, out, err = run_cli(monkeypatch, capsys, "compare", b, n, "--allow-missing")
+    flat = "".join(out.split())
+    assert code == 0 and "base[bold]x" in flat and "new[red]y" in flat and "[red]softmx" in flat

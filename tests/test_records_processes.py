@@ -43,8 +43,8 @@ SWEEP = ["run", "--device", "cpu", "--mechanisms", "fake-stuck", "--seq-lens", "
 
 
 def child(*args, cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-               COLUMNS="200")
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path, COLUMNS="200")
     return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
