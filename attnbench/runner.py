@@ -17,6 +17,7 @@ sweep goes on.
 from __future__ import annotations
 
 import gc
+import math
 import shlex
 import sys
 import time
@@ -62,7 +63,8 @@ class SweepState:
 
     oom_at: dict = field(default_factory=dict)  # series -> shortest length that ran out
     last_ok: dict = field(default_factory=dict)  # series -> (seq_len, time_ms)
-    spent_s: dict = field(default_factory=dict)  # series -> seconds spent measuring
+    # series -> seconds spent measuring, first calls (compilation, autotuning) left out
+    spent_s: dict = field(default_factory=dict)
 
     def learn(self, record: Record, seconds: float = 0.0) -> None:
         case = record.case
@@ -150,6 +152,7 @@ class Sweep:
         self.started = started
         self.state = SweepState()
         self._mechs: dict[str, _MechState] = {}
+        self._measuring_s = 0.0  # of the case in hand: its line's budget counts this
 
     def _mech_state(self, name: str) -> _MechState:
         if name not in self._mechs:
@@ -218,6 +221,7 @@ class Sweep:
 
         self.on_case(f"{mech.name} {case.mode} n={case.seq_len}")
         self.started(case)
+        start = time.perf_counter()
         try:
             values = measure_case(mech, st.fn, case, device, spec.max_case_seconds)
         except NotImplementedError as exc:
@@ -226,6 +230,7 @@ class Sweep:
             return record("oom" if measure.is_oom(exc) else "error", reason=one_line(exc),
                           **checked)
         finally:
+            self._measuring_s = time.perf_counter() - start
             _free_memory(device)
         if mech.impl_of is not None:
             values["impl"] = mech.impl_of(case)
@@ -242,10 +247,11 @@ class Sweep:
         for case in cases:
             if case.key() in skip:
                 continue
-            start = time.perf_counter()
+            self._measuring_s = 0.0
             rec = self.run_case(case)
             self.emit(rec)
-            self.state.learn(rec, time.perf_counter() - start)
+            compile_s = 0.0 if math.isnan(rec.compile_s) else rec.compile_s
+            self.state.learn(rec, max(0.0, self._measuring_s - compile_s))
             if rec.status == "error" and self.spec.device == "cuda":
                 _assert_cuda_alive()
 
