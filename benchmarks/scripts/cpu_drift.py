@@ -54,7 +54,7 @@ def times(run_dir: Path) -> pd.Series:
 def best_of_k(runs: list[Path]) -> None:
     """Best of k runs per side, sides alternating (base = runs 1, 3, 5 ..., new = 2, 4, ...):
     how far apart identical sets stay when each case keeps its least disturbed run."""
-    table = pd.concat([times(r) for r in runs], axis=1)
+    table = pd.concat([times(r) for r in runs], axis=1, ignore_index=True)
     for k in range(1, len(runs) // 2 + 1):
         ratios = []
         for g in range(len(runs) // (2 * k)):
