@@ -1,7 +1,18 @@
-"""Time, tokens/s and memory against sequence length: one line per mechanism, log axes."""
+"""Time, tokens/s and memory against sequence length: one line per mechanism, log axes.
+
+The one style system of attnbench's figures: ``plot_run`` (every shape and metric of a run)
+and the paper's figures (``attnbench.paper``) both draw through the public helpers here:
+``styles`` (a colour and marker per mechanism), ``draw_series`` (lines broken where a length
+has no measurement, a mark at the top edge for each length that has none), ``finish_axis``
+(log axes and readable ticks), ``draw_panel`` (the two together), ``legend_below`` (every
+mechanism and every mark drawn), ``suptitle`` and ``save``.
+"""
 
 from __future__ import annotations
 
+import math
+import textwrap
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import matplotlib
@@ -9,101 +20,239 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.transforms as mtransforms  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+from attnbench.case import SHAPE_COLUMNS  # noqa: E402
 from attnbench.sizes import format_size  # noqa: E402
+
+# The file formats every figure can be written in (the CLI validates --format against these).
+FORMATS = ("png", "svg", "pdf")
+DEFAULT_FORMATS = ("png", "svg")
+DPI = 130
 
 PANELS = [("time_ms", "time (ms, median, p20–p80 band)"),
           ("tokens_per_s", "tokens / s"),
           ("extra_mem_mib", "memory above inputs (MiB)")]
-SHAPE_COLUMNS = ["batch", "heads", "head_dim", "dtype", "decay"]
+# A length without a measurement gets a mark at the top edge of its panel, one row per status
+# (top row first, in this order), in the mechanism's colour; the legend explains each mark drawn.
+STATUS_MARKS = {"oom": ("x", "out of memory"),
+                "timeout": ("$T$", "timed out"),
+                "skipped": ("$S$", "skipped: predicted over the time budget"),
+                "error": ("$E$", "error"),
+                "unsupported": ("$U$", "unsupported")}
+_MARK_TOP, _MARK_STEP = 0.97, 0.055  # axes fraction of the first mark row, and between rows
+_MARKERS = "osD^v<>ph*"
 
 
-def _style(mechanisms: list[str]) -> dict[str, dict]:
-    cmap = plt.get_cmap("tab10" if len(mechanisms) <= 10 else "tab20")
-    markers = "osD^v<>ph*"
-    return {m: dict(color=cmap(i % cmap.N), marker=markers[i % len(markers)])
-            for i, m in enumerate(sorted(mechanisms))}
+def case_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with every column of ``attnbench.case.SHAPE_COLUMNS``.
 
-
-def draw_series(ax, part: pd.DataFrame, column: str, style: dict[str, dict], band: bool) -> None:
-    """One line per mechanism; OOM lengths as an x at the top edge of the panel.
-
-    A mechanism that failed its correctness check is drawn dashed and says so in its label.
+    Temporary: frames of records.py before schema 2 have no ``value_dim`` (= head_dim).
     """
+    return df if "value_dim" in df else df.assign(value_dim=df["head_dim"])
+
+
+def styles(mechanisms: Iterable[str], first: Iterable[str] = ()) -> dict[str, dict]:
+    """A colour and marker per mechanism: ``first`` in its order (every name of it, present
+    or not, so that its colours hold from figure to figure), then the others sorted.
+
+    The ten tab10 colours come first, then their light tints (tab20's odd entries).
+    """
+    first = list(dict.fromkeys(first))
+    names = first + sorted(set(mechanisms) - set(first))
+    tab20 = plt.get_cmap("tab20")
+    colors = [tab20(i) for i in range(0, 20, 2)] + [tab20(i) for i in range(1, 20, 2)]
+    return {m: dict(color=colors[i % len(colors)], marker=_MARKERS[i % len(_MARKERS)])
+            for i, m in enumerate(names)}
+
+
+def never_ran(part: pd.DataFrame) -> dict[str, str]:
+    """Mechanisms whose every record in ``part`` is unsupported, with the first reason: the
+    figures leave them out of the panels and name them in the title instead."""
+    out = {}
+    for mech, rows in part.groupby("mechanism", sort=True):
+        if (rows["status"] == "unsupported").all():
+            out[mech] = rows["reason"].iloc[0]
+    return out
+
+
+def draw_series(ax, part: pd.DataFrame, column: str, style: dict[str, dict], band: bool = False,
+                label: Callable[[str], str] = str) -> int:
+    """One line per mechanism of ``part`` (one series each); the number of mark rows drawn.
+
+    A line is broken at every length whose record is not ``ok``; such a length gets the
+    mark of its status (``STATUS_MARKS``) at the top edge instead. A mechanism that failed its
+    correctness check is drawn dashed. ``band`` shades the p20-p80 spread of ``time_ms``.
+    """
+    statuses = [s for s in STATUS_MARKS if (part["status"] == s).any()]
     top = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
     for mech, rows in part.groupby("mechanism", sort=True):
-        rows = rows.sort_values("seq_len")
-        ok = rows[(rows["status"] == "ok") & rows[column].notna()]
         st = style[mech]
-        if len(ok):
-            failed = (ok["check"] == "fail").any()  # drawn dashed: numbers not to be trusted
-            ax.plot(ok["seq_len"], ok[column], color=st["color"], marker=st["marker"],
-                    label=f"{mech} (failed check)" if failed else mech, markersize=4,
-                    linewidth=1.5, linestyle="--" if failed else "-")
+        good = (rows["status"] == "ok") & rows[column].notna()
+        rows = rows.assign(_good=good).sort_values(["seq_len", "_good"], ascending=[True, False])
+        rows = rows.drop_duplicates("seq_len")  # one record per length, a measured one first
+        good = rows["_good"]
+        if good.any():
+            failed = (rows.loc[good, "check"] == "fail").any()
+            ax.plot(rows["seq_len"], rows[column].where(good), color=st["color"],
+                    marker=st["marker"], markersize=4, linewidth=1.5,
+                    linestyle="--" if failed else "-",
+                    label=label(mech) + (" (failed check)" if failed else ""))
             if band and column == "time_ms":
-                ax.fill_between(ok["seq_len"], ok["time_ms_p20"], ok["time_ms_p80"],
-                                color=st["color"], alpha=0.2, linewidth=0)
-        oom = rows[rows["status"] == "oom"]
-        if len(oom):
-            ax.scatter(oom["seq_len"], [0.97] * len(oom), transform=top, marker="x",
-                       color=st["color"], s=40, clip_on=False,
-                       label=None if len(ok) else mech)
+                ax.fill_between(rows["seq_len"], rows["time_ms_p20"].where(good),
+                                rows["time_ms_p80"].where(good), color=st["color"], alpha=0.2,
+                                linewidth=0)
+        for i, status in enumerate(statuses):
+            xs = rows.loc[rows["status"] == status, "seq_len"]
+            if len(xs):
+                ax.scatter(xs, [_MARK_TOP - i * _MARK_STEP] * len(xs), transform=top,
+                           marker=STATUS_MARKS[status][0], color=st["color"],
+                           s=40 if status == "oom" else 45, linewidths=1.2, clip_on=False)
+    return len(statuses)
 
 
-def _finish_axis(ax, seq_lens) -> None:
+def finish_axis(ax, seq_lens, values: pd.Series | None = None, big: bool = False,
+                marks: int = 0) -> None:
+    """Log-log axes: every length a labelled x tick (1k, 2k, ...); on y, decades when
+    ``values`` span many, 1-2-5 steps when few, plain numbers (k/M/G when ``big``); headroom
+    above the data for ``marks`` rows of status marks, so that no line runs into them."""
+    seq_lens = [int(n) for n in seq_lens] or [1024]
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(seq_lens)
-    ax.set_xticklabels([format_size(int(n)) for n in seq_lens], rotation=45, fontsize=8)
+    ax.set_xticklabels([format_size(n) for n in seq_lens], rotation=45, fontsize=8)
     ax.minorticks_off()
-    ax.set_xticks(seq_lens)
+    ax.set_xlim(min(seq_lens) / 1.25, max(seq_lens) * 1.25)  # also where no line sets it
     ax.grid(True, which="major", alpha=0.3)
+    values = pd.Series([] if values is None else values, dtype="float64").dropna()
+    values = values[values > 0]
+    if len(values) == 0:
+        ax.set_yticks([])
+        return
+    lo, hi = values.min(), values.max()
+    decades = math.log10(hi / lo)
+    subs = (1.0,) if decades > 2.5 else (1.0, 2.0, 5.0) if decades > 0.8 else np.arange(1, 10)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(number if big else lambda y, _p: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    if marks:
+        # in log space: 5% below the data, the mark rows and a gap above it
+        above = 1 - _MARK_TOP + marks * _MARK_STEP + 0.02
+        total = max(math.log(hi / lo), math.log(10)) / (1 - 0.05 - above)
+        ax.set_ylim(lo * math.exp(-0.05 * total), hi * math.exp(above * total))
 
 
-def plot_run(df: pd.DataFrame, out_dir: Path, title: str, formats=("png", "svg")) -> list[Path]:
-    """One figure per shape (batch, heads, head dim, dtype, decay): modes x metrics panels."""
-    out_dir = Path(out_dir)
+def draw_panel(ax, part: pd.DataFrame, column: str, style: dict[str, dict], seq_lens,
+               band: bool = False, label: Callable[[str], str] = str,
+               empty: str = "no measurement") -> None:
+    """``draw_series`` then ``finish_axis`` on what it drew (k/M/G ticks for tokens/s); a
+    panel with no measured value says ``empty`` in its middle."""
+    marks = draw_series(ax, part, column, style, band=band, label=label)
+    values = part.loc[part["status"] == "ok", column].dropna()
+    finish_axis(ax, seq_lens, values, big=column == "tokens_per_s", marks=marks)
+    if len(values) == 0:
+        ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def number(y: float, _pos=None) -> str:
+    """1.5k, 20M, 3G: a tick label or a number in a sentence."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if y >= div:
+            return f"{y / div:.3g}{suffix}"
+    return f"{y:.3g}"
+
+
+def legend_below(fig, part: pd.DataFrame, style: dict[str, dict],
+                 label: Callable[[str], str] = str, ncol: int = 3, extra=()) -> None:
+    """One legend in a strip under the panels (never over data): every mechanism of ``part``
+    in the order of ``style`` (dashed where it failed its check), the mark of every status
+    ``part`` holds, then ``extra`` handles; then the panels are laid out above it."""
+    handles = []
+    for mech in (m for m in style if m in set(part["mechanism"])):
+        rows = part[part["mechanism"] == mech]
+        failed = ((rows["status"] == "ok") & (rows["check"] == "fail")).any()
+        handles.append(Line2D([], [], color=style[mech]["color"], marker=style[mech]["marker"],
+                              markersize=5, linestyle="--" if failed else "-",
+                              label=label(mech) + (" (failed check)" if failed else "")))
+    for status, (marker, text) in STATUS_MARKS.items():
+        if (part["status"] == status).any():
+            handles.append(Line2D([], [], color="0.3", marker=marker, linestyle="none",
+                                  markersize=7, label=f"{text} (top edge)"))
+    handles += list(extra)
+    bottom = 0.0
+    if handles:
+        legend = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), ncol),
+                            fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))
+        height = legend.get_window_extent(fig.canvas.get_renderer()).height
+        bottom = height / fig.bbox.height + 0.01
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+
+
+def suptitle(fig, lines: Iterable[str], width: int = 120) -> None:
+    """The figure's title: each line wrapped at ``width`` characters."""
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in lines if line), fontsize=11)
+
+
+def shape_text(row) -> str:
+    """'batch 4, heads 32, head dim 128, bf16' from the shape columns of a record (decay is a
+    property of each mechanism; the value dim is named only where it differs)."""
+    words = []
+    for col in SHAPE_COLUMNS:
+        if col == "decay" or (col == "value_dim" and row[col] == row["head_dim"]):
+            continue
+        words.append(str(row[col]) if col == "dtype" else f"{col.replace('_', ' ')} {row[col]}")
+    return ", ".join(words)
+
+
+def save(fig, out_dir: Path, stem: str, formats=DEFAULT_FORMATS) -> list[Path]:
+    """Write ``fig`` as ``out_dir/stem.<format>`` for each format, close it; the paths."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
+    paths = [Path(out_dir) / f"{stem}.{fmt}" for fmt in formats]
+    for path in paths:
+        fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return paths
+
+
+def plot_run(df: pd.DataFrame, out_dir: Path, title: str,
+             formats=DEFAULT_FORMATS) -> list[Path]:
+    """One figure per shape (``SHAPE_COLUMNS`` but decay): modes x metrics panels."""
+    df = case_frame(df)
     device = df["device"].iloc[0]
     panels = [p for p in PANELS if not (device == "cpu" and p[0] == "extra_mem_mib")]
-    style = _style(list(df["mechanism"].unique()))
+    style = styles(df["mechanism"].unique())
     varying = [c for c in SHAPE_COLUMNS if c != "decay" and df[c].nunique() > 1]
     paths = []
-    groups = df.groupby(varying, sort=True) if varying else [((), df)]
-    for key, part in groups:
+    for key, part in df.groupby(varying, sort=True) if varying else [((), df)]:
         key = key if isinstance(key, tuple) else (key,)
+        absent = never_ran(part)
+        if len(absent) < part["mechanism"].nunique():  # else draw their marks: nothing else
+            part = part[~part["mechanism"].isin(absent)]
+        else:
+            absent = {}
         modes = list(dict.fromkeys(part["mode"]))
         seq_lens = sorted(part["seq_len"].unique())
         fig, axes = plt.subplots(len(modes), len(panels), squeeze=False,
-                                 figsize=(4.6 * len(panels), 3.6 * len(modes) + 0.8))
+                                 figsize=(4.6 * len(panels), 3.6 * len(modes) + 1.0))
         for i, mode in enumerate(modes):
             sub = part[part["mode"] == mode]
-            for j, (column, label) in enumerate(panels):
+            for j, (column, text) in enumerate(panels):
                 ax = axes[i][j]
-                draw_series(ax, sub, column, style, band=True)
-                _finish_axis(ax, seq_lens)
-                ax.set_title(f"{mode}: {label}", fontsize=10)
+                draw_panel(ax, sub, column, style, seq_lens, band=True)
+                ax.set_title(f"{mode}: {text}", fontsize=10)
                 if i == len(modes) - 1:
                     ax.set_xlabel("sequence length")
-        first = part.iloc[0]
-        shape = (f"batch {first['batch']}, heads {first['heads']}, head dim {first['head_dim']}, "
-                 f"{first['dtype']}, {device}")
-        fig.suptitle(f"{title}\n{shape}   (x at top = out of memory)", fontsize=11)
-        handles, labels = {}, []
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in handles:
-                    handles[lab] = h
-                    labels.append(lab)
-        if labels:
-            fig.legend([handles[lab] for lab in labels], labels, loc="lower center",
-                       ncol=min(len(labels), 6), fontsize=9, frameon=False)
-        fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) > 6), 1, 1))
+        notes = [title, f"{shape_text(part.iloc[0])}, {device}"]
+        if absent:
+            notes.append("not run: " + "; ".join(f"{m} ({why or 'unsupported'})"
+                                                 for m, why in absent.items()))
+        suptitle(fig, notes, width=40 * len(panels))
+        legend_below(fig, part, style, ncol=6)
         suffix = "-".join(f"{c}{v}" for c, v in zip(varying, key))
-        stem = "sweep" + (f"-{suffix}" if suffix else "")
-        for fmt in formats:
-            path = out_dir / f"{stem}.{fmt}"
-            fig.savefig(path, dpi=130)
-            paths.append(path)
-        plt.close(fig)
+        paths += save(fig, out_dir, "sweep" + (f"-{suffix}" if suffix else ""), formats)
     return paths
