@@ -53,7 +53,7 @@ def overtakes(part: pd.DataFrame, mechs, mode: str) -> list[str]:
     """'In forward, Lightning-2 overtakes FlashAttention-2 between 2k and 4k, ...': for every
     pair whose order changes over the lengths both ran, the last change, by the one ahead."""
     times, word = _table(part, mechs, mode, "time_ms"), MODE_WORDS[mode]
-    ahead_of: dict[str, dict[str, list[str]]] = {}  # ahead -> "between 2k and 4k" -> behind
+    ahead_of: dict[str, dict] = {}  # ahead -> (n, "between 2k and 4k") -> those behind
     for a, b in combinations(times.columns, 2):
         both = times[[a, b]].dropna()
         faster = (both[a] < both[b]).to_numpy()
@@ -63,11 +63,13 @@ def overtakes(part: pd.DataFrame, mechs, mode: str) -> list[str]:
             again = f" (after {len(changes) - 1} earlier changes)" if len(changes) > 1 else ""
             where = (f"between {format_size(both.index[i - 1])} and "
                      f"{format_size(both.index[i])}{again}")
-            ahead_of.setdefault(ahead, {}).setdefault(where, []).append(short(behind))
+            ahead_of.setdefault(ahead, {}).setdefault((both.index[i], where), []).append(
+                short(behind))
     if not ahead_of and len(times.columns) >= 2:
         return [f"In {word}, no mechanism overtakes another ({lengths(times.index)})."]
     return [f"In {word}, {short(m)} overtakes " + ", ".join(
-                f"{_and(behind)} {where}" for where, behind in ahead_of[m].items()) + "."
+                f"{_and(behind)} {where}" for (_, where), behind in sorted(ahead_of[m].items()))
+            + "."
             for m in times.columns if m in ahead_of]
 
 
