@@ -128,9 +128,10 @@ def test_run_report_plot_resume(monkeypatch, capsys, tmp_path):
                        "--format", "png")
     assert code == 0 and (tmp_path / "figs" / "sweep.png").stat().st_size > 10_000
 
-    # A run that died after three cases: resume runs only the rest.
+    # A run that died after three cases (between cases): resume runs only the rest.
     lines = (run_dir / "records.jsonl").read_text().splitlines()
-    (run_dir / "records.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    third = [i for i, line in enumerate(lines) if '"started"' not in line][2]
+    (run_dir / "records.jsonl").write_text("\n".join(lines[:third + 1]) + "\n")
     code, out, _ = cli(monkeypatch, capsys, "run", "--resume", run_dir, "--no-plot")
     assert code == 0 and "(5 to run)" in out
     df = pd.read_parquet(run_dir / "records.parquet")
