@@ -84,8 +84,7 @@ def linear_state(q, k, v, decay=None, initial_state=None):
     None). Computes in the inputs' dtype (float64 inputs: an oracle for chunked prefill).
     """
     _check(q, k, v, decay)
-    b, h, n, d = q.shape
-    e = v.shape[-1]
+    h, n = q.shape[1], q.shape[2]
     t = torch.arange(n, device=q.device, dtype=q.dtype)
     if decay is None:
         row, key, total = (torch.ones(1, 1, n, 1, dtype=q.dtype, device=q.device),) * 2 + (1.0,)

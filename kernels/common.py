@@ -40,12 +40,20 @@ def interpreted(kernel) -> bool:
     return not isinstance(fn, triton.runtime.jit.JITFunction)
 
 
-def _meta(t):
-    return None if t is None else (type(t), getattr(t, "shape", None), getattr(t, "dtype", None),
-                                   getattr(t, "device", None))
+def input_key(q, k, v, decay=None, initial_state=None) -> tuple | None:
+    """What validation depends on (shapes, dtypes, devices), as one hashable tuple; None if
+    an argument is not a tensor (then the full check raises)."""
+    try:
+        return (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device,
+                v.device,
+                None if decay is None else (decay.shape, decay.dtype, decay.device),
+                None if initial_state is None else (initial_state.shape, initial_state.dtype,
+                                                    initial_state.device))
+    except AttributeError:
+        return None
 
 
-_VALID: set = set()  # metadata keys of inputs already validated (shapes, dtypes, devices)
+_VALID: set = set()  # input keys already validated
 
 
 def validate(q, k, v, decay=None, initial_state=None, *, on_cpu: bool, grid_bh_limit=None):
@@ -54,21 +62,26 @@ def validate(q, k, v, decay=None, initial_state=None, *, on_cpu: bool, grid_bh_l
     ``on_cpu``: CPU tensors are allowed (the kernel runs in Triton's interpreter).
     ``grid_bh_limit``: the largest B * H the kernel's grid can hold (None: no limit).
     The checks depend only on shapes, dtypes and devices, so a call whose metadata passed
-    before costs one tuple and one set lookup. Rates are checked for sign (s >= 0) only on
-    CPU tensors: reading GPU values would synchronise the host with the device.
+    before costs one tuple and one set lookup.
     """
-    key = (_meta(q), _meta(k), _meta(v), _meta(decay), _meta(initial_state), on_cpu,
-           grid_bh_limit)
-    if key not in _VALID:
-        _validate(q, k, v, decay, initial_state, on_cpu, grid_bh_limit)
+    key = input_key(q, k, v, decay, initial_state)
+    if key is None or (key, on_cpu, grid_bh_limit) not in _VALID:
+        check_inputs(q, k, v, decay, initial_state, on_cpu=on_cpu, grid_bh_limit=grid_bh_limit)
         if len(_VALID) > 4096:
             _VALID.clear()
-        _VALID.add(key)
+        _VALID.add((key, on_cpu, grid_bh_limit))
+    check_rates(decay)
+
+
+def check_rates(decay):
+    """Rates s >= 0, read only from CPU tensors: reading GPU values would synchronise the
+    host with the device."""
     if decay is not None and decay.device.type == "cpu" and not bool((decay >= 0).all()):
         raise ValueError("decay rates must be >= 0 (lambda = exp(-s) <= 1)")
 
 
-def _validate(q, k, v, decay, initial_state, on_cpu, grid_bh_limit):
+def check_inputs(q, k, v, decay=None, initial_state=None, *, on_cpu: bool, grid_bh_limit=None):
+    """The full check behind ``validate`` (no cache)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
@@ -121,42 +134,55 @@ def _validate(q, k, v, decay, initial_state, on_cpu, grid_bh_limit):
             raise ValueError(f"initial_state must be on q's device {q.device}")
 
 
+def hooks_active() -> bool:
+    """A launch hook is set (a profiler): launches must go through Triton's own path.
+    Triton >= 3.5 keeps the hooks as (possibly empty) HookChains, older ones as None."""
+    rt = triton.knobs.runtime
+    return any(h is not None and getattr(h, "calls", True)
+               for h in (rt.launch_enter_hook, rt.launch_exit_hook))
+
+
 class Launcher:
     """Launch one @triton.jit kernel with little Python per call.
 
     The first call of each compiled variant goes through Triton's launcher (which binds the
     arguments, computes the specialisation key, compiles or finds the binary); it returns
     the compiled kernel, kept here under ``key``. Later calls with that key hand the
-    arguments straight to the compiled kernel's C launcher, as Triton itself does at the
-    end of its own path. ``key`` must fix every constexpr, the dtype of every tensor
-    argument and the 16-byte alignment of every pointer (Triton specialises on it): the
-    caller builds it. Under the interpreter, or with a launch hook set (profilers), every
-    call goes through Triton. Any failure of the direct path turns it off for good and is
-    kept in ``disabled`` (the call is then made through Triton).
+    arguments straight to the compiled kernel's launcher, as Triton itself does at the end
+    of its own path. ``key`` must fix every constexpr and the dtype of every tensor
+    argument; the caller passes ``aligned`` (every pointer 16-byte aligned, which Triton
+    specialises on): unaligned calls always go through Triton. So do calls under the
+    interpreter and while a launch hook is set. A failure of the direct path turns it off
+    for good, with the reason in ``disabled``. ``fast`` and ``slow`` count the two paths.
     """
 
     def __init__(self, kernel):
         self.kernel = kernel
         self.compiled: dict = {}
         self.disabled: str | None = None
+        self.fast = self.slow = 0
 
-    def __call__(self, key, grid, args, num_warps, num_stages, device_index):
-        ck = self.compiled.get(key)
-        if ck is not None and self.disabled is None:
-            try:
-                knobs = triton.knobs.runtime
-                if knobs.launch_enter_hook is None and knobs.launch_exit_hook is None:
-                    stream = triton.runtime.driver.active.get_current_stream(device_index)
-                    ck.run(grid[0], grid[1], grid[2], stream, ck.function, ck.packed_metadata,
-                           None, None, None, *args)
+    @staticmethod
+    def stream(device_index):
+        return triton.runtime.driver.active.get_current_stream(device_index)
+
+    def __call__(self, key, grid, args, num_warps, num_stages, device_index, aligned=True):
+        if aligned and self.disabled is None:
+            ck = self.compiled.get(key)
+            if ck is not None and not hooks_active():
+                try:
+                    ck.run(grid[0], grid[1], grid[2], self.stream(device_index), ck.function,
+                           ck.packed_metadata, None, None, None, *args)
+                    self.fast += 1
                     return
-            except Exception as e:  # noqa: BLE001 - an API change in Triton: use its path
-                self.disabled = f"{type(e).__name__}: {e}"
+                except Exception as e:  # noqa: BLE001 - Triton's API changed: use its path
+                    self.disabled = f"{type(e).__name__}: {e}"
+        self.slow += 1
         ck = self.kernel[grid](*args, num_warps=num_warps, num_stages=num_stages)
-        if ck is not None and hasattr(ck, "packed_metadata") and device_index is not None:
+        if aligned and device_index is not None and hasattr(ck, "packed_metadata"):
             self.compiled[key] = ck
 
 
-def align_key(*tensors) -> tuple:
-    """Dtype and 16-byte alignment of each tensor argument (part of a Launcher key)."""
-    return tuple((t.dtype, t.data_ptr() % 16 == 0) for t in tensors)
+def pow2(x: int) -> int:
+    """The next power of two >= x (triton.next_power_of_2 costs ~10 us from Python)."""
+    return 1 << (x - 1).bit_length()

@@ -63,9 +63,9 @@ def _prune_fwd(configs, named_args, **kwargs):
         return _CPU_FWD
     # Resident q tile [BLOCK_M, BLOCK_D] plus num_stages k, v tiles
     # [BLOCK_N, BLOCK_D + BLOCK_E].
-    elt, block_d, block_e = named_args["q"].element_size(), kwargs["BLOCK_D"], kwargs["BLOCK_E"]
+    elt, bd, be = named_args["q"].element_size(), kwargs["BLOCK_D"], kwargs["BLOCK_E"]
     fit = [] if elt == 4 else [c for c in _FWD_CONFIGS
-           if elt * (c.kwargs["BLOCK_M"] * block_d + c.num_stages * c.kwargs["BLOCK_N"] * (block_d + block_e))
+           if elt * (c.kwargs["BLOCK_M"] * bd + c.num_stages * c.kwargs["BLOCK_N"] * (bd + be))
            <= _SMEM_BUDGET]
     return fit or _FWD_FALLBACK
 

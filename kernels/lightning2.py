@@ -26,7 +26,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import LOG2E, Launcher, align_key, default_decay, interpreted, validate
+from .common import (
+    LOG2E,
+    Launcher,
+    check_inputs,
+    check_rates,
+    default_decay,
+    input_key,
+    interpreted,
+    pow2,
+)
 
 __all__ = ["lightning_attn2", "default_decay"]
 
@@ -218,10 +227,12 @@ def _lightning2_bwd_dkdv_kernel(
         m_t = o_t >= 0
         m_td = m_t[:, None] & m_d[None, :]
         m_te = m_t[:, None] & m_e[None, :]
-        b_q = tl.load(q_base + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_k = tl.load(k_base + o_t[:, None] * D + o_d[None, :], mask=m_td, other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_v = tl.load(v_base + o_t[:, None] * E + o_e[None, :], mask=m_te, other=0.0)  # [BLOCK_N, BLOCK_E]
-        b_do = tl.load(do_base + o_t[:, None] * E + o_e[None, :], mask=m_te, other=0.0)
+        p_d = o_t[:, None] * D + o_d[None, :]
+        p_e = o_t[:, None] * E + o_e[None, :]
+        b_q = tl.load(q_base + p_d, mask=m_td, other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_k = tl.load(k_base + p_d, mask=m_td, other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(v_base + p_e, mask=m_te, other=0.0)  # [BLOCK_N, BLOCK_E]
+        b_do = tl.load(do_base + p_e, mask=m_te, other=0.0)  # [BLOCK_N, BLOCK_E]
         b_dsc = b_ds.to(b_q.dtype)  # [BLOCK_D, BLOCK_E]
 
         # dv: (k Q^T * M^T) dO + k dS.
@@ -236,8 +247,7 @@ def _lightning2_bwd_dkdv_kernel(
             b_dv += b_dvi * b_rf[:, None]
         else:
             b_dv += b_dvi
-        tl.store(dv_base + o_t[:, None] * E + o_e[None, :], b_dv.to(dv.dtype.element_ty),
-                 mask=m_te)
+        tl.store(dv_base + p_e, b_dv.to(dv.dtype.element_ty), mask=m_te)
 
         # dk: (v dO^T * M^T) q + v dS^T.
         b_p = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # [BLOCK_N, BLOCK_N] v_j·do_t
@@ -251,8 +261,7 @@ def _lightning2_bwd_dkdv_kernel(
             b_dk += b_dki * b_rf[:, None]
         else:
             b_dk += b_dki
-        tl.store(dk_base + o_t[:, None] * D + o_d[None, :], b_dk.to(dk.dtype.element_ty),
-                 mask=m_td)
+        tl.store(dk_base + p_d, b_dk.to(dk.dtype.element_ty), mask=m_td)
 
         # dS <- lambda^L dS + sum_t lambda^(t - anchor') q_t^T do_t.
         if HAS_DECAY:
@@ -274,53 +283,62 @@ _DKDV = Launcher(_lightning2_bwd_dkdv_kernel)
 
 
 def _scan_config(d: int, e: int, dtype: torch.dtype, tf32: bool) -> dict:
-    """Tiles by head dims and dtype (measured on an H100: benchmarks/notes/lightning2.md)."""
-    block_e = min(64, triton.next_power_of_2(e))
+    """Tiles of a scan with (D, E) = (d, e), by dtype (H100: benchmarks/notes/lightning2.md)."""
+    block_e = min(64, pow2(e))
     if dtype == torch.float32 and not tf32:
         # IEEE fp32 dots run on CUDA cores: small tiles keep compile time sane.
-        return dict(BLOCK_N=32, BLOCK_E=min(32, block_e), num_warps=4, num_stages=1)
-    if dtype == torch.float32:
-        return dict(BLOCK_N=64, BLOCK_E=block_e, num_warps=4, num_stages=2)
-    if triton.next_power_of_2(d) <= 128:
-        return dict(BLOCK_N=64, BLOCK_E=block_e, num_warps=4, num_stages=4)
-    return dict(BLOCK_N=32, BLOCK_E=block_e, num_warps=8, num_stages=3)
+        cfg = dict(BLOCK_N=32, BLOCK_E=min(32, block_e), num_warps=4, num_stages=1)
+    elif dtype == torch.float32:
+        cfg = dict(BLOCK_N=64, BLOCK_E=block_e, num_warps=4, num_stages=2)
+    elif pow2(d) <= 128:
+        cfg = dict(BLOCK_N=64, BLOCK_E=block_e, num_warps=4, num_stages=4)
+    else:
+        cfg = dict(BLOCK_N=32, BLOCK_E=block_e, num_warps=8, num_stages=3)
+    return cfg
 
 
 def _dkdv_config(d: int, e: int, dtype: torch.dtype, tf32: bool) -> dict | None:
-    """The fused dk/dv scan holds dS (D, E) whole: up to 128 x 128, 16-bit or TF32 inputs."""
-    bd, be = triton.next_power_of_2(d), triton.next_power_of_2(e)
+    """The fused dk/dv scan holds dS (D, E) whole: up to 128 x 128, 16-bit or TF32 inputs.
+
+    Opt-in (``_config={"fused": True}``): on the H100 it lost to the three scans (20-23
+    against 27.7 M tokens/s at the paper shape; notes, round two)."""
+    bd, be = pow2(d), pow2(e)
     if max(bd, be) > 128 or (dtype == torch.float32 and not tf32):
         return None
     if dtype == torch.float32:
         return dict(BLOCK_N=32 if bd * be > 64 * 64 else 64, num_warps=8, num_stages=1)
-    return dict(BLOCK_N=64, num_warps=8 if bd * be > 64 * 128 else 4, num_stages=2)
+    return dict(BLOCK_N=64, num_warps=4, num_stages=2)
 
 
-def _plan(q, v, tf32, config):
-    """Configs of one call (forward scan, dq scan, fused dk/dv or None, precision), cached
-    by everything they depend on. ``config`` overrides tiles for benchmarks: BLOCK_N,
-    BLOCK_E, num_warps, num_stages of the scans; dkdv_BLOCK_N, dkdv_num_warps,
-    dkdv_num_stages of the fused scan; fused=False for the three-scan backward."""
-    key = (q.shape[-1], v.shape[-1], q.dtype, tf32,
-           None if config is None else tuple(sorted(config.items())))
-    plan = _PLANS.get(key)
-    if plan is None:
-        d, e, dtype = key[0], key[1], key[2]
-        over = {kk: vv for kk, vv in (config or {}).items()
-                if kk in ("BLOCK_N", "BLOCK_E", "num_warps", "num_stages")}
-        fwd = {**_scan_config(d, e, dtype, tf32), **over}
-        dq = {**_scan_config(e, d, dtype, tf32), **over}  # the dq scan's (D, E) are (E, D)
+def _plan(d, e, dtype, tf32, config):
+    """Launch settings of one call shape: (forward scan, dq scan, fused dk/dv or None,
+    precision). ``config`` overrides tiles for benchmarks: BLOCK_N, BLOCK_E, num_warps,
+    num_stages of the scans; dkdv_BLOCK_N, dkdv_num_warps, dkdv_num_stages of the fused
+    scan; fused=True for the two-scan backward (dq, then dk and dv sharing dS)."""
+    over = {kk: vv for kk, vv in (config or {}).items()
+            if kk in ("BLOCK_N", "BLOCK_E", "num_warps", "num_stages")}
+    fwd = {**_scan_config(d, e, dtype, tf32), **over}
+    dq = {**_scan_config(e, d, dtype, tf32), **over}  # the dq scan's (D, E) are (E, D)
+    # Integers the launches need, computed once here (triton.cdiv and next_power_of_2 are
+    # @jit helpers costing ~10 us each when called from Python).
+    fwd.update(BLOCK_D=pow2(d), NUM_E=-(-e // fwd["BLOCK_E"]))
+    dq.update(BLOCK_D=pow2(e), NUM_E=-(-d // dq["BLOCK_E"]))
+    dkdv = None
+    if config and config.get("fused"):
         dkdv = _dkdv_config(d, e, dtype, tf32)
-        if dkdv is not None and config:
+        if dkdv is not None:
             dkdv.update({kk[5:]: vv for kk, vv in config.items() if kk.startswith("dkdv_")})
-        if config and config.get("fused") is False:
-            dkdv = None
-        precision = ("tf32" if tf32 else "ieee") if dtype == torch.float32 else "tf32"
-        plan = _PLANS[key] = (fwd, dq, dkdv, precision)
-    return plan
+            dkdv.update(BLOCK_D=pow2(d), BLOCK_E=pow2(e))
+    precision = ("tf32" if tf32 else "ieee") if dtype == torch.float32 else "tf32"
+    return fwd, dq, dkdv, precision
 
 
-_PLANS: dict = {}
+def _aligned(*tensors) -> bool:
+    """Every pointer 16-byte aligned (Triton specialises on it): one OR of the addresses."""
+    acc = 0
+    for t in tensors:
+        acc |= t.data_ptr()
+    return acc & 15 == 0
 
 
 def _scan(q, k, v, o, decay, h0, ht, reverse, transpose_state, cfg, precision):
@@ -329,47 +347,47 @@ def _scan(q, k, v, o, decay, h0, ht, reverse, transpose_state, cfg, precision):
     b, h, n, d = q.shape
     e = v.shape[-1]
     sd, se = (1, d) if transpose_state else (e, 1)
-    dummy = q
-    args = (q, k, v, o, dummy if decay is None else decay, dummy if h0 is None else h0,
-            dummy if ht is None else ht, n, h, d, e, sd, se, cfg["BLOCK_N"],
-            triton.next_power_of_2(d), cfg["BLOCK_E"], triton.cdiv(e, cfg["BLOCK_E"]),
-            decay is not None, h0 is not None,
-            ht is not None, reverse, precision)
-    grid = (b * h * triton.cdiv(e, cfg["BLOCK_E"]), 1, 1)
-    key = (args[8:], align_key(*args[:7]), cfg["num_warps"], cfg["num_stages"])
-    _SCAN(key, grid, args, cfg["num_warps"], cfg["num_stages"], q.device.index)
+    decay = q if decay is None else decay  # unused pointers: any tensor will do
+    h0 = q if h0 is None else h0
+    ht_ = q if ht is None else ht
+    tail = (h, d, e, sd, se, cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["BLOCK_E"], cfg["NUM_E"],
+            decay is not q, h0 is not q, ht is not None, reverse, precision)
+    _SCAN((tail, q.dtype, cfg["num_warps"], cfg["num_stages"]), (b * h * cfg["NUM_E"], 1, 1),
+          (q, k, v, o, decay, h0, ht_, n, *tail), cfg["num_warps"], cfg["num_stages"],
+          q.device.index, _aligned(q, k, v, o, decay, h0, ht_))
 
 
 def _dkdv(q, k, v, do, dk, dv, decay, dht, dh0, cfg, precision):
     b, h, n, d = q.shape
     e = v.shape[-1]
-    dummy = q
-    args = (q, k, v, do, dk, dv, dummy if decay is None else decay,
-            dummy if dht is None else dht, dummy if dh0 is None else dh0, n, h, d, e,
-            cfg["BLOCK_N"], triton.next_power_of_2(d), triton.next_power_of_2(e),
-            decay is not None, dht is not None, dh0 is not None, precision)
-    key = (args[10:], align_key(*args[:9]), cfg["num_warps"], cfg["num_stages"])
-    _DKDV(key, (b * h, 1, 1), args, cfg["num_warps"], cfg["num_stages"], q.device.index)
+    decay = q if decay is None else decay
+    dht_ = q if dht is None else dht
+    dh0_ = q if dh0 is None else dh0
+    tail = (h, d, e, cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["BLOCK_E"], decay is not q,
+            dht is not None, dh0 is not None, precision)
+    _DKDV((tail, q.dtype, cfg["num_warps"], cfg["num_stages"]), (b * h, 1, 1),
+          (q, k, v, do, dk, dv, decay, dht_, dh0_, n, *tail), cfg["num_warps"],
+          cfg["num_stages"], q.device.index, _aligned(q, k, v, do, dk, dv, decay, dht_, dh0_))
 
 
 def _lightning2_fwd(q, k, v, decay, h0, output_final_state, plan):
     """o (B, H, N, E) in v's dtype, and the final state (B, H, D, E) fp32 if asked."""
-    scan, _, _, precision = plan
     b, h, n, d = q.shape
     o = torch.empty_like(v)
     ht = q.new_empty(b, h, d, v.shape[-1], dtype=torch.float32) if output_final_state else None
-    _scan(q, k, v, o, decay, h0, ht, False, False, scan, precision)
+    _scan(q, k, v, o, decay, h0, ht, False, False, plan[0], plan[3])
     return o, ht
 
 
 def _lightning2_bwd(q, k, v, do, decay, h0, dht, need_dh0, plan):
-    """dq, dk, dv (input dtype) and dh0 (fp32, if ``need_dh0``): two scans, see the notes.
+    """dq, dk, dv (input dtype) and dh0 (fp32, if ``need_dh0``), derivation in the notes.
 
     dq_i = do_i · (lambda^(i+1) S0 + sum_{j<=i} lambda^(i-j) k_j^T v_j)^T: the causal scan of
-    (do, v, k) from S0^T. dk and dv: one anti-causal scan sharing dS (head dims <= 128), else
-    the anti-causal scans of (v, do, q) from dS_N^T and (k, q, do) from dS_N.
+    (do, v, k) from S0^T. dk and dv: the anti-causal scans of (v, do, q) from dS_N^T and
+    (k, q, do) from dS_N (which ends as dS0), or with ``fused`` one anti-causal scan that
+    shares dS between them.
     """
-    scan, dq_cfg, dkdv, precision = plan
+    fwd_cfg, dq_cfg, dkdv, precision = plan
     b, h, n, d = q.shape
     e = v.shape[-1]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -380,7 +398,7 @@ def _lightning2_bwd(q, k, v, do, decay, h0, dht, need_dh0, plan):
         _dkdv(q, k, v, do, dk, dv, decay, dht, dh0, dkdv, precision)
     else:
         _scan(v, do, q, dk, decay, dht, None, True, True, dq_cfg, precision)
-        _scan(k, q, do, dv, decay, dht, dh0, True, False, scan, precision)
+        _scan(k, q, do, dv, decay, dht, dh0, True, False, fwd_cfg, precision)
     return dq, dk, dv, dh0
 
 
@@ -446,7 +464,20 @@ def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=
     copied. Memory: the forward allocates o (and the final state), the backward dq, dk, dv
     (and the initial state's gradient): no other buffers.
     """
-    validate(q, k, v, decay, initial_state, on_cpu=_ON_CPU, grid_bh_limit=None)
+    # One dictionary lookup when this call's shapes, dtypes and devices were seen before:
+    # they passed validation, and the launch settings (tiles, flags) are kept with them.
+    key = (input_key(q, k, v, decay, initial_state), bool(tf32),
+           None if _config is None else tuple(sorted(_config.items())))
+    plan = _CALLS.get(key)
+    if plan is None:
+        check_inputs(q, k, v, decay, initial_state, on_cpu=_ON_CPU)
+        plan = _plan(q.shape[-1], v.shape[-1], q.dtype, bool(tf32) and q.dtype == torch.float32,
+                     _config)
+        if key[0] is not None:
+            if len(_CALLS) > 4096:
+                _CALLS.clear()
+            _CALLS[key] = plan
+    check_rates(decay)
     if not q.is_contiguous():
         q = q.contiguous()
     if not k.is_contiguous():
@@ -454,12 +485,12 @@ def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=
     if not v.is_contiguous():
         v = v.contiguous()
     if decay is not None:
-        decay = decay.detach()
+        if decay.requires_grad:
+            decay = decay.detach()
         if decay.dtype != torch.float32 or not decay.is_contiguous():
             decay = decay.to(torch.float32).contiguous()
     if initial_state is not None and not initial_state.is_contiguous():
         initial_state = initial_state.contiguous()
-    plan = _plan(q, v, bool(tf32) and q.dtype == torch.float32, _config)
     if torch.is_grad_enabled() and (
         q.requires_grad or k.requires_grad or v.requires_grad
         or (initial_state is not None and initial_state.requires_grad)
@@ -469,4 +500,5 @@ def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=
     return (o, ht) if output_final_state else o
 
 
+_CALLS: dict = {}  # (input_key, tf32, config) -> launch plan
 _ON_CPU = interpreted(_lightning2_scan_kernel)

@@ -20,7 +20,7 @@ from kernel_testing import (
 )
 
 CASES = [
-    # B, H, N, D, E, dtype, decay; D, E <= 128 take the fused dk/dv scan, larger the 3 scans
+    # B, H, N, D, E, dtype, decay
     (2, 3, 77, 48, 48, "fp16", True),
     (2, 3, 77, 48, 48, "fp16", False),
     (1, 2, 1, 16, 16, "fp32", True),
@@ -45,9 +45,9 @@ def test_matches_oracle(case):
                          KERNEL_DEVICE), KERNEL_DEVICE)
 
 
-def test_three_scan_backward_matches_oracle():
-    """The backward without the fused dk/dv scan (what D or E > 128 take) at D = E = 64."""
-    fn = lambda q, k, v, s: lightning_attn2(q, k, v, s, _config={"fused": False})  # noqa: E731
+def test_fused_dkdv_backward_matches_oracle():
+    """The opt-in two-scan backward (dk and dv in one scan sharing dS), D = E = 64 and 48/40."""
+    fn = lambda q, k, v, s: lightning_attn2(q, k, v, s, _config={"fused": True})  # noqa: E731
     check_against_oracle(fn, 1, 2, 77, 64, 64, torch.float16, default_decay(2, KERNEL_DEVICE),
                          KERNEL_DEVICE)
 
@@ -92,7 +92,8 @@ STATE_CASES = [
     (2, 2, 77, 32, 48, "fp32", True, 30, None),
     (1, 2, 77, 32, 48, "fp32", False, 64, None),
     (1, 2, 65, 48, 24, "fp16", True, 1, None),
-    (1, 2, 50, 32, 32, "fp32", True, 17, {"fused": False}),
+    (1, 2, 50, 32, 32, "fp32", True, 17, {"fused": True}),
+    (1, 2, 50, 48, 40, "fp16", False, 20, {"fused": True}),
     (1, 1, 40, 160, 80, "fp32", True, 33, None),
 ]
 

@@ -28,10 +28,9 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests"))
-from kernel_testing import chunked_reference  # noqa: E402
-
 from attnbench.kernels import common, default_decay, lightning2  # noqa: E402
 from attnbench.kernels.lightning2 import lightning_attn2  # noqa: E402
+from kernel_testing import chunked_reference  # noqa: E402
 
 B, H, D, E = 4, 32, 128, 128
 T0 = time.time()
@@ -49,11 +48,9 @@ def rel(a, b):
 
 
 BWD_VARIANTS = {  # name -> _config of lightning_attn2
-    "fused-w8s2": None,  # the default: BLOCK_N 64, 8 warps, 2 stages
-    "fused-w8s1": {"dkdv_num_stages": 1},
-    "fused-w4s2": {"dkdv_num_warps": 4},
-    "fused-n32w4s3": {"dkdv_BLOCK_N": 32, "dkdv_num_warps": 4, "dkdv_num_stages": 3},
-    "three-scans": {"fused": False},  # round one's design: dq, dk, dv scans
+    "three-scans": None,  # the default: dq, dk, dv scans (BLOCK_N 64, BLOCK_E 64, 4 warps)
+    "fused-w4s2": {"fused": True},  # dq scan, then dk and dv sharing dS (one program a head)
+    "fused-w8s2": {"fused": True, "dkdv_num_warps": 8},
 }
 
 
@@ -97,6 +94,7 @@ def bench(n, mode, cfg=None, dtype=torch.bfloat16, d=D, e=E, tf32=False):
     if mode == "fwd":
         with torch.no_grad():
             r = timed(lambda: lightning_attn2(q, k, v, s, tf32=tf32, _config=cfg))
+        o = do = None
     else:
         o = lightning_attn2(q, k, v, s, tf32=tf32, _config=cfg)
         do = torch.randn_like(o)
@@ -106,8 +104,7 @@ def bench(n, mode, cfg=None, dtype=torch.bfloat16, d=D, e=E, tf32=False):
             o.backward(do, retain_graph=True)
 
         r = timed(fn, [q, k, v])
-        del o, do
-    del q, k, v
+    q = k = v = o = do = None  # free before the next shape
     torch.cuda.empty_cache()
     return dict(n=n, mode=mode, ms=r[0], p20=r[1], p80=r[2], mtok=B * n / r[0] / 1e3)
 
@@ -124,9 +121,9 @@ def host_us(fn, calls=100):
     return best * 1e6
 
 
-class _Never(set):
-    def __contains__(self, key):  # every call validates in full
-        return False
+class _Never(dict):
+    def get(self, key, default=None):  # every call validates and plans in full
+        return default
 
 
 def host_costs():
@@ -149,25 +146,28 @@ def host_costs():
     for name, fn in plain.items():
         out[f"{name}: all savings"] = host_us(fn)
     # Savings off, one at a time.
-    valid = common._VALID
-    common._VALID = _Never()
+    calls = lightning2._CALLS
+    lightning2._CALLS = _Never()
     for name, fn in plain.items():
-        out[f"{name}: validation every call"] = host_us(fn)
-    common._VALID = valid
+        out[f"{name}: validation and plan every call"] = host_us(fn)
+    lightning2._CALLS = calls
     for launcher in (lightning2._SCAN, lightning2._DKDV):
         launcher.disabled = "off for the comparison"
     for name, fn in plain.items():
         out[f"{name}: Triton's own launcher"] = host_us(fn)
     for launcher in (lightning2._SCAN, lightning2._DKDV):
         launcher.disabled = None
-    out["validate alone"] = host_us(lambda: common.validate(q, k, v, s, on_cpu=False))
-    out["validate in full alone"] = host_us(
-        lambda: common._validate(q, k, v, s, None, False, None))
+    out["input key alone"] = host_us(lambda: common.input_key(q, k, v, s))
+    out["validation in full alone"] = host_us(
+        lambda: common.check_inputs(q, k, v, s, on_cpu=False))
+    out["triton.next_power_of_2 alone"] = host_us(lambda: triton.next_power_of_2(100))
     out["torch.empty_like alone"] = host_us(lambda: torch.empty_like(q))
     with torch.no_grad():
         out["fwd gpu ms"] = timed(fwd)[0]
     out["bwd gpu ms"] = timed(bwd, [qg, kg, vg])[0]
     out["launcher disabled (reason)"] = [lightning2._SCAN.disabled, lightning2._DKDV.disabled]
+    out["launcher fast/slow calls"] = [lightning2._SCAN.fast, lightning2._SCAN.slow]
+    out["launch hooks active"] = common.hooks_active()
     return out
 
 
