@@ -452,8 +452,9 @@ def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=
             the final state of the previous piece of the sequence.
         output_final_state: also return the final state S_N (B, H, D, E), float32.
         tf32: float32 inputs only: TF32 tensor-core products (10-bit mantissa) instead of
-            IEEE fp32 ones. Error against float64 then about that of fp16 inputs (~3e-4 to
-            1e-3 relative); IEEE fp32 is ~1e-6 and slow (CUDA cores).
+            IEEE fp32 ones. Relative error against float64 then 1.5e-3 (H100, N = 4k,
+            D = E = 128, decay; tested < 3e-3) instead of ~4e-7; 35x faster than IEEE
+            fp32 (CUDA cores), still 6x slower than bf16.
 
     Returns:
         o: (B, H, N, E) in v's dtype; with ``output_final_state``, ``(o, final_state)``.
