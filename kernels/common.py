@@ -167,6 +167,7 @@ class Launcher:
         return triton.runtime.driver.active.get_current_stream(device_index)
 
     def __call__(self, key, grid, args, num_warps, num_stages, device_index, aligned=True):
+        key = (key, device_index)  # a compiled kernel is loaded on one device
         if aligned and self.disabled is None:
             ck = self.compiled.get(key)
             if ck is not None and not hooks_active():

@@ -53,6 +53,8 @@ def test_launcher_goes_direct_after_the_first_call(monkeypatch):
                                      *args)]
     launcher("other key", (3, 1, 1), args, 4, 2, 0)  # a new variant: through Triton
     assert len(kernel.launches) == 2
+    launcher("key", (3, 1, 1), args, 4, 2, 1)  # another device: its own load, through Triton
+    assert len(kernel.launches) == 3
 
 
 @pytest.mark.parametrize("why", ["unaligned", "hook", "interpreter"])
