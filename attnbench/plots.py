@@ -183,11 +183,15 @@ def legend_below(fig, part: pd.DataFrame, style: dict[str, dict],
                                   markersize=7, label=f"{text} (top edge)"))
     handles += list(extra)
     bottom = 0.0
-    if handles:
-        legend = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), ncol),
-                            fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))
-        height = legend.get_window_extent(fig.canvas.get_renderer()).height
-        bottom = height / fig.bbox.height + 0.01
+    renderer = fig.canvas.get_renderer()
+    for n in range(min(len(handles), ncol), 0, -1):  # as many columns as fit the width
+        legend = fig.legend(handles=handles, loc="lower center", ncol=n, fontsize=9,
+                            frameon=False, bbox_to_anchor=(0.5, 0.0))
+        box = legend.get_window_extent(renderer)
+        if box.width <= 0.98 * fig.bbox.width or n == 1:
+            bottom = box.height / fig.bbox.height + 0.01
+            break
+        legend.remove()
     fig.tight_layout(rect=(0, bottom, 1, 1))
 
 

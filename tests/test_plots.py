@@ -117,3 +117,13 @@ def test_plot_the_committed_run(tmp_path):
 
     paths = plots.plot_run(records.load(REAL_RUN), tmp_path, "h100-paper", formats=("png",))
     assert [p.name for p in paths] == ["sweep.png"] and paths[0].stat().st_size > 50_000
+
+
+def test_legend_fits_the_figure_width():
+    df = paper_frame()
+    fig = plots.plt.figure(figsize=(6, 4))
+    fig.add_subplot()
+    plots.legend_below(fig, df, plots.styles(df["mechanism"].unique()), ncol=6)
+    box = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
+    assert box.width <= fig.bbox.width
+    plots.plt.close(fig)

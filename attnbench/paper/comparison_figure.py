@@ -60,10 +60,16 @@ def official_figure(df: pd.DataFrame, title: str = ""):
         notes.append("ours not in this run (their line only): "
                      + ", ".join(label(m) for m in order(absent)))
     suptitle(fig, notes, width=160)
+    theirs = Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle=":",
+                    label="official README (dotted)")
+    if nothing:  # their lines only: the mechanisms as drawn, dotted and hollow
+        extra = [Line2D([], [], color=style[m]["color"], marker=style[m]["marker"],
+                        markerfacecolor="white", linestyle=":", label=label(m))
+                 for m in order(table["mechanism"].unique())]
+        legend_below(fig, table.iloc[:0].assign(status="ok", check=""), style, ncol=6,
+                     extra=[*extra, theirs])
+        return fig
     legend_below(fig, table.assign(status="ok", check=""), style, label=label, ncol=6, extra=[
-        *([] if nothing else [Line2D([], [], color="0.3", marker="o", label="ours (solid)")]),
-        Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle=":",
-               label="official README (dotted)"),
-        *([] if nothing else [Line2D([], [], color="0.3", linestyle="--",
-                                     label="ratio, backward (dashed)")])])
+        Line2D([], [], color="0.3", marker="o", label="ours (solid)"), theirs,
+        Line2D([], [], color="0.3", linestyle="--", label="ratio, backward (dashed)")])
     return fig
