@@ -25,6 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from attnbench import envinfo, records, registry
 from attnbench.errors import UsageError
+from attnbench.plots import FORMATS
 from attnbench.report import print_report
 from attnbench.runner import CudaContextLost, default_run_dir, run_sweep
 from attnbench.spec import PRESETS, SweepSpec, build_spec
@@ -56,9 +57,6 @@ app = typer.Typer(
 # Wide tables stay whole in logs and pipes (rich assumes 80 columns when not on a terminal).
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
-
-FORMATS = ("png", "svg", "pdf")
-
 
 def _device(choice: str) -> str:
     if choice == "auto":
@@ -271,21 +269,20 @@ def plot(
     formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
     if not formats or any(f not in FORMATS for f in formats):
         raise UsageError(f"bad --format {fmt!r}; choose from {', '.join(FORMATS)}")
-    from attnbench import figures
+    from attnbench import paper
 
-    if figure not in figures.FIGURES:
-        raise UsageError(f"unknown figure {figure!r}; choose from {', '.join(figures.FIGURES)}")
+    if figure != "sweep" and figure not in paper.FIGURES:
+        raise UsageError(f"unknown figure {figure!r}; choose from sweep, {', '.join(paper.FIGURES)}")
     df = _load(run_dir, strict)
     from attnbench.plots import plot_run
 
     out_dir = _out_dir(out or run_dir)
     if figure != "sweep":
-        title = figures.run_title(run_dir)
-        for path in figures.save_figure(df, figure, out_dir, formats, title=title):
+        title = paper.run_title(run_dir)
+        for path in paper.save_figure(df, figure, out_dir, formats, title=title):
             console.print(str(path), highlight=False, markup=False)
-        if figure == "paper-kernels":
-            for line in figures.findings(df):
-                console.print(f"- {line}", highlight=False, markup=False)
+        for line in paper.figure_findings(df, figure):
+            console.print(f"- {line}", highlight=False, markup=False)
         return
     for path in plot_run(df, out_dir, title=f"attnbench run {run_dir.name}", formats=formats):
         console.print(str(path), highlight=False, markup=False)
