@@ -47,14 +47,6 @@ _MARK_TOP, _MARK_STEP = 0.97, 0.055  # axes fraction of the first mark row, and 
 _MARKERS = "osD^v<>ph*"
 
 
-def case_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """The frame with every column of ``attnbench.case.SHAPE_COLUMNS``.
-
-    Temporary: frames of records.py before schema 2 have no ``value_dim`` (= head_dim).
-    """
-    return df if "value_dim" in df else df.assign(value_dim=df["head_dim"])
-
-
 def styles(mechanisms: Iterable[str], first: Iterable[str] = ()) -> dict[str, dict]:
     """A colour and marker per mechanism: ``first`` in its order (every name of it, present
     or not, so that its colours hold from figure to figure), then the others sorted.
@@ -226,7 +218,6 @@ def save(fig, out_dir: Path, stem: str, formats=DEFAULT_FORMATS) -> list[Path]:
 def plot_run(df: pd.DataFrame, out_dir: Path, title: str,
              formats=DEFAULT_FORMATS) -> list[Path]:
     """One figure per shape (``SHAPE_COLUMNS`` but decay): modes x metrics panels."""
-    df = case_frame(df)
     device = df["device"].iloc[0]
     panels = [p for p in PANELS if not (device == "cpu" and p[0] == "extra_mem_mib")]
     style = styles(df["mechanism"].unique())

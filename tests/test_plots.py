@@ -8,7 +8,6 @@ import pytest
 from frames import paper_frame, row
 
 from attnbench import plots
-from attnbench.case import SHAPE_COLUMNS
 
 REAL_RUN = Path(__file__).resolve().parents[1] / "results" / "h100-paper"
 
@@ -94,14 +93,11 @@ def test_plot_run_one_figure_per_shape(tmp_path):
     assert names == ["sweep-head_dim128-value_dim128.png", "sweep-head_dim64-value_dim64.png"]
 
 
-def test_shape_text_and_old_frames():
+def test_shape_text():
     r = row("lightning2", "fwd", 1024, ms=1.0)
     assert plots.shape_text(r) == "batch 4, heads 32, head dim 128, bf16"
     assert plots.shape_text({**r, "value_dim": 64}) == (
         "batch 4, heads 32, head dim 128, value dim 64, bf16")
-    old = pd.DataFrame([r]).drop(columns="value_dim")  # records of schema 1
-    assert set(SHAPE_COLUMNS) <= set(plots.case_frame(old).columns)
-    assert plots.case_frame(old)["value_dim"].item() == 128
 
 
 def test_unsupported_everywhere_named_not_drawn():

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.paper.selection import MODE_WORDS, PAPER_SHAPE, lengths, one_shape, short
-from attnbench.plots import case_frame, shape_text
+from attnbench.plots import shape_text
 
 OFFICIAL_CSV = Path(__file__).resolve().parents[1] / "data" / "official_repo_operator_ms.csv"
 # Their names -> ours.
@@ -38,7 +38,6 @@ def official_table(df: pd.DataFrame) -> pd.DataFrame:
     theirs = official_operator_ms().rename(columns={"mechanism": "official_name",
                                                     "ms": "official_ms"})
     theirs["mechanism"] = theirs["official_name"].map(OFFICIAL_NAMES)
-    df = case_frame(df)
     mask = np.logical_and.reduce([df[k] == v for k, v in PAPER_SHAPE.items()])
     ours, _ = one_shape(df[mask], PAPER_SHAPE) if mask.any() else (df[mask], PAPER_SHAPE)
     ours = ours[["mechanism", "mode", "seq_len", "status", "time_ms"]].rename(
@@ -55,7 +54,6 @@ def nothing_to_compare(df: pd.DataFrame, table: pd.DataFrame) -> str | None:
     that there is nothing to compare and which shapes the run has instead."""
     if table["ratio"].notna().any():
         return None
-    df = case_frame(df)
     shapes = df.drop_duplicates(list(PAPER_SHAPE))
     ran = "; ".join(shape_text(row) for _, row in shapes.head(3).iterrows())
     ran += "; ..." if len(shapes) > 3 else ""

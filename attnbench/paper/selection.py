@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.case import SHAPE_COLUMNS
-from attnbench.plots import case_frame, shape_text
+from attnbench.plots import shape_text
 from attnbench.sizes import format_size
 
 # The paper's mechanisms, in the paper's order, with the names its figures use.
@@ -41,7 +41,6 @@ def one_shape(df: pd.DataFrame, shape: dict | None = None) -> tuple[pd.DataFrame
     """The rows of one shape (``SHAPE_KEYS``): ``shape`` if given, else the paper's when the run
     has it, else the shape with the most records. Where a mechanism ran both with and without
     decay, its decay rows are kept (the paper's kernels decay)."""
-    df = case_frame(df)
     if shape is None:
         shapes = df.groupby(SHAPE_KEYS).size().sort_values(ascending=False, kind="stable")
         paper = tuple(PAPER_SHAPE[k] for k in SHAPE_KEYS)
