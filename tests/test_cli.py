@@ -204,13 +204,14 @@ def test_run_in_an_unwritable_working_directory_is_one_line(monkeypatch, capsys,
     assert code == 0 and "linear-masked" in out
 
 
-@pytest.mark.parametrize("where", ["a file", "under a file", "unwritable"])
+@pytest.mark.parametrize("where", ["a file", "under a file", "unwritable", "an unwritable dir"])
 def test_plot_out_that_cannot_be_written_is_one_line(monkeypatch, capsys, tmp_path, where):
     run_dir = fake_run(tmp_path / "run")
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     out = {"a file": a_file, "under a file": a_file / "figs",
-           "unwritable": unwritable(tmp_path) / "figs"}[where]
+           "unwritable": unwritable(tmp_path) / "figs",
+           "an unwritable dir": unwritable(tmp_path)}[where]  # exists: fails at the first file
     code, stdout, err = cli(monkeypatch, capsys, "plot", run_dir, "--out", out, "--format", "png")
     one_line_error(code, stdout, err, str(out))
 
@@ -256,7 +257,9 @@ def test_text_in_square_brackets_is_printed_literally(monkeypatch, capsys, tmp_p
     assert code == 0, err
     assert str(run_dir) in out
     assert "[enforce fail at alloc_cpu.cpp:127]" in out  # the OOM line as it happens
-    for text in (out, cli(monkeypatch, capsys, "report", run_dir)[1]):
+    report = cli(monkeypatch, capsys, "report", run_dir)[1]
+    assert f"{run_dir}: attnbench run" in report  # its header
+    for text in (out, report):
         flat = " ".join(text.split())
         assert "pip install 'attnbench[xformers]'" in flat  # the report's notes
         assert "oom at 128: RuntimeError: [enforce fail at alloc_cpu.cpp:127]" in flat
@@ -400,3 +403,14 @@ def test_interrupt_hint_is_one_unbroken_line(monkeypatch, capsys, tmp_path, inst
                        "--modes", "fwd", "--out", run_dir, "--no-plot")
     assert code == 130
     assert f"continue with: attnbench run --resume {run_dir}\n" in err
+
+
+@pytest.mark.parametrize("figure", ["paper-kernels", "tokens", "official"])
+def test_plot_paper_figures_from_the_cli(monkeypatch, capsys, tmp_path, figure):
+    run_dir = fake_run(tmp_path / "run")
+    code, out, err = cli(monkeypatch, capsys, "plot", run_dir, "--figure", figure, "--out",
+                         tmp_path / "f", "--format", "png")
+    assert code == 0, err
+    assert any(p.suffix == ".png" for p in (tmp_path / "f").iterdir())
+    code, out, err = cli(monkeypatch, capsys, "plot", run_dir, "--figure", "nope")
+    one_line_error(code, out, err, "unknown figure 'nope'", "sweep, paper-kernels")

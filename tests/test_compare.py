@@ -360,3 +360,11 @@ def test_brackets_in_directory_names_survive_the_table(tmp_path, monkeypatch, ca
     code, out, err = run_cli(monkeypatch, capsys, "compare", b, n, "--allow-missing")
     flat = "".join(out.split())
     assert code == 0 and "base[bold]x" in flat and "new[red]y" in flat and "[red]softmx" in flat
+
+
+def test_fail_lines_are_not_wrapped(tmp_path, monkeypatch, capsys):
+    reason = "RuntimeError: " + "a long reason that a narrow terminal would wrap " * 4
+    b, n = runs(tmp_path, [rec()], [dataclasses.replace(rec(status="error"), reason=reason)])
+    code, _, err = run_cli(monkeypatch, capsys, "compare", b, n)
+    assert code == 1
+    assert f"FAIL linear-masked fwd b1 h4 n1024 d32 fp32 decay: status: ok -> error: {reason}\n" in err
