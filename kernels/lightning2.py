@@ -333,7 +333,7 @@ def _plan(d, e, dtype, tf32, config):
     return fwd, dq, dkdv, precision
 
 
-def _aligned(*tensors) -> bool:
+def _aligned(tensors) -> bool:
     """Every pointer 16-byte aligned (Triton specialises on it): one OR of the addresses."""
     acc = 0
     for t in tensors:
@@ -341,45 +341,78 @@ def _aligned(*tensors) -> bool:
     return acc & 15 == 0
 
 
-def _scan(q, k, v, o, decay, h0, ht, reverse, transpose_state, cfg, precision):
-    """One decayed scan into o (B, H, N, E); optional states (B, H, D', E') in fp32 where
-    the scan's (D, E) are (E', D') when ``transpose_state``."""
-    b, h, n, d = q.shape
-    e = v.shape[-1]
-    sd, se = (1, d) if transpose_state else (e, 1)
-    decay = q if decay is None else decay  # unused pointers: any tensor will do
-    h0 = q if h0 is None else h0
-    ht_ = q if ht is None else ht
+def _scan_launch(cfg, shape, dtype, has_decay, has_h0, store_ht, reverse, transpose, precision):
+    """A scan launch of ``shape`` = (B, H, N, D, E) of the scan, all but its 7 pointers:
+    (launcher, key, grid, the arguments after the pointers, num_warps, num_stages).
+    States (B, H, D', E') are read and written transposed when ``transpose`` (the scan's
+    (D, E) are then (E', D'))."""
+    b, h, n, d, e = shape
+    sd, se = (1, d) if transpose else (e, 1)
     tail = (h, d, e, sd, se, cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["BLOCK_E"], cfg["NUM_E"],
-            decay is not q, h0 is not q, ht is not None, reverse, precision)
-    _SCAN((tail, q.dtype, cfg["num_warps"], cfg["num_stages"]), (b * h * cfg["NUM_E"], 1, 1),
-          (q, k, v, o, decay, h0, ht_, n, *tail), cfg["num_warps"], cfg["num_stages"],
-          q.device.index, _aligned(q, k, v, o, decay, h0, ht_))
+            has_decay, has_h0, store_ht, reverse, precision)
+    nw, ns = cfg["num_warps"], cfg["num_stages"]
+    return _SCAN, (tail, dtype, nw, ns), (b * h * cfg["NUM_E"], 1, 1), (n, *tail), nw, ns
 
 
-def _dkdv(q, k, v, do, dk, dv, decay, dht, dh0, cfg, precision):
-    b, h, n, d = q.shape
-    e = v.shape[-1]
-    decay = q if decay is None else decay
-    dht_ = q if dht is None else dht
-    dh0_ = q if dh0 is None else dh0
-    tail = (h, d, e, cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["BLOCK_E"], decay is not q,
-            dht is not None, dh0 is not None, precision)
-    _DKDV((tail, q.dtype, cfg["num_warps"], cfg["num_stages"]), (b * h, 1, 1),
-          (q, k, v, do, dk, dv, decay, dht_, dh0_, n, *tail), cfg["num_warps"],
-          cfg["num_stages"], q.device.index, _aligned(q, k, v, do, dk, dv, decay, dht_, dh0_))
+def _dkdv_launch(cfg, shape, dtype, has_decay, has_dht, store_dh0, precision):
+    """The fused dk/dv launch, all but its 9 pointers (as ``_scan_launch``)."""
+    b, h, n, d, e = shape
+    tail = (h, d, e, cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["BLOCK_E"], has_decay, has_dht,
+            store_dh0, precision)
+    nw, ns = cfg["num_warps"], cfg["num_stages"]
+    return _DKDV, (tail, dtype, nw, ns), (b * h, 1, 1), (n, *tail), nw, ns
 
 
-def _lightning2_fwd(q, k, v, decay, h0, output_final_state, plan):
+def _launch(spec, pointers, device_index):
+    launcher, key, grid, rest, nw, ns = spec
+    launcher(key, grid, pointers + rest, nw, ns, device_index, _aligned(pointers))
+
+
+class _Launches:
+    """Every launch of one call shape, built once (the per-call work is then the pointers):
+    the forward scan, and per (dht given, dh0 wanted) the backward's scans."""
+
+    def __init__(self, plan, shape, dtype, has_decay, has_h0, output_final_state):
+        self.plan, self.shape, self.dtype = plan, shape, dtype
+        self.has_decay, self.has_h0 = has_decay, has_h0
+        self.fwd = _scan_launch(plan[0], shape, dtype, has_decay, has_h0, output_final_state,
+                                False, False, plan[3])
+        self._bwd: dict = {}
+
+    def bwd(self, has_dht, need_dh0):
+        spec = self._bwd.get((has_dht, need_dh0))
+        if spec is None:
+            fwd_cfg, dq_cfg, dkdv, precision = self.plan
+            b, h, n, d, e = self.shape
+            flip = (b, h, n, e, d)  # the dq and dk scans' (D, E) are (E, D)
+            dq = _scan_launch(dq_cfg, flip, self.dtype, self.has_decay, self.has_h0, False,
+                              False, True, precision)
+            if dkdv is not None:
+                rest = (_dkdv_launch(dkdv, self.shape, self.dtype, self.has_decay, has_dht,
+                                     need_dh0, precision),)
+            else:
+                rest = (_scan_launch(dq_cfg, flip, self.dtype, self.has_decay, has_dht, False,
+                                     True, True, precision),
+                        _scan_launch(fwd_cfg, self.shape, self.dtype, self.has_decay, has_dht,
+                                     need_dh0, True, False, precision))
+            spec = self._bwd[(has_dht, need_dh0)] = (dq, *rest)
+        return spec
+
+
+def _lightning2_fwd(q, k, v, decay, h0, output_final_state, launches):
     """o (B, H, N, E) in v's dtype, and the final state (B, H, D, E) fp32 if asked."""
-    b, h, n, d = q.shape
     o = torch.empty_like(v)
-    ht = q.new_empty(b, h, d, v.shape[-1], dtype=torch.float32) if output_final_state else None
-    _scan(q, k, v, o, decay, h0, ht, False, False, plan[0], plan[3])
+    ht = None
+    if output_final_state:
+        b, h, _, d = q.shape
+        ht = q.new_empty(b, h, d, v.shape[-1], dtype=torch.float32)
+    # Unused pointer arguments (no decay, no states) get q: any tensor will do.
+    _launch(launches.fwd, (q, k, v, o, q if decay is None else decay, q if h0 is None else h0,
+                           q if ht is None else ht), q.device.index)
     return o, ht
 
 
-def _lightning2_bwd(q, k, v, do, decay, h0, dht, need_dh0, plan):
+def _lightning2_bwd(q, k, v, do, decay, h0, dht, need_dh0, launches):
     """dq, dk, dv (input dtype) and dh0 (fp32, if ``need_dh0``), derivation in the notes.
 
     dq_i = do_i · (lambda^(i+1) S0 + sum_{j<=i} lambda^(i-j) k_j^T v_j)^T: the causal scan of
@@ -387,31 +420,35 @@ def _lightning2_bwd(q, k, v, do, decay, h0, dht, need_dh0, plan):
     (k, q, do) from dS_N (which ends as dS0), or with ``fused`` one anti-causal scan that
     shares dS between them.
     """
-    fwd_cfg, dq_cfg, dkdv, precision = plan
-    b, h, n, d = q.shape
-    e = v.shape[-1]
+    spec = launches.bwd(dht is not None, need_dh0)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dh0 = q.new_empty(b, h, d, e, dtype=torch.float32) if need_dh0 else None
-    # dq: the scan's (D, E) are (E, D): its state is S^T, read from h0 transposed.
-    _scan(do, v, k, dq, decay, h0, None, False, True, dq_cfg, precision)
-    if dkdv is not None:
-        _dkdv(q, k, v, do, dk, dv, decay, dht, dh0, dkdv, precision)
+    dh0 = None
+    if need_dh0:
+        b, h, _, d = q.shape
+        dh0 = q.new_empty(b, h, d, v.shape[-1], dtype=torch.float32)
+    dev = q.device.index
+    decay = q if decay is None else decay
+    dht_, dh0_ = (q if dht is None else dht), (q if dh0 is None else dh0)
+    # dq: the scan's state is S^T, read from h0 transposed.
+    _launch(spec[0], (do, v, k, dq, decay, q if h0 is None else h0, q), dev)
+    if len(spec) == 2:  # fused dk/dv
+        _launch(spec[1], (q, k, v, do, dk, dv, decay, dht_, dh0_), dev)
     else:
-        _scan(v, do, q, dk, decay, dht, None, True, True, dq_cfg, precision)
-        _scan(k, q, do, dv, decay, dht, dh0, True, False, fwd_cfg, precision)
+        _launch(spec[1], (v, do, q, dk, decay, dht_, q), dev)
+        _launch(spec[2], (k, q, do, dv, decay, dht_, dh0_), dev)
     return dq, dk, dv, dh0
 
 
 class Lightning2Function(torch.autograd.Function):
-    """apply(q, k, v, decay, h0, output_final_state, plan) -> (o, ht or None).
+    """apply(q, k, v, decay, h0, output_final_state, launches) -> o or (o, ht).
 
-    Inputs validated and contiguous; ``plan`` from ``_plan``."""
+    Inputs validated and contiguous; ``launches`` the call's ``_Launches``."""
 
     @staticmethod
-    def forward(ctx, q, k, v, decay, h0, output_final_state, plan):
-        o, ht = _lightning2_fwd(q, k, v, decay, h0, output_final_state, plan)
+    def forward(ctx, q, k, v, decay, h0, output_final_state, launches):
+        o, ht = _lightning2_fwd(q, k, v, decay, h0, output_final_state, launches)
         ctx.save_for_backward(q, k, v, decay, h0)
-        ctx.plan = plan
+        ctx.launches = launches
         ctx.need_dh0 = h0 is not None and ctx.needs_input_grad[4]
         if ht is None:
             return o
@@ -422,7 +459,7 @@ class Lightning2Function(torch.autograd.Function):
         q, k, v, decay, h0 = ctx.saved_tensors
         dq, dk, dv, dh0 = _lightning2_bwd(
             q, k, v, do.contiguous(), decay, h0,
-            None if dht is None else dht.contiguous(), ctx.need_dh0, ctx.plan,
+            None if dht is None else dht.contiguous(), ctx.need_dh0, ctx.launches,
         )
         return dq, dk, dv, None, dh0, None, None
 
@@ -467,17 +504,20 @@ def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=
     """
     # One dictionary lookup when this call's shapes, dtypes and devices were seen before:
     # they passed validation, and the launch settings (tiles, flags) are kept with them.
-    key = (input_key(q, k, v, decay, initial_state), bool(tf32),
+    key = (input_key(q, k, v, decay, initial_state), bool(output_final_state), bool(tf32),
            None if _config is None else tuple(sorted(_config.items())))
-    plan = _CALLS.get(key)
-    if plan is None:
+    launches = _CALLS.get(key)
+    if launches is None:
         check_inputs(q, k, v, decay, initial_state, on_cpu=_ON_CPU)
-        plan = _plan(q.shape[-1], v.shape[-1], q.dtype, bool(tf32) and q.dtype == torch.float32,
-                     _config)
+        b, h, n, d = q.shape
+        e = v.shape[-1]
+        plan = _plan(d, e, q.dtype, bool(tf32) and q.dtype == torch.float32, _config)
+        launches = _Launches(plan, (b, h, n, d, e), q.dtype, decay is not None,
+                             initial_state is not None, bool(output_final_state))
         if key[0] is not None:
             if len(_CALLS) > 4096:
                 _CALLS.clear()
-            _CALLS[key] = plan
+            _CALLS[key] = launches
     check_rates(decay)
     if not q.is_contiguous():
         q = q.contiguous()
@@ -496,10 +536,11 @@ def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=
         q.requires_grad or k.requires_grad or v.requires_grad
         or (initial_state is not None and initial_state.requires_grad)
     ):
-        return Lightning2Function.apply(q, k, v, decay, initial_state, output_final_state, plan)
-    o, ht = _lightning2_fwd(q, k, v, decay, initial_state, output_final_state, plan)
+        return Lightning2Function.apply(q, k, v, decay, initial_state, output_final_state,
+                                        launches)
+    o, ht = _lightning2_fwd(q, k, v, decay, initial_state, output_final_state, launches)
     return (o, ht) if output_final_state else o
 
 
-_CALLS: dict = {}  # (input_key, tf32, config) -> launch plan
+_CALLS: dict = {}  # (input_key, output_final_state, tf32, config) -> _Launches
 _ON_CPU = interpreted(_lightning2_scan_kernel)
