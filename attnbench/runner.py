@@ -62,6 +62,7 @@ class SweepState:
     spent per line."""
 
     oom_at: dict = field(default_factory=dict)  # series -> shortest length that ran out
+    slow_at: dict = field(default_factory=dict)  # series -> shortest length that timed out
     last_ok: dict = field(default_factory=dict)  # series -> (seq_len, time_ms)
     # series -> seconds spent measuring, first calls (compilation, autotuning) left out
     spent_s: dict = field(default_factory=dict)
@@ -72,6 +73,8 @@ class SweepState:
         self.spent_s[series] = self.spent_s.get(series, 0.0) + seconds
         if record.status == "oom" and not record.reason.startswith("not tried"):
             self.oom_at[series] = min(self.oom_at.get(series, case.seq_len), case.seq_len)
+        elif record.status == "timeout":
+            self.slow_at[series] = min(self.slow_at.get(series, case.seq_len), case.seq_len)
         elif record.status == "ok":
             prev = self.last_ok.get(series)
             if prev is None or case.seq_len >= prev[0]:
@@ -202,6 +205,11 @@ class Sweep:
         if free is not None and need > free:
             return record("oom", reason=f"not tried: needs at least {need / 2**30:.1f} GiB, "
                                         f"{free / 2**30:.1f} GiB free on {device}")
+        slow_n = self.state.slow_at.get(series)
+        if slow_n is not None and case.seq_len > slow_n:
+            return record("skipped", reason=f"not tried: at seq_len {slow_n} one call already "
+                                            f"took too long for --max-case-seconds "
+                                            f"{spec.max_case_seconds:g}")
         guess = predicted_ms(mech, case, self.state)
         if guess is not None and guess * CALLS_PER_CASE > spec.max_case_seconds * 1e3:
             return record("skipped", reason=f"predicted {guess / 1e3:.2f} s per call; measuring "
