@@ -94,10 +94,10 @@ def _lightning2_scan_kernel(
     # and share their q and k reads through L2.
     i_bh, i_e = tl.program_id(0) // NUM_E, tl.program_id(0) % NUM_E
     i_h = i_bh % H
-    q_base = q + i_bh.to(tl.int64) * N * D
-    k_base = k + i_bh.to(tl.int64) * N * D
-    v_base = v + i_bh.to(tl.int64) * N * E
-    o_base = o + i_bh.to(tl.int64) * N * E
+    q += i_bh.to(tl.int64) * N * D
+    k += i_bh.to(tl.int64) * N * D
+    v += i_bh.to(tl.int64) * N * E
+    o += i_bh.to(tl.int64) * N * E
 
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
@@ -134,11 +134,11 @@ def _lightning2_scan_kernel(
         o_t = base + o_n
         m_t = (o_t >= 0) & (o_t < N)
         # Masked loads fill zeros outside [0, N) and past D, E: partial blocks are exact.
-        b_q = tl.load(q_base + o_t[:, None] * D + o_d[None, :],
+        b_q = tl.load(q + o_t[:, None] * D + o_d[None, :],
                       mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_k = tl.load(k_base + o_t[:, None] * D + o_d[None, :],
+        b_k = tl.load(k + o_t[:, None] * D + o_d[None, :],
                       mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_v = tl.load(v_base + o_t[:, None] * E + o_e[None, :],
+        b_v = tl.load(v + o_t[:, None] * E + o_e[None, :],
                       mask=m_t[:, None] & m_e[None, :], other=0.0)  # [BLOCK_N, BLOCK_E]
 
         b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)  # [BLOCK_N, BLOCK_N]
@@ -156,7 +156,7 @@ def _lightning2_scan_kernel(
         else:
             b_o += b_inter
             b_h += tl.dot(tl.trans(b_k), b_v, input_precision=PRECISION)
-        tl.store(o_base + o_t[:, None] * E + o_e[None, :], b_o.to(o.dtype.element_ty),
+        tl.store(o + o_t[:, None] * E + o_e[None, :], b_o.to(o.dtype.element_ty),
                  mask=m_t[:, None] & m_e[None, :])
     if STORE_HT:
         tl.store(ht + p_h, b_h, mask=m_h)
@@ -194,12 +194,12 @@ def _lightning2_bwd_dkdv_kernel(
     """
     i_bh = tl.program_id(0)
     i_h = i_bh % H
-    q_base = q + i_bh.to(tl.int64) * N * D
-    k_base = k + i_bh.to(tl.int64) * N * D
-    dk_base = dk + i_bh.to(tl.int64) * N * D
-    v_base = v + i_bh.to(tl.int64) * N * E
-    do_base = do + i_bh.to(tl.int64) * N * E
-    dv_base = dv + i_bh.to(tl.int64) * N * E
+    q += i_bh.to(tl.int64) * N * D
+    k += i_bh.to(tl.int64) * N * D
+    dk += i_bh.to(tl.int64) * N * D
+    v += i_bh.to(tl.int64) * N * E
+    do += i_bh.to(tl.int64) * N * E
+    dv += i_bh.to(tl.int64) * N * E
 
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
@@ -229,10 +229,10 @@ def _lightning2_bwd_dkdv_kernel(
         m_te = m_t[:, None] & m_e[None, :]
         p_d = o_t[:, None] * D + o_d[None, :]
         p_e = o_t[:, None] * E + o_e[None, :]
-        b_q = tl.load(q_base + p_d, mask=m_td, other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_k = tl.load(k_base + p_d, mask=m_td, other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_v = tl.load(v_base + p_e, mask=m_te, other=0.0)  # [BLOCK_N, BLOCK_E]
-        b_do = tl.load(do_base + p_e, mask=m_te, other=0.0)  # [BLOCK_N, BLOCK_E]
+        b_q = tl.load(q + p_d, mask=m_td, other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_k = tl.load(k + p_d, mask=m_td, other=0.0)  # [BLOCK_N, BLOCK_D]
+        b_v = tl.load(v + p_e, mask=m_te, other=0.0)  # [BLOCK_N, BLOCK_E]
+        b_do = tl.load(do + p_e, mask=m_te, other=0.0)  # [BLOCK_N, BLOCK_E]
         b_dsc = b_ds.to(b_q.dtype)  # [BLOCK_D, BLOCK_E]
 
         # dv: (k Q^T * M^T) dO + k dS.
@@ -247,7 +247,7 @@ def _lightning2_bwd_dkdv_kernel(
             b_dv += b_dvi * b_rf[:, None]
         else:
             b_dv += b_dvi
-        tl.store(dv_base + p_e, b_dv.to(dv.dtype.element_ty), mask=m_te)
+        tl.store(dv + p_e, b_dv.to(dv.dtype.element_ty), mask=m_te)
 
         # dk: (v dO^T * M^T) q + v dS^T.
         b_p = tl.dot(b_v, tl.trans(b_do), input_precision=PRECISION)  # [BLOCK_N, BLOCK_N] v_j·do_t
@@ -261,7 +261,7 @@ def _lightning2_bwd_dkdv_kernel(
             b_dk += b_dki * b_rf[:, None]
         else:
             b_dk += b_dki
-        tl.store(dk_base + p_d, b_dk.to(dk.dtype.element_ty), mask=m_td)
+        tl.store(dk + p_d, b_dk.to(dk.dtype.element_ty), mask=m_td)
 
         # dS <- lambda^L dS + sum_t lambda^(t - anchor') q_t^T do_t.
         if HAS_DECAY:

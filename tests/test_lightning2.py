@@ -183,6 +183,21 @@ def test_tf32_error_is_as_stated():
 
 
 @pytest.mark.gpu
+def test_direct_launch_gives_the_same_results():
+    """The second call of a shape goes through the compiled kernel's launcher directly
+    (kernels/common.py: Launcher): same output and gradients as the first, through Triton."""
+    q, k, v, do = inputs(2, 3, 333, 64, 64, torch.bfloat16, "cuda", seed=8)
+    decay = default_decay(3, "cuda")
+    fast_before = lightning2._SCAN.fast
+    first = forward_backward(lightning_attn2, q, k, v, do, decay)
+    second = forward_backward(lightning_attn2, q, k, v, do, decay)
+    assert lightning2._SCAN.disabled is None
+    assert lightning2._SCAN.fast >= fast_before + 4  # forward and three backward scans
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
 def test_many_heads_beyond_the_grid_y_limit():
     """B * H = 70000 > 65535: the grid holds it on its first axis."""
     q = torch.randn(1, 70000, 3, 16, device="cuda", dtype=torch.float16)
