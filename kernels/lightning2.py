@@ -14,10 +14,16 @@ benchmarks/notes/lightning2.md.
 Kernels:
 * ``_lightning2_scan_kernel``: one decayed scan o = q · (state of k^T v), causal or
   anti-causal (REVERSE), the state split over BLOCK_E columns per program. It is the
-  forward, dq (the causal scan of (do, v, k)), and for head dims above 128 the dk and dv
-  scans (anti-causal scans of (v, do, q) and (k, q, do)).
+  forward, dq (the causal scan of (do, v, k)), dk (the anti-causal scan of (v, do, q)) and
+  dv (the anti-causal scan of (k, q, do)): the backward is three scans (the default).
 * ``_lightning2_bwd_dkdv_kernel``: dk and dv in one anti-causal scan per head that holds
   the whole gradient state dS (D, E) on chip and shares it between them (head dims <= 128).
+  Opt-in (``_config={"fused": True}``): fewer FLOPs and bytes, but slower on the H100
+  (one serial chain per SM; notes, round two).
+
+Host side: a call's validation and launch settings are cached by its shapes, dtypes and
+devices, and after the first call the compiled kernels are launched directly
+(``common.Launcher``), so issuing a call costs little more than its allocations.
 """
 
 from __future__ import annotations
