@@ -367,4 +367,5 @@ def test_fail_lines_are_not_wrapped(tmp_path, monkeypatch, capsys):
     b, n = runs(tmp_path, [rec()], [dataclasses.replace(rec(status="error"), reason=reason)])
     code, _, err = run_cli(monkeypatch, capsys, "compare", b, n)
     assert code == 1
-    assert f"FAIL linear-masked fwd b1 h4 n1024 d32 fp32 decay: status: ok -> error: {reason}\n" in err
+    line = f"FAIL linear-masked fwd b1 h4 n1024 d32 fp32 decay: status: ok -> error: {reason}"
+    assert line + "\n" in err

@@ -80,17 +80,18 @@ def test_a_second_writer_is_refused_and_a_killed_case_is_recorded_on_resume(monk
                                                                             tmp_path):
     run_dir = tmp_path / "run"
     first = child(*SWEEP, "--out", run_dir, cwd=tmp_path)
-    wait_for_started(run_dir, 128, first)
+    try:
+        wait_for_started(run_dir, 128, first)
 
-    # Issue 12 item 2: a second process on the same directory gets one line and exit 2.
-    code, out, err = finish(child("run", "--resume", run_dir, "--no-plot", cwd=tmp_path))
-    assert code == 2, (out, err)
-    assert f"is being written by attnbench pid {first.pid}" in " ".join(err.split())
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-
-    # Item 4: the system kills the run inside a case (as the OOM killer would).
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+        # Issue 12 item 2: a second process on the same directory gets one line and exit 2.
+        code, out, err = finish(child("run", "--resume", run_dir, "--no-plot", cwd=tmp_path))
+        assert code == 2, (out, err)
+        assert f"is being written by attnbench pid {first.pid}" in " ".join(err.split())
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    finally:
+        # Item 4: the system kills the run inside a case (as the OOM killer would).
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
     assert first.returncode == -signal.SIGKILL
     assert (run_dir / records.LOCK_FILE).read_text().startswith(f"attnbench pid {first.pid}")
 
