@@ -20,7 +20,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.transforms as mtransforms  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
@@ -126,7 +125,7 @@ def finish_axis(ax, seq_lens, values: pd.Series | None = None, big: bool = False
         return
     lo, hi = values.min(), values.max()
     decades = math.log10(hi / lo)
-    subs = (1.0,) if decades > 2.5 else (1.0, 2.0, 5.0) if decades > 0.8 else np.arange(1, 10)
+    subs = (1.0,) if decades > 2.5 else (1.0, 2.0, 5.0) if decades > 0.8 else (1, 2, 3, 5, 7)
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.yaxis.set_major_formatter(FuncFormatter(number if big else lambda y, _p: f"{y:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
@@ -143,8 +142,11 @@ def draw_panel(ax, part: pd.DataFrame, column: str, style: dict[str, dict], seq_
     """``draw_series`` then ``finish_axis`` on what it drew (k/M/G ticks for tokens/s); a
     panel with no measured value says ``empty`` in its middle."""
     marks = draw_series(ax, part, column, style, band=band, label=label)
-    values = part.loc[part["status"] == "ok", column].dropna()
-    finish_axis(ax, seq_lens, values, big=column == "tokens_per_s", marks=marks)
+    ok = part[part["status"] == "ok"]
+    values = ok[column].dropna()
+    spread = ok[["time_ms_p20", "time_ms_p80"]].stack() if band and column == "time_ms" else []
+    finish_axis(ax, seq_lens, pd.concat([values, pd.Series(spread, dtype="float64")]),
+                big=column == "tokens_per_s", marks=marks)
     if len(values) == 0:
         ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.4")
 

@@ -61,3 +61,15 @@ def test_nothing_of_the_paper_in_the_run():
     assert all(not ax.get_lines() for ax in fig.axes)
     assert [t.get_text() for ax in fig.axes for t in ax.texts] == [
         "no fwd records", "no bwd records", "no fwd records", "no bwd records"]
+
+
+def test_unsupported_everywhere_is_named_not_drawn():
+    import pandas as pd
+    from frames import row
+
+    never = [row("lightning1", m, n, "unsupported", reason="runs on cuda only")
+             for m in ("fwd", "bwd") for n in (1024, 2048)]
+    fig = paper_kernels(pd.concat([paper_frame(mechanisms=("lightning2",)), pd.DataFrame(never)]))
+    assert "not run: Lightning-1 (lightning1) (runs on cuda only)" in fig._suptitle.get_text()
+    assert _marks_x(fig.axes[0]) == []  # no U marks
+    assert set(_lines(fig.axes[0])) == {label("lightning2")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from attnbench.paper.selection import PAPER_MECHANISMS, describe, label, one_shape
-from attnbench.plots import draw_panel, legend_below, plt, styles, suptitle
+from attnbench.plots import draw_panel, legend_below, never_ran, plt, styles, suptitle
 
 
 def paper_kernels(df: pd.DataFrame, memory: str = "peak_mem_mib", title: str = "",
@@ -16,14 +16,15 @@ def paper_kernels(df: pd.DataFrame, memory: str = "peak_mem_mib", title: str = "
     inputs included as the paper's figure counts them; ``memory="extra_mem_mib"`` for the
     part above the inputs) for the paper's mechanisms found in the run; a length without a
     measurement is a mark at the top edge (x: out of memory, S: skipped, ...). A mechanism the
-    run lacks is named in the title, never drawn empty.
+    run lacks, or that is unsupported at every length, is named in the title, never drawn.
     """
     part, shape = one_shape(df, shape)
+    seq_lens, about = sorted(part["seq_len"].unique()), describe(part, shape)
+    part = part[part["mechanism"].isin(PAPER_MECHANISMS)]
+    absent = never_ran(part)  # unsupported at every length
+    part = part[~part["mechanism"].isin(absent)]
     present = [m for m in PAPER_MECHANISMS if m in set(part["mechanism"])]
-    missing = [m for m in PAPER_MECHANISMS if m not in present]
-    seq_lens = sorted(part["seq_len"].unique())
-    about = describe(part, shape)
-    part = part[part["mechanism"].isin(present)]
+    missing = [m for m in PAPER_MECHANISMS if m not in present and m not in absent]
     style = styles(present, first=PAPER_MECHANISMS)
     what = "peak memory" if memory == "peak_mem_mib" else "memory above inputs"
     panels = [("fwd", "time_ms", "forward: runtime (ms)"),
@@ -44,6 +45,9 @@ def paper_kernels(df: pd.DataFrame, memory: str = "peak_mem_mib", title: str = "
     notes = [head + (f" - {title}" if title else ""), about]
     if missing:
         notes.append("not in this run: " + ", ".join(label(m) for m in missing))
+    if absent:
+        notes.append("not run: " + "; ".join(f"{label(m)} ({why or 'unsupported'})"
+                                             for m, why in absent.items()))
     suptitle(fig, notes)
     legend_below(fig, part, style, label=label)
     return fig
