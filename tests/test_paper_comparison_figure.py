@@ -10,7 +10,7 @@ def test_three_panels_with_a_ratio():
     assert len(fig.axes) == 3 and fig.axes[2].get_lines()
     title = fig._suptitle.get_text()
     assert "ours on cuda" in title
-    assert "ours not in this run (their line only): xformers" in title
+    assert "no measurement of ours (their line only): xformers (not in run)" in title
 
 
 def test_nothing_to_compare_says_so_instead_of_an_empty_ratio():

@@ -54,11 +54,11 @@ def official_figure(df: pd.DataFrame, title: str = ""):
     notes = [head + (f" - {title}" if title else ""),
              f"{shape_text(PAPER_SHAPE)}, causal; {ours}, theirs on a GPU the README does not "
              "state"]
-    absent = [m for m, rows in table.groupby("mechanism")
-              if (rows["ours_status"] == "not in run").all()]
-    if absent and not nothing:
-        notes.append("ours not in this run (their line only): "
-                     + ", ".join(label(m) for m in order(absent)))
+    unmeasured = {m: ", ".join(sorted(set(rows["ours_status"])))
+                  for m, rows in table.groupby("mechanism") if rows["ratio"].isna().all()}
+    if unmeasured and not nothing:
+        notes.append("no measurement of ours (their line only): " + "; ".join(
+            f"{label(m)} ({unmeasured[m]})" for m in order(unmeasured)))
     suptitle(fig, notes, width=160)
     theirs = Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle=":",
                     label="official README (dotted)")
