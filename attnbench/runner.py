@@ -357,7 +357,10 @@ def run_sweep(
             repaired.append(f"a last line cut off by a crash was moved to {records.TORN_FILE}")
         done = list(journal.records)
 
+        current: list[Case] = []  # the case being measured, if any
+
         def emit(rec: Record) -> None:
+            current.clear()
             writer.write(rec)
             counts[rec.status] = counts.get(rec.status, 0) + 1
             if on_record is not None:
@@ -379,14 +382,11 @@ def run_sweep(
         todo = len({c.key() for c in cases} - {r.case.key() for r in done})
         if on_start is not None:
             on_start(out, cases, todo)
-        current: list[Case] = []  # the case being measured, if any
-
         def started(case: Case) -> None:
             current[:] = [case]
             writer.started(case, time.time())
 
-        sweep = Sweep(spec, lambda rec: (current.clear(), emit(rec)),
-                      on_case=on_status or (lambda text: None), started=started)
+        sweep = Sweep(spec, emit, on_case=on_status or (lambda text: None), started=started)
         try:
             sweep.run(cases, done)
         except KeyboardInterrupt:
