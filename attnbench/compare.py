@@ -66,7 +66,13 @@ after the other):
 
 - 10 identical pairs: new/base median time per case from 0.01x to 230x (median change per
   pair 33% to 730%); the rule above failed 9 of the 10 pairs, with up to 21 of 24 cases
-  "regressed". No threshold helps: the issue's ``--threshold 0.5`` still failed.
+  "regressed". No threshold helps: at ``--threshold`` 0.5, 1.0 and even 3.0 (a case 4x
+  slower) it still failed 9, 9 and 8 of the 10.
+- 10 pairs with a planted 30% slowdown of linear-masked in the new run
+  (``ATTNBENCH_PLANT_SLOWDOWN=linear-masked:0.3``): the rule above failed all 10 and flagged
+  linear-masked in all 10, but it also flagged an untouched mechanism (sdpa-math or
+  linear-cumsum) in 9 of 10, as it flagged linear-masked in 8 of the 10 identical pairs:
+  no signal.
 - More runs do not settle it: keeping each case's best of k runs per side, the 20 runs
   taken alternately as base and new, identical sets still differ by 0.20x-2.3x at k = 5
   (40% of cases by more than 30%) and by 0.80x-1.47x at k = 10 (12% of cases).
