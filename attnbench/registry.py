@@ -81,6 +81,59 @@ def prefix_state_bytes(c: Case) -> float:
                           * c.head_dim * c.value_dim)
 
 
+# --- byte models (the roofline) ------------------------------------------------------------
+# The HBM bytes one call of the case's mode must move at least, by what its algorithm keeps in
+# memory: inputs read and outputs written once, plus the intermediates the algorithm itself
+# stores (the references' n x n matrices and prefix states). What a fused kernel's tiling,
+# recomputation or chunk states add is not counted: that is the gap the roofline shows. The
+# decay rates (H numbers) are left out. ``fwdbwd`` moves what ``fwd`` and ``bwd`` move.
+
+LSE_BYTES = 4  # FlashAttention keeps one fp32 logsumexp per row for its backward
+
+
+def _per_mode(c: Case, fwd: float, bwd: float) -> float:
+    return {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}[c.mode]
+
+
+def io_traffic(c: Case) -> float:
+    """fwd reads q, k, v and writes o; bwd reads q, k, v, do and writes dq, dk, dv.
+
+    The floor of any fused kernel: linear attention's backward needs no o (Lightning-2
+    recomputes what it needs from q, k, v and the on-chip state).
+    """
+    rows, el = c.batch * c.heads * c.seq_len, ELEMENT_BYTES[c.dtype]
+    d, e = c.head_dim, c.value_dim
+    return float(el * rows * _per_mode(c, 2 * d + 2 * e, (2 * d + 2 * e) + (2 * d + e)))
+
+
+def softmax_io_traffic(c: Case) -> float:
+    """``io_traffic``; the backward also reads o and the forward's fp32 logsumexp per row
+    (FlashAttention's backward needs both to rebuild the softmax)."""
+    rows = c.batch * c.heads * c.seq_len
+    extra = rows * (ELEMENT_BYTES[c.dtype] * c.value_dim + LSE_BYTES)
+    return io_traffic(c) + _per_mode(c, 0.0, float(extra))
+
+
+def _materialised(c: Case, elements: float) -> float:
+    """An intermediate of ``elements`` kept in memory in the case's dtype: written and read
+    once forward; backward reads the saved one and writes and reads its gradient."""
+    return ELEMENT_BYTES[c.dtype] * elements * _per_mode(c, 2, 3)
+
+
+def score_matrix_traffic(c: Case) -> float:
+    """``io_traffic`` plus one n x n matrix per head (scores, or scores times the decay
+    mask), whole: PyTorch does not skip the masked half. Autograd's backward of these forms
+    reads the saved matrix, not o."""
+    return io_traffic(c) + _materialised(c, c.batch * c.heads * c.seq_len ** 2)
+
+
+def prefix_state_traffic(c: Case) -> float:
+    """``io_traffic`` plus every prefix state (n x D x E per head): the cumsum form stores
+    them all, the recurrence writes and reads one per step."""
+    return io_traffic(c) + _materialised(
+        c, c.batch * c.heads * c.seq_len * c.head_dim * c.value_dim)
+
+
 # --- the mechanism record ----------------------------------------------------------------
 
 
@@ -111,6 +164,7 @@ class Mechanism:
     pip_hint: str = ""  # how to get that package
     flops: Callable[[Case], float] = quadratic_flops  # forward FLOPs of one call
     memory: Callable[[Case], float] = io_bytes  # bytes a call must hold at least
+    traffic: Callable[[Case], float] = io_traffic  # bytes one call of the mode must move
     oracle: str = ""  # the float64 reference that checks it
     # Extra availability test beyond "the package imports": returns a reason, or "" if fine.
     probe: Callable[[], str] | None = None
@@ -221,6 +275,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         decay=True,
         flops=linear_state_flops,
         oracle="linear-recurrent",
+        traffic=io_traffic,
     ),
     Mechanism(
         name="lightning1",
@@ -231,6 +286,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         decay=True,
         flops=quadratic_flops,
         oracle="linear-recurrent",
+        traffic=io_traffic,
     ),
     Mechanism(
         name="peer-lightning-attn",
@@ -243,6 +299,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         pip_hint="pip install 'attnbench[peers]'",
         flops=linear_state_flops,
         oracle="linear-recurrent",
+        traffic=io_traffic,
         case_limits=_peer_limits,
     ),
     Mechanism(
@@ -257,6 +314,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         pip_hint="pip install 'attnbench[peers]'",
         flops=linear_state_flops,
         oracle="linear-recurrent",
+        traffic=io_traffic,
         warmup_note="fla autotunes on its first call (30-120 s on an H100)",
     ),
     Mechanism(
@@ -269,6 +327,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         decay=True,
         flops=linear_state_flops,
         oracle="linear-masked",
+        traffic=prefix_state_traffic,
     ),
     Mechanism(
         name="linear-masked",
@@ -281,6 +340,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         flops=quadratic_flops,
         memory=score_matrix_bytes,
         oracle="linear-recurrent",
+        traffic=score_matrix_traffic,
     ),
     Mechanism(
         name="linear-cumsum",
@@ -293,6 +353,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         flops=linear_state_flops,
         memory=prefix_state_bytes,
         oracle="linear-recurrent",
+        traffic=prefix_state_traffic,
     ),
     # Softmax attention -----------------------------------------------------------------
     Mechanism(
@@ -304,6 +365,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         head_dims=(1, 1024),
         memory=score_matrix_bytes,
         oracle="sdpa-math",
+        traffic=score_matrix_traffic,
     ),
     Mechanism(
         name="sdpa-math",
@@ -314,6 +376,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         head_dims=(1, 1024),
         memory=score_matrix_bytes,
         oracle="softmax-naive",
+        traffic=score_matrix_traffic,
     ),
     Mechanism(
         name="flash2",
@@ -328,6 +391,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         pip_hint="pip install 'attnbench[flash]'",
         value_dim_equal=True,
         oracle="softmax-naive",
+        traffic=softmax_io_traffic,
         probe=_softmax("flash2_problem"),
         choice=_softmax("flash2_choice"),
         impl_of=_impl("flash2_impl"),
@@ -342,6 +406,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         head_dim_multiple=8,
         value_dim_equal=True,
         oracle="softmax-naive",
+        traffic=softmax_io_traffic,
         probe=_softmax("sdpa_problem", "FLASH_ATTENTION"),
     ),
     Mechanism(
@@ -355,6 +420,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         head_dim_multiple=8,
         value_dim_equal=True,
         oracle="softmax-naive",
+        traffic=softmax_io_traffic,
         probe=_softmax("sdpa_problem", "CUDNN_ATTENTION"),
     ),
     Mechanism(
@@ -364,6 +430,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         summary="PyTorch SDPA pinned to its memory-efficient (CUTLASS) backend",
         head_dims=(4, 1024),
         oracle="softmax-naive",
+        traffic=softmax_io_traffic,
         case_limits=_cutlass_limits,
     ),
     Mechanism(
@@ -378,6 +445,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         pip_hint="pip install 'attnbench[xformers]', a build for this torch",
         value_dim_equal=True,
         oracle="softmax-naive",
+        traffic=softmax_io_traffic,
         probe=_softmax("xformers_problem"),
         case_limits=_cutlass_limits,
         impl_of=_impl("xformers_impl"),

@@ -84,3 +84,44 @@ def test_flop_models():
     assert registry.linear_state_flops(small) == 4 * 10 * 4 * 8
     assert registry.MODE_FLOP_FACTOR["bwd"] == 2.5
     assert registry.MODE_FLOP_FACTOR["fwdbwd"] == 3.5
+
+
+# One small shape counted by hand: b=1, h=2, n=8, d=4, e=6, bf16 (2 bytes); 16 rows of q..o.
+# FLOPs (forward): quadratic b·h·n²·(d+e) = 2·64·10 = 1280; linear state 4·b·h·n·d·e = 1536.
+# Bytes: fwd q 64 + k 64 + v 96 + o 96 = 320 elements = 640 B; bwd reads q, k, v, do (320)
+# and writes dq, dk, dv (224): 1088 B. Softmax kernels' bwd also read o (96 el, 192 B) and
+# one fp32 logsumexp per row (64 B): 1344. An n x n matrix per head is 128 elements: +512 B
+# forward (written, read), +768 B backward (read, gradient written and read). Every prefix
+# state is 16 x 24 = 384 elements: +1536 B forward, +2304 B backward.
+HAND_COUNTS = {  # name: (fwd FLOPs, fwd bytes, bwd bytes)
+    "lightning2": (1536, 640, 1088),
+    "lightning1": (1280, 640, 1088),
+    "peer-lightning-attn": (1536, 640, 1088),
+    "peer-fla-chunk": (1536, 640, 1088),
+    "linear-recurrent": (1536, 2176, 3392),
+    "linear-masked": (1280, 1152, 1856),
+    "linear-cumsum": (1536, 2176, 3392),
+    "softmax-naive": (1280, 1152, 1856),
+    "sdpa-math": (1280, 1152, 1856),
+    "flash2": (1280, 640, 1344),
+    "sdpa-flash": (1280, 640, 1344),
+    "sdpa-cudnn": (1280, 640, 1344),
+    "sdpa-efficient": (1280, 640, 1344),
+    "xformers": (1280, 640, 1344),
+}
+
+
+def test_every_mechanism_has_a_hand_count():
+    assert set(HAND_COUNTS) == set(registry.names())
+
+
+@pytest.mark.parametrize("name", sorted(HAND_COUNTS))
+def test_flop_and_byte_models_match_a_count_by_hand(name):
+    mech, (flops, fwd_bytes, bwd_bytes) = registry.get(name), HAND_COUNTS[name]
+    case = make_case(name, batch=1, heads=2, seq_len=8, head_dim=4, value_dim=6, dtype="bf16")
+    assert mech.flops(case) == flops
+    assert mech.mode_flops(case.with_(mode="bwd")) == 2.5 * flops
+    assert mech.traffic(case) == fwd_bytes
+    assert mech.traffic(case.with_(mode="bwd")) == bwd_bytes
+    assert mech.traffic(case.with_(mode="fwdbwd")) == fwd_bytes + bwd_bytes
+    assert mech.traffic(case.with_(dtype="fp32")) == 2 * fwd_bytes
