@@ -42,6 +42,11 @@ class PreparedCall:
         """FLOPs of one call by the mechanism's model."""
         return self.mechanism.mode_flops(self.case)
 
+    @property
+    def bytes(self) -> float:
+        """Bytes one call must move at least, by the mechanism's byte model (its traffic)."""
+        return self.mechanism.traffic(self.case)
+
 
 def prepare_call(mech: registry.Mechanism, case: Case, device: str,
                  fn: Callable | None = None) -> PreparedCall:

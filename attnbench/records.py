@@ -57,6 +57,7 @@ class Record:
     host_ms: float = NAN  # host time to issue one call (CUDA, calls <= 2 ms); ~time_ms: host-bound
     tokens_per_s: float = NAN  # batch x seq_len / time
     tflops: float = NAN  # from the mechanism's FLOP model
+    gbps: float = NAN  # achieved bandwidth, GB/s by the mechanism's byte model (its traffic)
     peak_mem_mib: float = NAN  # peak allocated during the measured call, inputs included
     extra_mem_mib: float = NAN  # the part above what was allocated before the call
     max_rel_err: float = NAN  # worst of output and gradients against the float64 oracle

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from attnbench import check as checking
-from attnbench import envinfo, measure, records, registry
+from attnbench import envinfo, measure, peaks, records, registry
 from attnbench.case import Case
 from attnbench.errors import UsageError
 from attnbench.prepare import prepare_call
@@ -114,7 +114,8 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
     return dict(
         values, status="ok", time_ms=timing.median_ms, time_ms_p20=timing.p20_ms,
         time_ms_p80=timing.p80_ms, reps=timing.reps, tokens_per_s=case.tokens / seconds,
-        tflops=prepared.flops / seconds / 1e12, peak_mem_mib=peak, extra_mem_mib=extra,
+        tflops=prepared.flops / seconds / 1e12, gbps=prepared.bytes / seconds / 1e9,
+        peak_mem_mib=peak, extra_mem_mib=extra,
     )
 
 
@@ -350,7 +351,7 @@ def run_sweep(
             records.write_meta(out, dict(
                 command=shlex.join(["attnbench", *sys.argv[1:]]),
                 started=datetime.now().isoformat(), spec=spec.to_json(),
-                environment=envinfo.environment()))
+                environment=envinfo.environment(), peaks=peaks.device_peaks(device)))
         journal = records.read_journal(out)
         repaired = [f"{records.JSONL_FILE} {problem} (left out)" for problem in journal.problems]
         if writer.repaired:

@@ -24,6 +24,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _peaks_cache(tmp_path_factory):
+    """Measured device peaks go to a cache of this session, not the user's ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(autouse=True)
 def nan_poisoned_empty(monkeypatch):
     """Fill floating torch.empty/empty_like with NaN, so an output a kernel never writes fails."""
