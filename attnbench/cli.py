@@ -69,13 +69,18 @@ def _device(choice: str) -> str:
 
 
 def _load(run_dir: Path, strict: bool):
-    """records.load, with damaged lines reported as one warning (``--strict``: exit 2)."""
+    """records.load, with damaged lines reported as one warning (``--strict``: exit 2), and
+    cases recorded more than once as another."""
     df = records.load(run_dir, strict=strict)
     problems = df.attrs.get("problems", [])
     if problems:
         err_console.print(f"[yellow]warning:[/] {escape(str(run_dir))}: {len(problems)} damaged "
                           f"line(s) in {records.JSONL_FILE} left out: "
                           f"{escape('; '.join(problems[:3]))}" + (" ..." if len(problems) > 3 else ""),
+                          highlight=False, soft_wrap=True)
+    if df.attrs.get("duplicates"):  # two writers before the lock existed, or joined files
+        err_console.print(f"[yellow]warning:[/] {escape(str(run_dir))}: {df.attrs['duplicates']} "
+                          "record(s) of cases recorded more than once; the last of each is used",
                           highlight=False, soft_wrap=True)
     return df
 

@@ -329,6 +329,21 @@ def test_resume_reports_damaged_lines_and_measures_only_what_is_missing(monkeypa
     assert sorted(df["seq_len"]) == [64, 128] and set(df["status"]) == {"ok"}
 
 
+@pytest.mark.parametrize("view", ["report", "export", "compare"])
+def test_cases_recorded_twice_warn_and_count_once(monkeypatch, capsys, tmp_path, view):
+    """Issue 12 item 2: two writers (before the lock) left duplicates that views hid."""
+    run_dir = fake_run(tmp_path / "run")
+    path = run_dir / "records.jsonl"
+    path.write_text(path.read_text() * 2)
+    args = {"report": ["report", run_dir], "export": ["export", run_dir],
+            "compare": ["compare", run_dir, run_dir]}[view]
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 0 and "4 record(s) of cases recorded more than once" in " ".join(err.split())
+    if view == "export":
+        names = [b["name"] for b in json.loads(out)]
+        assert len(names) == len(set(names)) == 4
+
+
 # --- smaller items -----------------------------------------------------------------------------
 
 

@@ -346,7 +346,7 @@ def test_cli_on_cpu_runs_says_times_are_not_gated(tmp_path, monkeypatch, capsys)
 def test_two_real_cpu_runs_one_after_the_other_pass(tmp_path, monkeypatch, capsys):
     """The issue's reproduction, small: two identical back-to-back CPU runs, then compare."""
     sweep = ["run", "--device", "cpu", "--mechanisms", "sdpa-math,linear-masked", "--seq-lens",
-             "64,256", "--heads", "2", "--head-dim", "16", "--no-plot"]
+             "64,256", "--heads", "2", "--head-dim", "16", "--modes", "fwd", "--no-plot"]
     for side in ("base", "new"):
         assert run_cli(monkeypatch, capsys, *sweep, "--out", tmp_path / side)[0] == 0
     code, out, err = run_cli(monkeypatch, capsys, "compare", tmp_path / "base", tmp_path / "new")
