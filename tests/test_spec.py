@@ -32,7 +32,10 @@ def test_explicit_options_override_preset():
     (dict(batch="0"), "positive"),
     (dict(heads="abc"), "bad size"),
     (dict(dtypes=","), "empty dtype list"),
-    (dict(max_case_seconds=0), "must be positive"),
+    (dict(max_case_seconds=0), "must be a positive number"),
+    (dict(max_case_seconds=float("nan")), "must be a positive number, not nan"),
+    (dict(line_seconds=-1), "--line-seconds must be a number >= 0"),
+    (dict(value_dims="0"), "positive"),
 ])
 def test_bad_input_is_a_usage_error(kwargs, message):
     args = dict(preset="cpu", device="cpu")
@@ -60,3 +63,19 @@ def test_spec_json_round_trip():
 def test_every_preset_builds():
     for name in PRESETS:
         build_spec(name, "cpu")
+
+
+def test_value_dims_default_to_the_head_dim_and_multiply_the_grid():
+    same = expand(build_spec("cpu", "cpu", mechanisms="linear-masked", head_dims="16,32",
+                             seq_lens="128", modes="fwd"))
+    assert [(c.head_dim, c.value_dim) for c in same] == [(16, 16), (32, 32)]
+    other = expand(build_spec("cpu", "cpu", mechanisms="linear-masked", head_dims="16",
+                              value_dims="8,24", seq_lens="128", modes="fwd"))
+    assert [(c.head_dim, c.value_dim) for c in other] == [(16, 8), (16, 24)]
+
+
+def test_specs_of_schema_1_runs_still_read():
+    old = {k: v for k, v in build_spec("quick", "cuda").to_json().items()
+           if k not in ("value_dims", "line_seconds")}
+    spec = SweepSpec.from_json(old)
+    assert spec.value_dims == () and spec.line_seconds == 0.0
