@@ -244,6 +244,7 @@ def _out_dir(path: Path) -> Path:
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     metric: Annotated[str, typer.Option(help="tokens, time, memory or all.")] = "all",
+    roofline: Annotated[bool, typer.Option("--roofline", help="Instead: achieved GB/s by each mechanism's byte model and the shares of the device's measured peak bandwidth and matmul throughput.")] = False,
     strict: STRICT = False,
 ) -> None:
     """Print a run's tables: tokens/s, time and memory pivoted by sequence length."""
@@ -259,6 +260,11 @@ def report(
                   f"[dim]{escape(env.get('gpu') or 'CPU')}, torch {packages.get('torch')}, "
                   f"triton {packages.get('triton')}, commit {escape(str(env.get('git_commit')))}[/]",
                   highlight=False)
+    if roofline:
+        from attnbench.roofline import print_roofline
+
+        print_roofline(df, meta, console)
+        return
     print_report(df, console, metrics)
 
 
@@ -267,7 +273,7 @@ def plot(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the figures (default: the run directory).")] = None,
     fmt: Annotated[str, typer.Option("--format", help=f"{', '.join(FORMATS)}, comma separated.")] = "png,svg",
-    figure: Annotated[str, typer.Option(help="sweep (every shape and metric), paper-kernels (the paper's Fig. 3, with findings), tokens (tokens/s of every mechanism) or official (against the official repository's timings).")] = "sweep",
+    figure: Annotated[str, typer.Option(help="sweep (every shape and metric), roofline (arithmetic intensity against achieved TFLOP/s, with the measured roofs), paper-kernels (the paper's Fig. 3, with findings), tokens (tokens/s of every mechanism) or official (against the official repository's timings).")] = "sweep",
     strict: STRICT = False,
 ) -> None:
     """Plot time, tokens/s and memory against sequence length (log axes, OOM marked)."""
@@ -276,12 +282,22 @@ def plot(
         raise UsageError(f"bad --format {fmt!r}; choose from {', '.join(FORMATS)}")
     from attnbench import paper
 
-    if figure != "sweep" and figure not in paper.FIGURES:
-        raise UsageError(f"unknown figure {figure!r}; choose from sweep, {', '.join(paper.FIGURES)}")
+    if figure not in ("sweep", "roofline") and figure not in paper.FIGURES:
+        raise UsageError(f"unknown figure {figure!r}; choose from sweep, roofline, "
+                         f"{', '.join(paper.FIGURES)}")
     df = _load(run_dir, strict)
     from attnbench.plots import plot_run
 
     out_dir = _out_dir(out or run_dir)
+    if figure == "roofline":
+        from attnbench import roofline
+
+        meta = records.read_meta(run_dir)
+        for path in roofline.save_roofline(df, meta, out_dir, formats, paper.run_title(run_dir)):
+            console.print(str(path), highlight=False, markup=False)
+        for line in roofline.findings(roofline.roofline_frame(df, meta), meta):
+            console.print(f"- {line}", highlight=False, markup=False)
+        return
     if figure != "sweep":
         title = paper.run_title(run_dir)
         for path in paper.save_figure(df, figure, out_dir, formats, title=title):

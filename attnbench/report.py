@@ -18,7 +18,15 @@ METRICS = {
     "tokens": ("tokens_per_s", "M tokens/s (higher is better)", lambda x: f"{x / 1e6:.3g}", True),
     "time": ("time_ms", "time, ms (median)", lambda x: f"{x:.3g}", True),
     "memory": ("extra_mem_mib", "memory above inputs, MiB", lambda x: f"{x:,.0f}", False),
+    # the roofline (columns of attnbench.roofline.roofline_frame)
+    "bandwidth": ("gbps", "achieved GB/s by the byte model",
+                  lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.3g}", False),
+    "bandwidth-share": ("bw_share", "% of the measured peak bandwidth",
+                        lambda x: f"{100 * x:.2g}%", False),
+    "compute-share": ("compute_share", "% of the measured peak matmul TFLOP/s",
+                      lambda x: f"{100 * x:.2g}%", False),
 }
+ROOFLINE_METRICS = ("bandwidth", "bandwidth-share", "compute-share")
 STATUS_CELL = {"oom": "[red]OOM[/]", "error": "[red]error[/]", "unsupported": "[dim]n/a[/]",
                "skipped": "[yellow]skip[/]", "timeout": "[yellow]timeout[/]"}
 
