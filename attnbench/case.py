@@ -7,6 +7,13 @@ a default so that older records still read, and every view picks it up.
 
 Field metadata ``tag`` is the field's short name in labels (``b2-h16-n4096-d128-bf16``);
 ``omit`` says when a label leaves it out (its default, or a value equal to another field).
+
+Two kinds of case share these fields. An operator case (mode ``fwd``, ``bwd``, ``fwdbwd``) times
+one attention call of the shape. A ``train`` case times one training step of a model
+(``model``, ``size``, ``checkpointing``) whose attention is ``mechanism``; its heads, head dims,
+dtype (the precision policy) and decay are the model's, and its batch is the real number of
+sequences per step, so ``tokens`` is the tokens a step trains on. At a fixed number of tokens
+per step that batch follows the length (``FOLLOWS_LENGTH``): it is not part of a line.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ def _tag(tag: str, omit=None):
 @dataclass(frozen=True)
 class Case:
     mechanism: str
-    mode: str  # fwd | bwd | fwdbwd
+    mode: str  # fwd | bwd | fwdbwd | train
     batch: int = field(metadata=_tag("b"))
     heads: int = field(metadata=_tag("h"))
     seq_len: int = field(metadata=_tag("n"))
@@ -31,6 +38,13 @@ class Case:
     value_dim: int = field(metadata=_tag("e", omit=lambda c: c.value_dim == c.head_dim))
     dtype: str = field(metadata=_tag(""))
     decay: bool = field(metadata=_tag("decay", omit=lambda c: not c.decay))
+    # A training step (mode "train"): the model family and size preset (attnbench.models), and
+    # activation checkpointing. Operator cases leave them at their defaults, so their labels,
+    # keys of older records and tables read as before.
+    model: str = field(default="", metadata=_tag("", omit=lambda c: not c.model))
+    size: str = field(default="", metadata=_tag("", omit=lambda c: not c.size))
+    checkpointing: bool = field(default=False,
+                                metadata=_tag("ckpt", omit=lambda c: not c.checkpointing))
 
     @property
     def tokens(self) -> int:
@@ -42,8 +56,10 @@ class Case:
         return tuple(getattr(self, name) for name in KEY_COLUMNS)
 
     def series(self) -> tuple:
-        """Everything but the length: the cases of one line on a plot."""
-        return tuple(getattr(self, name) for name in SERIES_COLUMNS)
+        """Everything but the length (and what follows it, ``FOLLOWS_LENGTH``): the cases of
+        one line on a plot."""
+        follows = FOLLOWS_LENGTH.get(self.mode, ())
+        return tuple(getattr(self, name) for name in SERIES_COLUMNS if name not in follows)
 
     def shape(self) -> dict:
         """The fields that are neither the mechanism, the mode nor the length."""
@@ -107,3 +123,27 @@ def _coerce(type_name: str, value):
 KEY_COLUMNS: list[str] = [f.name for f in fields(Case)]
 SERIES_COLUMNS: list[str] = [c for c in KEY_COLUMNS if c != "seq_len"]
 SHAPE_COLUMNS: list[str] = [c for c in KEY_COLUMNS if c not in ("mechanism", "mode", "seq_len")]
+# Fields that change along a line in cases of a mode: a training step's batch is tokens per
+# step // seq_len (at least 1), so it falls as the length grows.
+FOLLOWS_LENGTH: dict[str, tuple[str, ...]] = {"train": ("batch",)}
+# The fields with a default, and that default: a field at its default in every record of a
+# table (the model of an operator sweep) is not shown.
+DEFAULTS: dict = {f.name: f.default for f in fields(Case) if f.default is not MISSING}
+
+
+def view_columns(frame) -> tuple[list[str], list[str]]:
+    """(the shape columns that tell the lines of a tidy ``frame`` apart, those the same in
+    every row): what tables and figures label rows and titles with.
+
+    Left out of both: a field at its default in every row (``model`` of an operator sweep),
+    and a field that follows the length in every row's mode (a training step's batch).
+    """
+    varying, fixed = [], []
+    for col in SHAPE_COLUMNS:
+        values = frame[col]
+        if col in DEFAULTS and (values == DEFAULTS[col]).all():
+            continue
+        if all(col in FOLLOWS_LENGTH.get(mode, ()) for mode in frame["mode"].unique()):
+            continue
+        (varying if values.nunique() > 1 else fixed).append(col)
+    return varying, fixed

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from attnbench.case import SHAPE_COLUMNS  # noqa: E402
+from attnbench.case import DEFAULTS, FOLLOWS_LENGTH, SHAPE_COLUMNS, view_columns  # noqa: E402
 from attnbench.sizes import format_size  # noqa: E402
 
 # The file formats every figure can be written in (the CLI validates --format against these).
@@ -196,10 +196,16 @@ def suptitle(fig, lines: Iterable[str], width: int = 120) -> None:
 
 def shape_text(row) -> str:
     """'batch 4, heads 32, head dim 128, bf16' from the shape columns of a record (decay is a
-    property of each mechanism; the value dim is named only where it differs)."""
+    property of each mechanism; the value dim is named only where it differs; a field with a
+    default, such as a training step's model, only where the record has another value; not
+    a field that follows the length, such as a training step's batch)."""
     words = []
     for col in SHAPE_COLUMNS:
         if col == "decay" or (col == "value_dim" and row[col] == row["head_dim"]):
+            continue
+        if col in DEFAULTS and row.get(col, DEFAULTS[col]) == DEFAULTS[col]:
+            continue
+        if col in FOLLOWS_LENGTH.get(row.get("mode"), ()):  # a training step's batch
             continue
         words.append(str(row[col]) if col == "dtype" else f"{col.replace('_', ' ')} {row[col]}")
     return ", ".join(words)
@@ -223,7 +229,7 @@ def plot_run(df: pd.DataFrame, out_dir: Path, title: str,
     device = df["device"].iloc[0]
     panels = [p for p in PANELS if not (device == "cpu" and p[0] == "extra_mem_mib")]
     style = styles(df["mechanism"].unique())
-    varying = [c for c in SHAPE_COLUMNS if c != "decay" and df[c].nunique() > 1]
+    varying = [c for c in view_columns(df)[0] if c != "decay"]
     paths = []
     for key, part in df.groupby(varying, sort=True) if varying else [((), df)]:
         key = key if isinstance(key, tuple) else (key,)

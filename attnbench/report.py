@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from attnbench.case import SHAPE_COLUMNS
+from attnbench.case import FOLLOWS_LENGTH, view_columns
 from attnbench.measure import HOST_BOUND_FRACTION, host_bound
 from attnbench.sizes import format_size
 
@@ -45,8 +45,8 @@ def _cell(row: pd.Series, column: str, fmt, mark_host: bool) -> str:
 def tables(df: pd.DataFrame, metric: str) -> list[Table]:
     """One table per mode for ``metric`` ("tokens", "time" or "memory")."""
     column, title, fmt, mark_host = METRICS[metric]
-    varying = [c for c in SHAPE_COLUMNS if df[c].nunique() > 1]
-    fixed = ", ".join(f"{c}={df[c].iloc[0]}" for c in SHAPE_COLUMNS if c not in varying)
+    varying, same = view_columns(df)
+    fixed = ", ".join([f"{c}={df[c].iloc[0]}" for c in same] + _following(df))
     seq_lens = sorted(df["seq_len"].unique())
     out = []
     for mode, part in df.groupby("mode", sort=False):
@@ -72,6 +72,17 @@ def tables(df: pd.DataFrame, metric: str) -> list[Table]:
                       for n in seq_lens]
             table.add_row(*cells)
         out.append(table)
+    return out
+
+
+def _following(df: pd.DataFrame) -> list[str]:
+    """'batch=64 at 1k .. 1 at 64k' for each field that follows the length in these rows (a
+    training step's batch at a fixed number of tokens per step)."""
+    out = []
+    for col in dict.fromkeys(c for mode in df["mode"].unique() for c in FOLLOWS_LENGTH.get(mode, ())):
+        by_len = df.groupby("seq_len")[col].first().sort_index()
+        ends = [f"{by_len.iloc[i]} at {format_size(int(by_len.index[i]))}" for i in (0, -1)]
+        out.append(f"{col}={ends[0]}" + (f" .. {ends[1]}" if len(by_len) > 1 else ""))
     return out
 
 

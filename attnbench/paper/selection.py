@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from attnbench.case import SHAPE_COLUMNS
+from attnbench.case import DEFAULTS, SHAPE_COLUMNS
 from attnbench.plots import shape_text
 from attnbench.sizes import format_size
 
@@ -43,13 +43,15 @@ def one_shape(df: pd.DataFrame, shape: dict | None = None) -> tuple[pd.DataFrame
     decay, its decay rows are kept (the paper's kernels decay)."""
     if shape is None:
         shapes = df.groupby(SHAPE_KEYS).size().sort_values(ascending=False, kind="stable")
-        paper = tuple(PAPER_SHAPE[k] for k in SHAPE_KEYS)
+        paper = tuple(PAPER_SHAPE.get(k, DEFAULTS.get(k)) for k in SHAPE_KEYS)
         shape = dict(zip(SHAPE_KEYS, paper if paper in shapes.index else shapes.index[0]))
     mask = np.logical_and.reduce([df[k] == v for k, v in shape.items()])
     part = df[mask]
     both = part.groupby("mechanism")["decay"].transform("nunique") > 1
     part = part[~both | part["decay"]]
-    return part, {k: (v.item() if hasattr(v, "item") else v) for k, v in shape.items()}
+    shape = {k: (v.item() if hasattr(v, "item") else v) for k, v in shape.items()}
+    # fields at their defaults (no model: an operator shape) are not part of what it says
+    return part, {k: v for k, v in shape.items() if not (k in DEFAULTS and v == DEFAULTS[k])}
 
 
 def describe(part: pd.DataFrame, shape: dict) -> str:
