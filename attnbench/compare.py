@@ -331,8 +331,6 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, threshold: float = DEF
     gate_times = cpu_times or _device(base) != "cpu"
     result = Comparison(base_name, new_name, threshold, mem_threshold, allow_missing, gate,
                         times_gated=gate_times)
-    if not gate_times:
-        result.warnings.append(CPU_WARNING)
     cases = {key: side[0] for side_map in (b, n) for key, side in side_map.items()}
     for key in sorted(cases, key=lambda k: (cases[k].series(), cases[k].seq_len)):
         c = compare_case(cases[key], b.get(key, (None, None))[1], n.get(key, (None, None))[1],
@@ -340,6 +338,10 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, threshold: float = DEF
         if c.failed and gate and c.case.mechanism not in gate:
             c = replace(c, failed=False, not_gated=True)
         result.cases.append(c)
+    if not gate_times:
+        ratios = [c.time_ratio for c in result.cases if not _isnan(c.time_ratio)]
+        here = f" Here new/base time: {min(ratios):.2f}x to {max(ratios):.2f}x." if ratios else ""
+        result.warnings.insert(0, CPU_WARNING + here)
     return result
 
 
