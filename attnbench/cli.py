@@ -121,23 +121,41 @@ def _progress() -> Progress:
                     TimeRemainingColumn(), console=console, transient=False)
 
 
+# The sweep options of `run`, declared once: `profile` takes the same.
+_Preset = Annotated[str | None, typer.Option(help=f"One of {', '.join(PRESETS)}; default: quick on a GPU, cpu without.")]
+_Mechanisms = Annotated[str | None, typer.Option(help="Names or families (softmax, linear), comma separated; default all that run on the device.")]
+_SeqLens = Annotated[str | None, typer.Option(help="e.g. 1k..256k (doubling) or 1k,3k,8192.")]
+_Batch = Annotated[str | None, typer.Option(help="Batch sizes, e.g. 1,4.")]
+_Heads = Annotated[str | None, typer.Option(help="Head counts, e.g. 16,32.")]
+_HeadDim = Annotated[str | None, typer.Option(help="q/k head dims D, e.g. 64,128.")]
+_ValueDim = Annotated[str | None, typer.Option(help="v head dims E (default: = head dim), e.g. 64,256.")]
+_Dtype = Annotated[str | None, typer.Option(help="fp16, bf16, fp32, comma separated.")]
+_Modes = Annotated[str | None, typer.Option(help="fwd, bwd (backward alone), fwdbwd.")]
+_Decay = Annotated[bool | None, typer.Option("--decay/--no-decay", help="Per-head decay for linear mechanisms that take it.", show_default=False)]
+_MaxCaseSeconds = Annotated[float | None, typer.Option(help="Skip cases predicted to take longer to measure.")]
+_LineSeconds = Annotated[float | None, typer.Option(help="Seconds one line (mechanism, mode, shape) may spend over its lengths; 0 = no limit.")]
+_Device = Annotated[str, typer.Option(help="auto, cuda or cpu.")]
+_Out = Annotated[Path | None, typer.Option(help="Run directory (default results/<name>).")]
+_Name = Annotated[str | None, typer.Option(help="Run name under results/.")]
+
+
 @app.command(cls=_Command)
 def run(
-    preset: Annotated[str | None, typer.Option(help=f"One of {', '.join(PRESETS)}; default: quick on a GPU, cpu without.")] = None,
-    mechanisms: Annotated[str | None, typer.Option(help="Names or families (softmax, linear), comma separated; default all that run on the device.")] = None,
-    seq_lens: Annotated[str | None, typer.Option(help="e.g. 1k..256k (doubling) or 1k,3k,8192.")] = None,
-    batch: Annotated[str | None, typer.Option(help="Batch sizes, e.g. 1,4.")] = None,
-    heads: Annotated[str | None, typer.Option(help="Head counts, e.g. 16,32.")] = None,
-    head_dim: Annotated[str | None, typer.Option(help="q/k head dims D, e.g. 64,128.")] = None,
-    value_dim: Annotated[str | None, typer.Option(help="v head dims E (default: = head dim), e.g. 64,256.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="fp16, bf16, fp32, comma separated.")] = None,
-    modes: Annotated[str | None, typer.Option(help="fwd, bwd (backward alone), fwdbwd.")] = None,
-    decay: Annotated[bool | None, typer.Option("--decay/--no-decay", help="Per-head decay for linear mechanisms that take it.", show_default=False)] = None,
-    max_case_seconds: Annotated[float | None, typer.Option(help="Skip cases predicted to take longer to measure.")] = None,
-    line_seconds: Annotated[float | None, typer.Option(help="Seconds one line (mechanism, mode, shape) may spend over its lengths; 0 = no limit.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Run directory (default results/<name>).")] = None,
-    name: Annotated[str | None, typer.Option(help="Run name under results/.")] = None,
+    preset: _Preset = None,
+    mechanisms: _Mechanisms = None,
+    seq_lens: _SeqLens = None,
+    batch: _Batch = None,
+    heads: _Heads = None,
+    head_dim: _HeadDim = None,
+    value_dim: _ValueDim = None,
+    dtype: _Dtype = None,
+    modes: _Modes = None,
+    decay: _Decay = None,
+    max_case_seconds: _MaxCaseSeconds = None,
+    line_seconds: _LineSeconds = None,
+    device: _Device = "auto",
+    out: _Out = None,
+    name: _Name = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory; its sweep is kept.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write plots at the end.")] = True,
 ) -> None:
@@ -227,6 +245,77 @@ def _finish(run_dir: Path, plot: bool) -> None:
                       highlight=False)
     console.print(f"records: {escape(str(run_dir / records.JSONL_FILE))}, "
                   f"{records.PARQUET_FILE}, {records.CSV_FILE}", highlight=False)
+
+
+@app.command(cls=_Command)
+def profile(
+    preset: _Preset = None,
+    mechanisms: _Mechanisms = None,
+    seq_lens: _SeqLens = None,
+    batch: _Batch = None,
+    heads: _Heads = None,
+    head_dim: _HeadDim = None,
+    value_dim: _ValueDim = None,
+    dtype: _Dtype = None,
+    modes: _Modes = None,
+    decay: _Decay = None,
+    max_case_seconds: _MaxCaseSeconds = None,
+    line_seconds: _LineSeconds = None,
+    device: _Device = "auto",
+    out: _Out = None,
+    name: _Name = None,
+    calls: Annotated[int, typer.Option(help="Calls profiled per case, after two warm-up calls.")] = 3,
+    memory_timeline: Annotated[bool, typer.Option("--memory-timeline", help="Also record PyTorch's memory history of one call per case (CUDA): snapshot pickle and PNG.")] = False,
+    ncu: Annotated[bool, typer.Option("--ncu", help="Also run each case's kernels under Nsight Compute (where ncu is on the PATH): DRAM and SM throughput, occupancy, registers, local-memory traffic.")] = False,
+    top: Annotated[int, typer.Option(help="Kernels shown per case (all are in kernels.parquet).")] = 12,
+) -> None:
+    """Profile a sweep: each case is timed as by run, then profiled (torch.profiler): a Perfetto trace and a per-kernel table per case."""
+    from attnbench.profile import finalize_kernels, print_kernels, profile_sweep
+
+    if calls < 1:
+        raise UsageError(f"--calls must be at least 1, not {calls}")
+    dev = _device(device)
+    spec = build_spec(device=dev, preset=preset, mechanisms=mechanisms, seq_lens=seq_lens,
+                      batch=batch, heads=heads, head_dims=head_dim, value_dims=value_dim,
+                      dtypes=dtype, modes=modes, decay=decay,
+                      max_case_seconds=max_case_seconds, line_seconds=line_seconds)
+    run_dir = out if out is not None else (
+        Path("results") / name if name else Path(f"{default_run_dir(spec)}-profile"))
+    with _progress() as progress:
+        task = progress.add_task("starting", total=None)
+
+        def on_start(path: Path, cases, todo: int) -> None:
+            progress.console.print(f"{len(cases)} cases -> {escape(str(path))}", highlight=False)
+            progress.update(task, total=todo)
+
+        def on_record(rec: records.Record) -> None:
+            progress.advance(task)
+            if rec.status != "ok":
+                c = rec.case
+                progress.console.print(f"[yellow]{escape(c.mechanism)} {c.mode} n={c.seq_len}: "
+                                       f"{rec.status}[/] {escape(rec.reason)}", highlight=False)
+
+        try:
+            result = profile_sweep(spec, run_dir, calls=calls, memory_timeline=memory_timeline,
+                                   ncu=ncu, on_start=on_start, on_record=on_record,
+                                   on_status=lambda text: progress.update(task, description=text))
+            progress.update(task, description="done")
+        except (KeyboardInterrupt, CudaContextLost) as exc:
+            progress.stop()
+            why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"the CUDA context is lost ({exc})"
+            err_console.print(f"{escape(why)}; what was profiled is in {escape(str(run_dir))}",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
+    for line in result.notes:
+        console.print(f"[yellow]{escape(line)}[/]", highlight=False)
+    kernels = finalize_kernels(run_dir)
+    if kernels is None or kernels.empty:
+        console.print("no case measured ok, so none was profiled", highlight=False)
+    else:
+        print_kernels(kernels, console, top=top)
+    console.print(f"traces: {escape(str(run_dir / 'profiles'))}; kernels: "
+                  f"{escape(str(run_dir / 'kernels.parquet'))}, kernels.csv; records: "
+                  f"{escape(str(run_dir / records.JSONL_FILE))}", highlight=False)
 
 
 STRICT = Annotated[bool, typer.Option("--strict", help="Exit 2 if records.jsonl has a damaged line, instead of warning.")]
