@@ -428,4 +428,4 @@ def test_plot_paper_figures_from_the_cli(monkeypatch, capsys, tmp_path, figure):
     assert code == 0, err
     assert any(p.suffix == ".png" for p in (tmp_path / "f").iterdir())
     code, out, err = cli(monkeypatch, capsys, "plot", run_dir, "--figure", "nope")
-    one_line_error(code, out, err, "unknown figure 'nope'", "sweep, paper-kernels")
+    one_line_error(code, out, err, "unknown figure 'nope'", "choose from sweep", "paper-kernels")
