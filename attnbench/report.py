@@ -19,11 +19,11 @@ METRICS = {
     "time": ("time_ms", "time, ms (median)", lambda x: f"{x:.3g}", True),
     "memory": ("extra_mem_mib", "memory above inputs, MiB", lambda x: f"{x:,.0f}", False),
     # the roofline (columns of attnbench.roofline.roofline_frame)
-    "bandwidth": ("gbps", "achieved GB/s by the byte model",
+    "bandwidth": ("gbps", "GB/s (byte model)",
                   lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.3g}", False),
-    "bandwidth-share": ("bw_share", "% of the measured peak bandwidth",
+    "bandwidth-share": ("bw_share", "% of peak bandwidth",
                         lambda x: f"{100 * x:.2g}%", False),
-    "compute-share": ("compute_share", "% of the measured peak matmul TFLOP/s",
+    "compute-share": ("compute_share", "% of peak matmul",
                       lambda x: f"{100 * x:.2g}%", False),
 }
 ROOFLINE_METRICS = ("bandwidth", "bandwidth-share", "compute-share")
