@@ -33,7 +33,7 @@ from attnbench import check as checking
 from attnbench import envinfo, measure, peaks, records, registry
 from attnbench.case import Case
 from attnbench.errors import UsageError
-from attnbench.prepare import prepare_call
+from attnbench.prepare import call_flops, memory_floor, prepare_call, unsupported_reason
 from attnbench.records import Record
 from attnbench.spec import SweepSpec, expand
 
@@ -63,8 +63,10 @@ class SweepState:
 
     oom_at: dict = field(default_factory=dict)  # series -> shortest length that ran out
     slow_at: dict = field(default_factory=dict)  # series -> shortest length that timed out
-    last_ok: dict = field(default_factory=dict)  # series -> (seq_len, time_ms)
-    # series -> seconds spent measuring, first calls (compilation, autotuning) left out
+    last_ok: dict = field(default_factory=dict)  # series -> (case, time_ms) of its longest ok
+    # series -> seconds spent measuring. The first call of a line's first measured case
+    # (compilation, autotuning) is left out; a mechanism that compiles again for every length
+    # (the official lightning-attn) pays its recompiles from the budget.
     spent_s: dict = field(default_factory=dict)
 
     def learn(self, record: Record, seconds: float = 0.0) -> None:
@@ -77,17 +79,17 @@ class SweepState:
             self.slow_at[series] = min(self.slow_at.get(series, case.seq_len), case.seq_len)
         elif record.status == "ok":
             prev = self.last_ok.get(series)
-            if prev is None or case.seq_len >= prev[0]:
-                self.last_ok[series] = (case.seq_len, record.time_ms)
+            if prev is None or case.seq_len >= prev[0].seq_len:
+                self.last_ok[series] = (case, record.time_ms)
 
 
 def predicted_ms(mech: registry.Mechanism, case: Case, state: SweepState) -> float | None:
     """One call's time, scaled from the longest measured length of the line by FLOPs."""
     prev = state.last_ok.get(case.series())
-    if prev is None or prev[0] >= case.seq_len:
+    if prev is None or prev[0].seq_len >= case.seq_len:
         return None
-    n0, t0 = prev
-    return t0 * mech.flops(case) / mech.flops(case.with_(seq_len=n0))
+    done, t0 = prev
+    return t0 * call_flops(mech, case) / call_flops(mech, done)
 
 
 def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str,
@@ -103,9 +105,10 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
                     reason=f"one call took {estimate_ms / 1e3:.2f} s; measuring would exceed "
                            f"--max-case-seconds {max_case_seconds:g}")
     if device == "cuda":
-        timing = measure.time_cuda(call, prepared.inputs, estimate_ms)
+        timing = measure.time_cuda(call, prepared.inputs, estimate_ms, prepared.min_reps)
     else:
-        timing = measure.time_cpu(call, min_run_time=min(0.2, max_case_seconds / 4))
+        timing = measure.time_cpu(call, min_run_time=min(0.2, max_case_seconds / 4),
+                                  min_reps=prepared.min_reps)
     if device == "cuda" and timing.median_ms <= measure.HOST_PROBE_MAX_MS:
         values["host_ms"] = measure.host_ms_per_call(call)
     prepared.reset_grads()  # so the memory baseline holds no gradients of an earlier call
@@ -195,14 +198,14 @@ class Sweep:
             return record("unsupported", reason=st.availability.reason)
         if st.load_error:
             return record("error", reason=st.load_error)
-        reason = mech.unsupported_reason(case)
+        reason = unsupported_reason(mech, case)
         if reason:
             return record("unsupported", reason=reason)
         series = case.series()
         oom_n = self.state.oom_at.get(series)
         if oom_n is not None and case.seq_len > oom_n:
             return record("oom", reason=f"not tried: out of memory at seq_len {oom_n}")
-        need, free = mech.memory(case), measure.available_bytes(device)
+        need, free = memory_floor(mech, case), measure.available_bytes(device)
         if free is not None and need > free:
             return record("oom", reason=f"not tried: needs at least {need / 2**30:.1f} GiB, "
                                         f"{free / 2**30:.1f} GiB free on {device}")
@@ -259,7 +262,8 @@ class Sweep:
             self._measuring_s = 0.0
             rec = self.run_case(case)
             self.emit(rec)
-            compile_s = 0.0 if math.isnan(rec.compile_s) else rec.compile_s
+            first = self.state.spent_s.get(rec.case.series(), 0.0) == 0.0  # in this process
+            compile_s = 0.0 if math.isnan(rec.compile_s) or not first else rec.compile_s
             self.state.learn(rec, max(0.0, self._measuring_s - compile_s))
             if rec.status == "error" and self.spec.device == "cuda":
                 _assert_cuda_alive()
