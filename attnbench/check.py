@@ -90,8 +90,14 @@ def _outputs(mech: Mechanism, fn, qkv64, do64, decay64, dtype, device, backward)
 
 
 def check_case(case: Case) -> Case:
-    """The short odd-length case that checks ``case``'s mechanism, shape, dtype and decay."""
-    return case.with_(mode="fwdbwd", seq_len=CHECK_SEQ_LEN)
+    """The short odd-length case that checks ``case``'s mechanism, shape, dtype and decay.
+
+    A training step (mode ``train``) checks the attention inside its model: the model's heads,
+    head dims, precision and decay, at batch 1 (its batch follows the length)."""
+    small = case.with_(mode="fwdbwd", seq_len=CHECK_SEQ_LEN)
+    if case.mode == "train":
+        small = small.with_(batch=1, model="", size="", checkpointing=False)
+    return small
 
 
 def check(mech: Mechanism, case: Case, device: str) -> CheckResult:

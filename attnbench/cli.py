@@ -170,10 +170,7 @@ def run(
             raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
                              "options")
         spec, run_dir = None, resume
-        stored = SweepSpec.from_json(records.read_meta(resume)["spec"])
-        if stored.device != dev:
-            raise UsageError(f"{resume} was run on {stored.device}; this machine runs on {dev}")
-        shown = stored
+        shown = _stored_spec(resume, dev)
     else:
         spec = build_spec(device=dev, **sweep_options)
         run_dir = out if out is not None else (Path("results") / name if name else default_run_dir(spec))
@@ -186,6 +183,21 @@ def run(
         if skipped and shown.mechanisms == "all":
             console.print(f"[dim]not CPU-capable, not run: {', '.join(skipped)}[/]")
 
+    _execute(spec, run_dir, resume is not None, plot, "run")
+
+
+def _stored_spec(run_dir: Path, dev: str) -> SweepSpec:
+    """The sweep a run directory holds, to resume it here (UsageError if it ran elsewhere)."""
+    stored = SweepSpec.from_json(records.read_meta(run_dir)["spec"])
+    if stored.device != dev:
+        raise UsageError(f"{run_dir} was run on {stored.device}; this machine runs on {dev}")
+    return stored
+
+
+def _execute(spec: SweepSpec | None, run_dir: Path, resume: bool, plot: bool,
+             command: str) -> None:
+    """run_sweep with a progress bar, then the tables and plots (``command``: what to tell a
+    user to type to continue an interrupted run)."""
     counts: dict[str, int] = {}
     with _progress() as progress:
         task = progress.add_task("starting", total=None)
@@ -205,7 +217,7 @@ def run(
                     f"{escape(rec.reason)}", highlight=False)
 
         try:
-            result = run_sweep(spec, run_dir, resume=resume is not None, on_record=on_record,
+            result = run_sweep(spec, run_dir, resume=resume, on_record=on_record,
                                on_start=on_start,
                                on_status=lambda text: progress.update(task, description=text))
             progress.update(task, description="done")
@@ -213,7 +225,7 @@ def run(
             progress.stop()
             _finish(run_dir, plot=False)
             err_console.print(f"interrupted; records so far are in {escape(str(run_dir))}; "
-                              f"continue with: attnbench run --resume {escape(str(run_dir))}",
+                              f"continue with: attnbench {command} --resume {escape(str(run_dir))}",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except CudaContextLost as exc:
@@ -221,7 +233,7 @@ def run(
             _finish(run_dir, plot=False)
             err_console.print(f"the CUDA context is lost ({escape(str(exc))}); records so far "
                               f"are in {escape(str(run_dir))}; continue in a new process: "
-                              f"attnbench run --resume {escape(str(run_dir))}",
+                              f"attnbench {command} --resume {escape(str(run_dir))}",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
     for line in result.repaired:
@@ -241,10 +253,66 @@ def _finish(run_dir: Path, plot: bool) -> None:
         from attnbench.plots import plot_run
 
         paths = plot_run(df, run_dir, title=f"attnbench run {run_dir.name}")
+        findings = []
+        if (df["mode"] == "train").any():  # a training-step run: TGS beside the paper's Table 1
+            from attnbench import paper
+
+            paths += paper.save_figure(df, "tgs", run_dir, title=paper.run_title(run_dir))
+            findings = paper.figure_findings(df, "tgs")
         console.print("plots: " + ", ".join(escape(str(p)) for p in paths if p.suffix == ".png"),
                       highlight=False)
+        for line in findings:
+            console.print(f"- {line}", highlight=False, markup=False)
     console.print(f"records: {escape(str(run_dir / records.JSONL_FILE))}, "
                   f"{records.PARQUET_FILE}, {records.CSV_FILE}", highlight=False)
+
+
+@app.command(cls=_Command)
+def tgs(
+    models: Annotated[str | None, typer.Option(help="llama, tnl, comma separated; default both.")] = None,
+    size: Annotated[str | None, typer.Option(help="Model size presets: tiny, 0.4b, 1b, 3b, comma separated; default 0.4b on a GPU, tiny on the CPU.")] = None,
+    mechanisms: Annotated[str | None, typer.Option(help="Attention mechanisms (or families); each goes to the models it fits (softmax: llama; linear with decay: tnl). Default on a GPU flash2,sdpa-cudnn for llama and lightning2,lightning1 for tnl; on the CPU sdpa-math and linear-masked.")] = None,
+    seq_lens: Annotated[str | None, typer.Option(help="e.g. 1k..128k (doubling) or 1k,3k,8192; default 1k..128k on a GPU, 128..1k on the CPU.")] = None,
+    tokens_per_step: Annotated[str | None, typer.Option(help="Tokens one training step takes (batch = tokens // length, at least 1); default the longest length, so every length trains on as many tokens.")] = None,
+    checkpointing: Annotated[bool, typer.Option("--checkpointing", help="Activation checkpointing: each layer recomputed in the backward (the memory of long lengths).")] = False,
+    dtype: Annotated[str | None, typer.Option(help="Precision policy: bf16 (fp32 weights and AdamW state, bf16 autocast) or fp32; default bf16 on a GPU, fp32 on the CPU.")] = None,
+    max_case_seconds: Annotated[float | None, typer.Option(help="Skip lengths predicted to take longer to measure (about 16 steps).")] = None,
+    line_seconds: Annotated[float | None, typer.Option(help="Seconds one line (model, mechanism) may spend over its lengths; 0 = no limit.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Run directory (default results/<name>).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name under results/.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory; its sweep is kept.")] = None,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write plots at the end.")] = True,
+) -> None:
+    """Training speed of whole models as the context grows (TGS: tokens per GPU per second).
+
+    Real training steps of LLaMA and TransNormerLLM (forward, cross-entropy, backward, AdamW) at each length, a fixed number of tokens per step; records, a table and plots as `run` writes them, and the TGS figure beside the Lightning Attention-2 paper's Table 1.
+    """
+    from attnbench.spec import build_train_spec
+
+    options = dict(models=models, sizes=size, mechanisms=mechanisms, seq_lens=seq_lens,
+                   tokens_per_step=tokens_per_step, dtype=dtype,
+                   max_case_seconds=max_case_seconds, line_seconds=line_seconds)
+    dev = _device(device)
+    if resume is not None:
+        if any(v is not None for v in options.values()) or checkpointing or out or name:
+            raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
+                             "options")
+        spec, run_dir = None, resume
+        shown = _stored_spec(resume, dev)
+        if not shown.models:
+            raise UsageError(f"{resume} is an operator sweep; continue it with attnbench run "
+                             f"--resume {resume}")
+    else:
+        spec = build_train_spec(dev, checkpointing=checkpointing, **options)
+        run_dir = out if out is not None else (Path("results") / name if name else default_run_dir(spec))
+        shown = spec
+    if dev == "cpu":
+        console.print("[bold yellow]No GPU in use: training on the CPU[/] (models "
+                      f"{escape(', '.join(shown.sizes))}); times are CPU times, not GPU numbers.")
+    console.print(f"{shown.tokens_per_step} tokens per step, {shown.dtypes[0]}"
+                  + (", activation checkpointing" if shown.checkpointing else ""), highlight=False)
+    _execute(spec, run_dir, resume is not None, plot, "tgs")
 
 
 @app.command(cls=_Command)
@@ -362,7 +430,7 @@ def plot(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     out: Annotated[Path | None, typer.Option(help="Where to write the figures (default: the run directory).")] = None,
     fmt: Annotated[str, typer.Option("--format", help=f"{', '.join(FORMATS)}, comma separated.")] = "png,svg",
-    figure: Annotated[str, typer.Option(help="sweep (every shape and metric), roofline (arithmetic intensity against achieved TFLOP/s, with the measured roofs), paper-kernels (the paper's Fig. 3, with findings), tokens (tokens/s of every mechanism) or official (against the official repository's timings).")] = "sweep",
+    figure: Annotated[str, typer.Option(help="sweep (every shape and metric), roofline (arithmetic intensity against achieved TFLOP/s, with the measured roofs), paper-kernels (the paper's Fig. 3, with findings), tokens (tokens/s of every mechanism), official (against the official repository's timings) or tgs (training speed of an attnbench tgs run beside the paper's Table 1).")] = "sweep",
     strict: STRICT = False,
 ) -> None:
     """Plot time, tokens/s and memory against sequence length (log axes, OOM marked)."""

@@ -52,15 +52,20 @@ def first_call_seconds(fn: Callable[[], object], device: str) -> float:
 
 
 def time_cuda(fn: Callable[[], object], grad_to_none: list[torch.Tensor],
-              estimate_ms: float) -> Timing:
-    """do_bench with enough repetitions for a spread: at least MIN_REPS, L2 flushed each time."""
+              estimate_ms: float, min_reps: int = 1) -> Timing:
+    """do_bench with enough repetitions for a spread: MIN_REPS planned, L2 flushed each time;
+    never fewer than ``min_reps`` (do_bench plans its count from its own estimate, which can
+    come out longer than ours: then it is asked again for the rest)."""
     import triton.testing
 
-    rep_ms = max(REP_MS, MIN_REPS * estimate_ms)
-    warmup_ms = max(WARMUP_MS, 2 * estimate_ms)
-    times = triton.testing.do_bench(
-        fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, return_mode="all"
-    )
+    def bench(reps: int) -> list[float]:
+        return triton.testing.do_bench(
+            fn, warmup=max(WARMUP_MS, 2 * estimate_ms), rep=max(REP_MS, reps * estimate_ms),
+            grad_to_none=grad_to_none, return_mode="all")
+
+    times = list(bench(MIN_REPS))
+    while len(times) < min_reps:
+        times += bench(min_reps - len(times))
     return _summarise(times)
 
 
@@ -86,13 +91,17 @@ def host_bound(host_ms: float, time_ms: float) -> bool:
         host_ms >= HOST_BOUND_FRACTION * time_ms)
 
 
-def time_cpu(fn: Callable[[], object], min_run_time: float = 0.2) -> Timing:
-    """torch.utils.benchmark: per-block means, blocks sized automatically."""
+def time_cpu(fn: Callable[[], object], min_run_time: float = 0.2, min_reps: int = 1) -> Timing:
+    """torch.utils.benchmark: per-block means, blocks sized automatically; at least
+    ``min_reps`` blocks (calls so slow that ``min_run_time`` holds fewer get more blocks)."""
     from torch.utils.benchmark import Timer
 
-    m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    m = m.blocked_autorange(min_run_time=min_run_time)
-    return _summarise([t * 1e3 for t in m.times])
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    times = [t * 1e3 for t in m.times]
+    while len(times) < min_reps:
+        times.append(timer.timeit(m.number_per_run).times[0] * 1e3)
+    return _summarise(times)
 
 
 def _summarise(times_ms: list[float]) -> Timing:

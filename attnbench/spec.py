@@ -1,4 +1,9 @@
-"""What a sweep covers (SweepSpec), its named presets, and the cases it expands to."""
+"""What a sweep covers (SweepSpec), its named presets, and the cases it expands to.
+
+Two kinds of sweep, one spec: operator sweeps (``build_spec``: mechanisms x shapes x modes) and
+training-step sweeps (``build_train_spec``, ``attnbench tgs``: models x sizes x the attention
+mechanisms each model takes, mode ``train``).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,13 @@ class SweepSpec:
     # Wall time one line (a mechanism, mode and shape over the lengths) may spend measuring;
     # once spent, its longer lengths are recorded `skipped`. 0 = no limit.
     line_seconds: float = 0.0
+    # A training-step sweep (mode "train"): model families and size presets, tokens per step
+    # (batch = tokens_per_step // seq_len, at least 1) and activation checkpointing. Empty
+    # models: an operator sweep. Then batch, heads and head_dims are () (the model's).
+    models: tuple[str, ...] = ()
+    sizes: tuple[str, ...] = ()
+    tokens_per_step: int = 0
+    checkpointing: bool = False
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -108,13 +120,17 @@ def build_spec(
         value_dims=parse_sizes(value_dims) if value_dims else (),
         line_seconds=float(pick(line_seconds, "line_seconds")),
     )
+    _check_budgets(spec)
+    registry.select(spec.mechanisms, device)  # unknown names fail here, before any work
+    return spec
+
+
+def _check_budgets(spec: SweepSpec) -> None:
     if not (math.isfinite(spec.max_case_seconds) and spec.max_case_seconds > 0):
         raise UsageError(
             f"--max-case-seconds must be a positive number, not {spec.max_case_seconds}")
     if not (math.isfinite(spec.line_seconds) and spec.line_seconds >= 0):
         raise UsageError(f"--line-seconds must be a number >= 0, not {spec.line_seconds}")
-    registry.select(spec.mechanisms, device)  # unknown names fail here, before any work
-    return spec
 
 
 def expand(spec: SweepSpec) -> list[Case]:
@@ -123,6 +139,8 @@ def expand(spec: SweepSpec) -> list[Case]:
     A mechanism that takes no decay runs its cases without it (``decay=False`` in the record),
     so the sweep compares what each mechanism really computes.
     """
+    if spec.models:
+        return _expand_train(spec)
     cases: list[Case] = []
     for mech in registry.select(spec.mechanisms, spec.device):
         grid = itertools.product(spec.dtypes, spec.head_dims, spec.batch, spec.heads, spec.modes)
@@ -133,3 +151,136 @@ def expand(spec: SweepSpec) -> list[Case]:
                                       seq_len=n, head_dim=d, value_dim=e, dtype=dtype,
                                       decay=spec.decay and mech.decay))
     return list(dict.fromkeys(cases))
+
+
+# --- training-step sweeps (attnbench tgs) ---------------------------------------------------
+
+TRAIN_PRESET = "tgs"
+# What ``attnbench tgs`` runs when not told otherwise, per device. On a GPU the paper's
+# Table 1 lines (LLaMA with FlashAttention-2, TNL with Lightning-1 and -2) and LLaMA with
+# cuDNN's attention, the stronger softmax on Hopper, at 0.4B from 1K to 128K, in bf16. On the
+# CPU the tiny models with the plain-PyTorch mechanisms, in fp32 (a smoke test: seconds).
+TRAIN_DEFAULTS = {
+    "cuda": dict(models="llama,tnl", sizes="0.4b", seq_lens="1k..128k", dtype="bf16",
+                 mechanisms={"llama": "flash2,sdpa-cudnn", "tnl": "lightning2,lightning1"},
+                 max_case_seconds=120.0, line_seconds=0.0),
+    "cpu": dict(models="llama,tnl", sizes="tiny", seq_lens="128..1k", dtype="fp32",
+                mechanisms={"llama": "sdpa-math", "tnl": "linear-masked"},
+                max_case_seconds=10.0, line_seconds=0.0),
+}
+TRAIN_DTYPES = ("bf16", "fp32")  # the precision policies of attnbench.models
+
+
+def _train_mechanisms(models, selection: str | None, device: str) -> dict[str, list[str]]:
+    """model -> the mechanisms it runs: each named mechanism (or family member) goes to every
+    model whose attention it can be. UsageError for a name no model takes, or a model left
+    with none."""
+    from attnbench.models.common import resolve_mechanism
+
+    if selection is None:
+        chosen = {m: list(_parse_choices(TRAIN_DEFAULTS[device]["mechanisms"][m],
+                                         registry.names(), "mechanism")) for m in models}
+        return chosen
+    picked = registry.select(selection, device)  # unknown names fail here
+    named = {t.strip() for t in selection.split(",")} - set(registry.FAMILIES)
+    chosen: dict[str, list[str]] = {m: [] for m in models}
+    for mech in picked:
+        errors = []
+        for model in models:
+            try:
+                resolve_mechanism(model, mech.name)
+                chosen[model].append(mech.name)
+            except UsageError as exc:
+                errors.append(str(exc))
+        if len(errors) == len(models) and mech.name in named:
+            raise UsageError(errors[0] if len(errors) == 1 else
+                             f"{mech.name} fits none of --models {','.join(models)}: "
+                             + "; ".join(errors))
+    for model, names in chosen.items():
+        if not names:
+            raise UsageError(f"none of --mechanisms {selection} can be {model}'s attention; "
+                             f"add one, or leave {model} out of --models")
+    return chosen
+
+
+def build_train_spec(
+    device: str,
+    models: str | None = None,
+    sizes: str | None = None,
+    mechanisms: str | None = None,
+    seq_lens: str | None = None,
+    tokens_per_step: str | None = None,
+    dtype: str | None = None,
+    checkpointing: bool = False,
+    max_case_seconds: float | None = None,
+    line_seconds: float | None = None,
+) -> SweepSpec:
+    """A training-step sweep (``attnbench tgs``): defaults of ``TRAIN_DEFAULTS[device]``,
+    overridden by what is given. ``tokens_per_step`` defaults to the longest length, so every
+    length trains on the same tokens (batch = longest // length).
+
+    UsageError before any work for an unknown model or size, a mechanism no chosen model takes
+    (a softmax one for tnl), a length or precision a model's mechanism cannot take.
+    """
+    from attnbench import models as model_lib
+
+    if device not in TRAIN_DEFAULTS:
+        raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
+    base = TRAIN_DEFAULTS[device]
+    model_names = _parse_choices(models or base["models"], model_lib.FAMILIES, "model")
+    size_names = _parse_choices(sizes or base["sizes"], tuple(model_lib.SIZES), "model size")
+    lengths = parse_sizes(seq_lens or base["seq_lens"])
+    policy = _parse_choices(dtype or base["dtype"], TRAIN_DTYPES, "dtype")
+    if len(policy) > 1:
+        raise UsageError(f"one --dtype for a training sweep, not {','.join(policy)}")
+    tokens = parse_sizes(tokens_per_step) if tokens_per_step else (max(lengths),)
+    if len(tokens) > 1:
+        raise UsageError(f"one --tokens-per-step, not {tokens_per_step}")
+    chosen = _train_mechanisms(model_names, mechanisms, device)
+    for model in model_names:
+        for size in size_names:
+            config = model_lib.config_for(model, size)
+            for name in chosen[model]:
+                for n in lengths:
+                    reason = model_lib.unsupported_reason(config, name, n, policy[0])
+                    if reason:
+                        raise UsageError(f"{model} {size} with {name} cannot take seq_len "
+                                         f"{n}: {reason}")
+    spec = SweepSpec(
+        mechanisms=",".join(dict.fromkeys(n for m in model_names for n in chosen[m])),
+        seq_lens=lengths, batch=(), heads=(), head_dims=(), dtypes=policy, modes=("train",),
+        decay=True, device=device,
+        max_case_seconds=float(base["max_case_seconds"] if max_case_seconds is None
+                               else max_case_seconds),
+        preset=TRAIN_PRESET,
+        line_seconds=float(base["line_seconds"] if line_seconds is None else line_seconds),
+        models=model_names, sizes=size_names, tokens_per_step=tokens[0],
+        checkpointing=checkpointing)
+    _check_budgets(spec)
+    return spec
+
+
+def _expand_train(spec: SweepSpec) -> list[Case]:
+    """model x size x each mechanism the model takes x lengths, shortest first per line."""
+    from attnbench.models import config_for
+    from attnbench.models.common import resolve_mechanism
+
+    cases: list[Case] = []
+    for model in spec.models:
+        mechs = []
+        for name in spec.mechanisms.split(","):
+            try:
+                mechs.append(resolve_mechanism(model, name).name)
+            except UsageError:
+                continue  # another model's attention
+        for size in spec.sizes:
+            config = config_for(model, size)
+            for name in mechs:
+                for n in spec.seq_lens:
+                    cases.append(Case(
+                        mechanism=name, mode="train", batch=max(1, spec.tokens_per_step // n),
+                        heads=config.n_heads, seq_len=n, head_dim=config.head_dim,
+                        value_dim=config.head_dim, dtype=spec.dtypes[0],
+                        decay=config.family == "tnl", model=model, size=size,
+                        checkpointing=spec.checkpointing))
+    return cases

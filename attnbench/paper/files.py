@@ -10,6 +10,7 @@ from attnbench.paper.comparison_figure import official_figure
 from attnbench.paper.kernel_figure import paper_kernels
 from attnbench.paper.official import official_summary, official_table
 from attnbench.paper.sentences import findings, tokens_findings
+from attnbench.paper.tgs import tgs_figure, tgs_findings
 from attnbench.paper.tokens_figure import tokens_per_second
 from attnbench.plots import DEFAULT_FORMATS, save
 
@@ -20,6 +21,7 @@ FIGURES = {
                tokens_findings),
     "official": ("official-comparison", lambda df, title: official_figure(df, title=title),
                  official_summary),
+    "tgs": ("tgs", lambda df, title: tgs_figure(df, title=title), tgs_findings),
 }
 
 
