@@ -27,6 +27,13 @@ METRICS = {
                       lambda x: f"{100 * x:.2g}%", False),
 }
 ROOFLINE_METRICS = ("bandwidth", "bandwidth-share", "compute-share")
+# What a metric means for a training step (mode train), where it reads otherwise.
+TRAIN_METRICS = {
+    "tokens": ("tokens_per_s", "TGS, tokens per GPU per second (higher is better)",
+               lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.3g}", True),
+    "memory": ("extra_mem_mib", "memory above the model and its optimizer state, MiB",
+               lambda x: f"{x:,.0f}", False),
+}
 STATUS_CELL = {"oom": "[red]OOM[/]", "error": "[red]error[/]", "unsupported": "[dim]n/a[/]",
                "skipped": "[yellow]skip[/]", "timeout": "[yellow]timeout[/]"}
 
@@ -50,6 +57,8 @@ def tables(df: pd.DataFrame, metric: str) -> list[Table]:
     seq_lens = sorted(df["seq_len"].unique())
     out = []
     for mode, part in df.groupby("mode", sort=False):
+        if mode == "train":
+            column, title, fmt, mark_host = TRAIN_METRICS.get(metric, METRICS[metric])
         caption = escape(fixed)
         if mark_host and any(host_bound(r.get("host_ms"), r["time_ms"])
                              for _, r in part.iterrows()):
