@@ -98,10 +98,14 @@ def kernel_table(prof, calls: int, device: str) -> tuple[list[dict], float]:
     events = prof.key_averages()
     host_ms = NAN
     rows = []
+    cpu = torch.autograd.DeviceType.CPU
     for evt in events:
-        if evt.key == CALL_RANGE:
-            host_ms = evt.cpu_time_total / 1e3 / calls
+        if evt.key == CALL_RANGE:  # on CUDA also a GPU-side annotation: its span, not a kernel
+            if evt.device_type == cpu:
+                host_ms = evt.cpu_time_total / 1e3 / calls
             continue
+        if getattr(evt, "is_user_annotation", False):
+            continue  # ranges that libraries mark, whose time their kernels already count
         if device == "cuda":
             if evt.device_type != torch.autograd.DeviceType.CUDA:
                 continue

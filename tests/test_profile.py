@@ -133,3 +133,11 @@ def test_memory_timeline_png_from_a_snapshot(tmp_path):
     assert allocated == [mib, 5 * mib, 7 * mib, 3 * mib]
     peak = profile.memory_timeline_png(snapshot, mib, tmp_path / "x.memory.png", title="x")
     assert peak == 7 * mib and (tmp_path / "x.memory.png").stat().st_size > 1000
+
+
+def test_help_lists_the_sweep_options_of_run():
+    code, out, _ = run_cli("profile", "--help")
+    assert code == 0 and "<bool>" not in out
+    for option in ("--seq-lens", "--mechanisms", "--modes", "--value-dim", "--calls",
+                   "--memory-timeline", "--ncu"):
+        assert option in out
