@@ -1,0 +1,169 @@
+"""attnbench tgs: training steps of whole models as mode ``train`` of the same sweep.
+
+One tiny CPU run (both models, two lengths) is made once for the module by the command line and
+read back by every view: report, plot, compare, export and --resume. Bad input is refused with
+one line and exit 2 before any work.
+"""
+
+import contextlib
+import io
+import json
+import shutil
+import sys
+import time
+
+import pytest
+from fakes import fake, oom_from
+
+from attnbench import records
+from attnbench.cli import main
+from attnbench.models import config_for, train_flops_per_token
+from attnbench.runner import run_sweep
+from attnbench.spec import build_train_spec, expand
+
+TINY = ["tgs", "--device", "cpu", "--size", "tiny", "--seq-lens", "64,128",
+        "--max-case-seconds", "60"]
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    """``attnbench *args`` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        mp.setattr(sys, "argv", ["attnbench", *map(str, args)])
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The CPU run a new user makes: ``attnbench tgs --size tiny`` (two lengths here)."""
+    run_dir = tmp_path_factory.mktemp("tgs") / "tiny"
+    start = time.perf_counter()
+    code, out, err = run_cli(*TINY, "--out", run_dir)
+    return run_dir, code, out, err, time.perf_counter() - start
+
+
+def test_tgs_writes_records_the_table_and_plots(tiny_run):
+    run_dir, code, out, err, seconds = tiny_run
+    assert code == 0, err
+    assert seconds < 60
+    assert "128 tokens per step, fp32" in out
+    assert "train: TGS, tokens per GPU per second" in out
+    assert "batch=2 at 64 .. 1 at 128" in out  # the batch follows the length
+    for name in ("records.jsonl", "records.parquet", "records.csv", "tgs.png",
+                 "sweep-modelllama.png", "sweep-modeltnl.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert "ours, TNL-linear-masked tiny:" in out  # the findings under the plots
+
+
+def test_records_are_training_steps(tiny_run):
+    run_dir = tiny_run[0]
+    df = records.load(run_dir).sort_values(["model", "seq_len"])
+    assert list(df["status"]) == ["ok"] * 4
+    assert list(zip(df["model"], df["mechanism"], df["seq_len"], df["batch"])) == [
+        ("llama", "sdpa-math", 64, 2), ("llama", "sdpa-math", 128, 1),
+        ("tnl", "linear-masked", 64, 2), ("tnl", "linear-masked", 128, 1)]
+    assert (df["mode"] == "train").all() and (df["size"] == "tiny").all()
+    assert (df["heads"] == 4).all() and (df["head_dim"] == 16).all()
+    assert list(df["decay"]) == [False, False, True, True]
+    assert (df["reps"] >= 5).all()  # timed steps, the warm-up steps apart
+    assert (df["check"] == "pass").all()  # the attention inside checked against float64
+    for r in df.itertuples():
+        tokens = r.batch * r.seq_len
+        assert r.tokens_per_s == pytest.approx(tokens / (r.time_ms / 1e3))
+        flops = train_flops_per_token(config_for(r.model, r.size), r.seq_len) * tokens
+        assert r.tflops == pytest.approx(flops / (r.time_ms / 1e3) / 1e12)
+
+
+def test_views_read_a_tgs_run(tiny_run, tmp_path):
+    run_dir = tiny_run[0]
+    code, out, _ = run_cli("report", run_dir, "--metric", "tokens")
+    assert code == 0 and "TGS" in out and "model" in out
+    code, out, _ = run_cli("plot", run_dir, "--figure", "tgs", "--out", tmp_path,
+                           "--format", "png")
+    assert code == 0 and (tmp_path / "tgs.png").stat().st_size > 0
+    assert "the paper's TNL-LA2 / LLaMA-FA2 at 0.4B" in out
+    code, out, _ = run_cli("export", run_dir)
+    names = {e["name"] for e in json.loads(out)}
+    assert "attnbench/linear-masked/train/b2-h4-n64-d16-fp32-decay-tnl-tiny" in names
+
+
+def test_compare_and_resume_of_tgs_runs(tiny_run, tmp_path):
+    run_dir = tiny_run[0]
+    again = tmp_path / "again"
+    shutil.copytree(run_dir, again)
+    code, out, err = run_cli("compare", run_dir, again, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["cases"]) == 4 and not any(c["failed"] for c in result["cases"])
+    code, out, err = run_cli("tgs", "--resume", again, "--device", "cpu", "--no-plot")
+    assert code == 0, err
+    assert "4 cases (0 to run)" in out
+    code, _, err = run_cli("tgs", "--resume", again, "--device", "cpu", "--size", "tiny")
+    assert code == 2 and "give no other sweep options" in err
+
+
+def test_oom_is_recorded_and_the_sweep_goes_on(install, tmp_path):
+    """A mechanism out of memory at 128: recorded, longer lengths not tried, the next line
+    still runs."""
+    install(fake("fake-oom", oom_from(128)))
+    spec = build_train_spec("cpu", models="tnl,llama", sizes="tiny",
+                            mechanisms="fake-oom,sdpa-math", seq_lens="64,128,256",
+                            max_case_seconds=60)
+    assert spec.tokens_per_step == 256  # the longest length
+    df = run_sweep(spec, tmp_path / "run").frame
+    tnl = df[df["model"] == "tnl"].sort_values("seq_len")
+    assert list(tnl["status"]) == ["ok", "oom", "oom"]
+    assert tnl["reason"].iloc[2].startswith("not tried: out of memory at seq_len 128")
+    assert list(df.loc[df["model"] == "llama", "status"]) == ["ok"] * 3
+
+
+def test_expand_one_line_per_model_and_mechanism():
+    spec = build_train_spec("cuda", seq_lens="1k..4k", tokens_per_step="2k", checkpointing=True)
+    cases = expand(spec)
+    assert {(c.model, c.mechanism) for c in cases} == {
+        ("llama", "flash2"), ("llama", "sdpa-cudnn"), ("tnl", "lightning2"),
+        ("tnl", "lightning1")}
+    assert [c.batch for c in cases if c.mechanism == "lightning2"] == [2, 1, 1]
+    assert all(c.checkpointing and c.dtype == "bf16" and c.size == "0.4b" for c in cases)
+    assert len({c.series() for c in cases}) == 4  # the batch is not part of a line
+    assert cases[0].label() == "b2-h8-n1024-d128-bf16-llama-0.4b-ckpt"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--models", "gpt"], "unknown model 'gpt'; choose from llama, tnl"),
+    (["--size", "7b"], "unknown model size '7b'; choose from tiny, 0.4b, 1b, 3b"),
+    (["--models", "tnl", "--mechanisms", "sdpa-math"],
+     "tnl takes a linear attention mechanism; sdpa-math is softmax"),
+    (["--models", "llama,tnl", "--mechanisms", "sdpa-math"],
+     "none of --mechanisms sdpa-math can be tnl's attention"),
+    (["--mechanisms", "nosuch"], "unknown mechanism or family 'nosuch'"),
+    (["--models", "tnl", "--mechanisms", "short-only", "--seq-lens", "64,128"],
+     "tnl tiny with short-only cannot take seq_len 128: takes at most 64 tokens"),
+    (["--tokens-per-step", "0"], "bad size '0'"),
+    (["--dtype", "fp16"], "unknown dtype 'fp16'; choose from bf16, fp32"),
+])
+def test_bad_input_is_one_line_and_exit_2(install, tmp_path, args, message):
+    install(fake("short-only", oom_from(10**9),
+                 case_limits=lambda c: "takes at most 64 tokens" if c.seq_len > 64 else ""))
+    code, out, err = run_cli("tgs", "--device", "cpu", "--size", "tiny",
+                             "--out", tmp_path / "run", *args)
+    assert code == 2
+    assert err.startswith("attnbench: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_resume_of_an_operator_run_is_refused(tmp_path):
+    run_dir = tmp_path / "op"
+    run_dir.mkdir()
+    records.write_meta(run_dir, {"spec": dict(
+        mechanisms="linear-masked", seq_lens=[64], batch=[1], heads=[2], head_dims=[16],
+        dtypes=["fp32"], modes=["fwd"], decay=True, device="cpu", max_case_seconds=1.0)})
+    code, _, err = run_cli("tgs", "--resume", run_dir, "--device", "cpu")
+    assert code == 2 and "is an operator sweep; continue it with attnbench run" in err
