@@ -156,8 +156,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
     except Exception as exc:  # an OOM, a mechanism that fails here: said, the sweep goes on
         return [KernelRow(**base, kernel="", note=f"profile failed: {one_line(exc)}")]
     finally:
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        _release(device)
     metrics, why = nsight.kernel_metrics(case, device) if ncu else ({}, "")
     out = []
     for r in rows:
@@ -173,6 +172,14 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def _release(device: str) -> None:
+    if device == "cuda":
+        try:
+            torch.cuda.empty_cache()
+        except Exception:  # a lost context: the sweep's next case says so
+            pass
 
 
 # --- memory over one call --------------------------------------------------------------------
@@ -300,12 +307,20 @@ def profile_sweep(spec: SweepSpec, out: Path | str | None = None, *, calls: int 
 
 
 def load_kernels(run_dir: Path) -> pd.DataFrame:
-    """The kernel rows of a profiled run, tidy: one per kernel and case."""
+    """The kernel rows of a profiled run, tidy: one per kernel and case. A line that does
+    not parse (cut off by a crash) is left out and counted in ``attrs["damaged"]``."""
     path = Path(run_dir) / KERNELS_JSONL
     if not path.is_file():
         raise UsageError(f"{str(run_dir)!r} holds no profile ({KERNELS_JSONL} is missing)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(rows, columns=KERNEL_COLUMNS)
+    rows, damaged = [], 0
+    for line in filter(str.strip, path.read_text().splitlines()):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            damaged += 1
+    df = pd.DataFrame(rows, columns=KERNEL_COLUMNS)
+    df.attrs["damaged"] = damaged
+    return df
 
 
 def finalize_kernels(run_dir: Path) -> pd.DataFrame | None:

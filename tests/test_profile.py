@@ -141,3 +141,13 @@ def test_help_lists_the_sweep_options_of_run():
     for option in ("--seq-lens", "--mechanisms", "--modes", "--value-dim", "--calls",
                    "--memory-timeline", "--ncu"):
         assert option in out
+
+
+def test_a_torn_kernels_line_is_counted_not_a_crash(profiled, tmp_path):
+    run_dir, _ = profiled
+    copy = tmp_path / "run"
+    copy.mkdir()
+    (copy / profile.KERNELS_JSONL).write_text(
+        (run_dir / profile.KERNELS_JSONL).read_text() + '{"mechanism": "softm')
+    df = profile.load_kernels(copy)
+    assert df.attrs["damaged"] == 1 and len(df) == len(profile.load_kernels(run_dir))
