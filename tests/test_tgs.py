@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from fakes import fake, oom_from
@@ -167,3 +168,42 @@ def test_resume_of_an_operator_run_is_refused(tmp_path):
         dtypes=["fp32"], modes=["fwd"], decay=True, device="cpu", max_case_seconds=1.0)})
     code, _, err = run_cli("tgs", "--resume", run_dir, "--device", "cpu")
     assert code == 2 and "is an operator sweep; continue it with attnbench run" in err
+
+
+# --- notebooks/paper_tgs.ipynb: no GPU run is committed, so it runs on the tiny CPU run ---
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "paper_tgs.ipynb"
+FLAG = 'RUN_DIR = "results/h100-tgs"'
+
+
+def test_notebook_runs_on_a_tgs_run(tiny_run):
+    nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat")
+    nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient")
+    pytest.importorskip("ipykernel", reason="notebook tests need a Jupyter kernel (ipykernel)")
+    run_dir = tiny_run[0]
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    flags = nb.cells[1]
+    assert FLAG in flags.source
+    flags.source = flags.source.replace(FLAG, f"RUN_DIR = {str(run_dir)!r}")
+    nbclient.NotebookClient(nb, timeout=120, startup_timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert f"{run_dir}: 4 records; tiny: CPU" in printed
+    markdown = "\n".join(o["data"]["text/markdown"] for o in outputs
+                         if "text/markdown" in o.get("data", {}))
+    assert "ours, LLaMA-sdpa-math tiny:" in markdown
+    assert "the paper's TNL-LA2 / LLaMA-FA2 at 0.4B" in markdown
+
+
+def test_notebook_committed_without_outputs():
+    nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert FLAG in code[0].source and "RERUN = False" in code[0].source
+    source = "\n".join(c.source for c in code)
+    assert "run_sweep(build_train_spec(" in source and "subprocess" not in source
