@@ -51,8 +51,10 @@ def peaks_line(meta: dict) -> str:
 
 
 def _model_gbps(row) -> float:
-    """GB/s by today's byte model, for a record made before records carried it."""
-    if row["status"] != "ok" or not row["time_ms"] > 0 or row["mechanism"] not in registry.names():
+    """GB/s by today's byte model, for a record made before records carried it (an operator
+    call: a training step of a whole model has no byte model)."""
+    if (row["status"] != "ok" or not row["time_ms"] > 0 or row["mode"] not in registry.MODES
+            or row["mechanism"] not in registry.names()):
         return math.nan
     case = Case.from_row(row.to_dict())
     return registry.get(case.mechanism).traffic(case) / (row["time_ms"] / 1e3) / 1e9
@@ -106,7 +108,8 @@ def roofline_figure(rf: pd.DataFrame, meta: dict, title: str = ""):
     bandwidth and compute roofs where the run has measured peaks."""
     ok = rf[(rf["status"] == "ok") & (rf["intensity"] > 0) & (rf["tflops"] > 0)]
     if ok.empty:
-        raise UsageError("no measured case to draw a roofline of")
+        raise UsageError("no operator call measured ok to draw a roofline of (a training "
+                         "step of a whole model has no byte model)")
     peaks = peaks_of(meta)
     modes = list(dict.fromkeys(ok["mode"]))
     style = styles(ok["mechanism"].unique())
@@ -167,7 +170,8 @@ def save_roofline(df: pd.DataFrame, meta: dict, out_dir, formats=DEFAULT_FORMATS
         paths += save(roofline_figure(part, meta, title), out_dir,
                       "roofline" + (f"-{suffix}" if suffix else ""), formats)
     if not paths:
-        raise UsageError("no measured case to draw a roofline of")
+        raise UsageError("no operator call measured ok to draw a roofline of (a training "
+                         "step of a whole model has no byte model)")
     return paths
 
 

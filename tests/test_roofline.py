@@ -63,6 +63,8 @@ def test_shares_of_the_roofs():
     assert "64% of its roof (bandwidth-bound" in line
     no_peaks = roofline.roofline_frame(to_frame([rec]), {})
     assert math.isnan(no_peaks["bw_share"].iloc[0])
+    old = Record(case, "linear", "cuda", "ok", time_ms=1e-6, tflops=1.536)  # no gbps stored
+    assert roofline.roofline_frame(to_frame([old]), meta)["gbps"].iloc[0] == pytest.approx(640)
 
 
 def test_report_and_figure_of_a_cpu_run(cpu_run, tmp_path):
