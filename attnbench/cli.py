@@ -338,7 +338,7 @@ def profile(
     top: Annotated[int, typer.Option(help="Kernels shown per case (all are in kernels.parquet).")] = 12,
 ) -> None:
     """Profile a sweep: each case is timed as by run, then profiled (torch.profiler): a Perfetto trace and a per-kernel table per case."""
-    from attnbench.profile import finalize_kernels, print_kernels, profile_sweep
+    from attnbench.profile import finalize_kernels, print_kernels, profile_sweep, unavailable_notes
 
     if calls < 1:
         raise UsageError(f"--calls must be at least 1, not {calls}")
@@ -349,6 +349,8 @@ def profile(
                       max_case_seconds=max_case_seconds, line_seconds=line_seconds)
     run_dir = out if out is not None else (
         Path("results") / name if name else Path(f"{default_run_dir(spec)}-profile"))
+    for line in unavailable_notes(dev, memory_timeline, ncu):
+        console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     with _progress() as progress:
         task = progress.add_task("starting", total=None)
 
@@ -374,8 +376,6 @@ def profile(
             err_console.print(f"{escape(why)}; what was profiled is in {escape(str(run_dir))}",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
-    for line in result.notes:
-        console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     kernels = finalize_kernels(run_dir)
     if kernels is None or kernels.empty:
         console.print("no case measured ok, so none was profiled", highlight=False)

@@ -244,6 +244,17 @@ def memory_timeline_png(snapshot: dict, before: int, path: Path, title: str = ""
 # --- a sweep of profiles ---------------------------------------------------------------------
 
 
+def unavailable_notes(device: str, memory_timeline: bool, ncu: bool) -> list[str]:
+    """One line for each asked-for extra that cannot run on ``device`` here."""
+    notes = []
+    if memory_timeline and device != "cuda":
+        notes.append(MEMORY_TIMELINE_CPU)
+    if ncu and nsight.unavailable(device):
+        notes.append(f"--ncu: {nsight.unavailable(device)}; the kernel rows say so, nothing "
+                     "else changes")
+    return notes
+
+
 @dataclass
 class ProfileResult:
     sweep: SweepResult
@@ -270,13 +281,8 @@ def profile_sweep(spec: SweepSpec, out: Path | str | None = None, *, calls: int 
     ``on_kernels(rows)`` after each case's rows are on disk. UsageError for bad input.
     """
     if not isinstance(calls, int) or calls < 1:
-        raise UsageError(f"--calls must be a whole number >= 1, not {calls!r}")
-    notes = []
-    if memory_timeline and spec.device != "cuda":
-        notes.append(MEMORY_TIMELINE_CPU)
-    if ncu and nsight.unavailable(spec.device):
-        notes.append(f"--ncu: {nsight.unavailable(spec.device)}; the kernel rows say so, "
-                     "nothing else changes")
+        raise UsageError(f"--calls must be at least 1, not {calls!r}")
+    notes = unavailable_notes(spec.device, memory_timeline, ncu)
     run_dir: list[Path] = []
 
     def start(path: Path, cases, todo: int) -> None:
