@@ -45,11 +45,19 @@ class Case:
     size: str = field(default="", metadata=_tag("", omit=lambda c: not c.size))
     checkpointing: bool = field(default=False,
                                 metadata=_tag("ckpt", omit=lambda c: not c.checkpointing))
+    # A sequence-parallel case: the sequence (seq_len tokens in all) split over world_size
+    # ranks that run the call together, seq_len_per_rank each. 1: one process holds it all.
+    world_size: int = field(default=1, metadata=_tag("w", omit=lambda c: c.world_size == 1))
 
     @property
     def tokens(self) -> int:
         """Tokens one call processes: batch x seq_len (the tokens/s numerator)."""
         return self.batch * self.seq_len
+
+    @property
+    def seq_len_per_rank(self) -> int:
+        """Tokens of each sequence one rank holds (seq_len for a case of one process)."""
+        return self.seq_len // self.world_size
 
     def key(self) -> tuple:
         """Identity of a case across runs (resume, compare): every field."""

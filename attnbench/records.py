@@ -65,6 +65,13 @@ class Record:
     check_tol: float = NAN
     compile_s: float = NAN  # first call (compilation, autotuning), kept out of time_ms
     timestamp: float = NAN
+    # Where it ran (not part of the case): the rank of a sharded run that wrote it (0 for one
+    # process) and its GPU index (-1: the CPU). A sequence-parallel case ran on all
+    # world_size ranks; rank 0 writes its record, its times and memory the slowest rank's.
+    rank: int = 0
+    device_index: int = -1
+    seq_len_per_rank: int = 0  # tokens of each sequence one rank held (0: not recorded)
+    comm_bytes: float = NAN  # bytes one rank sent to collectives per call (sequence-parallel)
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -127,8 +134,13 @@ class Journal:
     last_started: Case | None = None
 
 
-def read_journal(run_dir: Path) -> Journal:
-    path = Path(run_dir) / JSONL_FILE
+def rank_journal(rank: int) -> str:
+    """The journal one rank of a sharded run appends to (merged into records.jsonl at the end)."""
+    return f"records.rank{rank}.jsonl"
+
+
+def read_journal(run_dir: Path, name: str = JSONL_FILE) -> Journal:
+    path = Path(run_dir) / name
     journal = Journal()
     if not path.is_file():
         return journal
@@ -175,14 +187,17 @@ class RunWriter:
     """The one writer of a run directory: holds its lock, appends records and markers.
 
     Opening it repairs a torn last line (moved to records.torn) so no append joins it.
+    ``name``: another journal of the directory (a rank's), with its own lock and torn file.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, name: str = JSONL_FILE):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / JSONL_FILE
-        self._lock = _lock(self.run_dir)
+        self.path = self.run_dir / name
+        # records.rank1.jsonl: run.rank1.lock, records.torn.rank1
+        tag = "" if name == JSONL_FILE else name.removeprefix("records").removesuffix(".jsonl")
+        self._lock = _lock(self.run_dir, LOCK_FILE.replace(".lock", tag + ".lock"))
         try:
-            self.repaired = _repair_torn_tail(self.path, self.run_dir / TORN_FILE)
+            self.repaired = _repair_torn_tail(self.path, self.run_dir / (TORN_FILE + tag))
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept for the run)
         except OSError as exc:
             self._lock.close()
@@ -215,8 +230,8 @@ class RunWriter:
         self.close()
 
 
-def _lock(run_dir: Path):
-    path = run_dir / LOCK_FILE
+def _lock(run_dir: Path, name: str = LOCK_FILE):
+    path = run_dir / name
     try:
         handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the run)
     except OSError as exc:

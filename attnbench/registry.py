@@ -178,6 +178,12 @@ class Mechanism:
     # Which implementation will run here and why, for a mechanism that picks one when loaded
     # (flash2: flash-attn or SDPA's flash backend): the reason of a yes from ``available()``.
     choice: Callable[[], str] | None = None
+    # Sequence-parallel: the callable takes this rank's piece of each sequence (seq_len /
+    # world_size tokens) and every rank of the process group calls it together. Left out of
+    # "all" and of families: named outright, under torchrun (attnbench.sharded).
+    sequence_parallel: bool = False
+    # Bytes one rank sends to collectives in one call of the case's mode (sequence-parallel).
+    comm: Callable[[Case], float] | None = None
 
     def callable(self) -> AttnFn:
         return self.load()
@@ -260,6 +266,33 @@ def _cutlass_limits(c: Case) -> str:
         if d % multiple:
             return f"head dim must be a multiple of {multiple} for {c.dtype}, not {d}"
     return ""
+
+
+def _sp(attr: str, *args):
+    """``attnbench.baselines.sequence_parallel.<attr>(*args, ...)``, imported when called."""
+    return lambda *more: getattr(importlib.import_module("attnbench.baselines.sequence_parallel"),
+                                 attr)(*args, *more)
+
+
+def _state_comm(c: Case) -> float:
+    """lightning2-sp: one all-gather of (B, H, D, E) fp32 states forward, one backward; a ring
+    all-gather sends W-1 of them per rank, whatever the length."""
+    calls = _per_mode(c, 1, 1)
+    return float(calls * _sp("state_bytes_sent")(c.batch, c.heads, c.head_dim, c.value_dim,
+                                                 c.world_size))
+
+
+def _kv_comm(c: Case) -> float:
+    """sdpa-ring: the keys and values of a piece go once around the ring forward; the backward
+    passes them again with their gradients (a model: about twice the forward)."""
+    once = _sp("kv_bytes_sent")(c.batch, c.heads, c.seq_len_per_rank, c.head_dim, c.value_dim,
+                                ELEMENT_BYTES[c.dtype], c.world_size)
+    return float(once * _per_mode(c, 1, 2))
+
+
+def _sp_io_bytes(c: Case) -> float:
+    """Per rank: io_bytes of its piece."""
+    return io_bytes(c.with_(seq_len=c.seq_len_per_rank, world_size=1))
 
 
 # --- the registry --------------------------------------------------------------------------
@@ -355,7 +388,43 @@ MECHANISMS: tuple[Mechanism, ...] = (
         oracle="linear-recurrent",
         traffic=prefix_state_traffic,
     ),
+    Mechanism(
+        name="lightning2-sp",
+        family="linear",
+        load=_from("attnbench.baselines.sequence_parallel", "lightning2_sp"),
+        summary="lightning2 with the sequence split over the ranks of a torch.distributed "
+                "group, LASP-2 style: one all-gather of (B, H, D, E) states forward, one "
+                "backward (run under torchrun; CPU through the Triton interpreter)",
+        devices=("cpu", "cuda"),
+        head_dims=(16, 256),
+        decay=True,
+        flops=linear_state_flops,
+        memory=_sp_io_bytes,
+        oracle="linear-recurrent",
+        traffic=io_traffic,
+        probe=_sp("group_problem"),
+        sequence_parallel=True,
+        comm=_state_comm,
+    ),
     # Softmax attention -----------------------------------------------------------------
+    Mechanism(
+        name="sdpa-ring",
+        family="softmax",
+        load=_from("attnbench.baselines.sequence_parallel", "sdpa_ring"),
+        summary="causal softmax with the sequence split over the ranks: PyTorch's context "
+                "parallelism ringing SDPA's flash backend (keys and values rotated, alltoall); "
+                "CUDA only (it has no ring for the CPU's SDPA kernels)",
+        dtypes=("fp16", "bf16"),
+        head_dims=(8, 256),
+        head_dim_multiple=8,
+        value_dim_equal=True,
+        memory=_sp_io_bytes,
+        oracle="softmax-naive",
+        traffic=softmax_io_traffic,
+        probe=_sp("sdpa_ring_problem", "cuda"),
+        sequence_parallel=True,
+        comm=_kv_comm,
+    ),
     Mechanism(
         name="softmax-naive",
         family="softmax",
@@ -481,13 +550,14 @@ def select(selection: str | None, device: str | None) -> list[Mechanism]:
         return device is None or device in m.devices
 
     if selection is None or selection.strip() in ("", "all"):
-        return [m for m in MECHANISMS if runs_here(m)]
+        return [m for m in MECHANISMS if runs_here(m) and not m.sequence_parallel]
     chosen: list[Mechanism] = []
     for token in (t.strip() for t in selection.split(",")):
         if not token:
             continue
         if token in FAMILIES:
-            members = [m for m in MECHANISMS if m.family == token and runs_here(m)]
+            members = [m for m in MECHANISMS if m.family == token and runs_here(m)
+                       and not m.sequence_parallel]
         elif token in _BY_NAME:
             members = [_BY_NAME[token]]
         else:

@@ -1,0 +1,253 @@
+"""Attention with one sequence split over the ranks of a torch.distributed process group.
+
+Each rank holds one contiguous piece of every sequence, ``L = N / W`` tokens (rank r holds
+tokens ``r*L .. (r+1)*L - 1``), and calls the function on its piece: q, k ``(B, H, L, D)``,
+v ``(B, H, L, E)``; it returns its piece of the output ``(B, H, L, E)``. Every rank of the
+group must make the same calls in the same order (they are collectives).
+
+``lightning2_sp`` (LASP-2 style, arXiv 2502.07563; written from the paper's equations):
+
+    forward    S_r   = sum_{j in piece r} lambda^(L-1-j) k_j^T v_j     (local state, zero start)
+               one all-gather of the S_r, (B, H, D, E) float32 each
+               S0_r  = sum_{j<r} lambda^(L(r-1-j)) S_j                (decayed prefix of states)
+               o_r   = lightning_attn2(q_r, k_r, v_r, decay, initial_state=S0_r)
+    backward   dS0_r from the kernel's backward (the gradient to its initial state)
+               one all-gather of the dS0_r
+               dS_j  = sum_{r>j} lambda^(L(r-1-j)) dS0_r              (the mirror of the prefix)
+               dk, dv += the local state's gradients (chunked matmuls)
+
+So a call moves two states per rank (one forward, one backward), whatever the length: a ring
+all-gather of W tensors of ``B*H*D*E*4`` bytes sends ``(W-1) * B*H*D*E*4`` bytes per rank
+(``state_bytes_sent``). ``BYTES_SENT`` counts what this process really hands to collectives.
+
+The local state is a chunked matmul in the inputs' dtype (fp32 accumulation inside the GEMM,
+the result widened to fp32); the kernel itself casts its initial state to the input dtype for
+its tensor-core products, so this loses nothing the kernel keeps. The last rank's state is
+used by no one: it sends zeros and computes none. With W = 1 there is no state to exchange and
+the call is ``lightning_attn2`` itself.
+
+``sdpa_ring``: causal softmax attention through PyTorch's own context parallelism
+(``torch.distributed.tensor.experimental.context_parallel``) around SDPA pinned to its flash
+backend, the keys and values passed around the ring (rotate method ``alltoall``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+# Tokens per chunk of the local state's matmul: bounds its temporaries (k x decay) to
+# B*H*CHUNK*D elements instead of a copy of k.
+STATE_CHUNK = 65536
+STATE_ELEMENT_BYTES = 4  # states travel in float32
+BYTES_SENT = [0]  # bytes this process has handed to collectives (counted by tests)
+NEEDS_GROUP = ("needs torch.distributed: run under torchrun "
+               "(torchrun --nproc-per-node N -m attnbench run ...)")
+
+
+def group_problem() -> str:
+    """Why no sequence-parallel call can run in this process ("" if a group is up)."""
+    if not dist.is_available():
+        return "this torch has no torch.distributed"
+    if not dist.is_initialized():
+        return NEEDS_GROUP
+    return ""
+
+
+def state_bytes_sent(batch: int, heads: int, d: int, e: int, world_size: int) -> int:
+    """Bytes one rank sends in one all-gather of the states (ring: W-1 states)."""
+    return (world_size - 1) * batch * heads * d * e * STATE_ELEMENT_BYTES
+
+
+def _all_gather(x: torch.Tensor, group) -> list[torch.Tensor]:
+    x = x.contiguous()
+    world = dist.get_world_size(group)
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x, group=group)
+    BYTES_SENT[0] += (world - 1) * x.numel() * x.element_size()
+    return parts
+
+
+def _piece_decay(decay: torch.Tensor | None, length: int, like: torch.Tensor):
+    """lambda^L per head as (1, H, 1, 1) float32: how much a state ages over one piece."""
+    if decay is None:
+        return None
+    return torch.exp(-decay.float() * length).view(1, -1, 1, 1).to(like.device)
+
+
+def _key_decay(decay, length: int, start: int, stop: int, device) -> torch.Tensor | None:
+    """lambda^(L-1-j) for tokens j in [start, stop) of a piece: (1, H, stop-start, 1) fp32."""
+    if decay is None:
+        return None
+    j = torch.arange(start, stop, device=device, dtype=torch.float32)
+    rates = decay.float().view(1, -1, 1, 1).to(device)  # [1, H, 1, 1]
+    return torch.exp(-rates * (length - 1 - j).view(1, 1, -1, 1))  # [1, H, C, 1]
+
+
+class _LocalState(torch.autograd.Function):
+    """S = sum_j lambda^(L-1-j) k_j^T v_j over the piece, float32 (B, H, D, E); recomputes
+    its chunks in the backward instead of keeping k x decay."""
+
+    @staticmethod
+    def forward(ctx, k, v, decay):
+        b, h, n, d = k.shape
+        state = torch.zeros(b, h, d, v.shape[-1], device=k.device, dtype=torch.float32)
+        for start in range(0, n, STATE_CHUNK):
+            stop = min(n, start + STATE_CHUNK)
+            kc = k[:, :, start:stop]  # [B, H, C, D]
+            w = _key_decay(decay, n, start, stop, k.device)
+            if w is not None:
+                kc = (kc * w).to(k.dtype)
+            state += (kc.transpose(-1, -2) @ v[:, :, start:stop]).float()  # [B, H, D, E]
+        ctx.save_for_backward(k, v, decay)
+        return state
+
+    @staticmethod
+    def backward(ctx, d_state):
+        k, v, decay = ctx.saved_tensors
+        n = k.shape[2]
+        ds = d_state.to(k.dtype)  # [B, H, D, E]
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        for start in range(0, n, STATE_CHUNK):
+            stop = min(n, start + STATE_CHUNK)
+            w = _key_decay(decay, n, start, stop, k.device)
+            kc = k[:, :, start:stop]
+            if w is not None:
+                kc = (kc * w).to(k.dtype)
+            gk = v[:, :, start:stop] @ ds.transpose(-1, -2)  # [B, H, C, D]
+            dk[:, :, start:stop] = gk if w is None else (gk * w).to(k.dtype)
+            dv[:, :, start:stop] = kc @ ds  # [B, H, C, E]
+        return dk, dv, None
+
+
+class _ExchangeStates(torch.autograd.Function):
+    """Local states in, this rank's initial state out: one all-gather forward (the states),
+    one backward (the initial states' gradients), each rank combining what it needs."""
+
+    @staticmethod
+    def forward(ctx, state, piece_decay, group):
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        states = _all_gather(state, group)
+        s0 = torch.zeros_like(state)
+        for j in range(rank):  # S0_r = sum_{j<r} lambda^(L(r-1-j)) S_j
+            s0 = (s0 if piece_decay is None else s0 * piece_decay) + states[j]
+        ctx.save_for_backward(piece_decay)
+        ctx.group, ctx.rank, ctx.world = group, rank, world
+        return s0
+
+    @staticmethod
+    def backward(ctx, d_s0):
+        (piece_decay,) = ctx.saved_tensors
+        grads = _all_gather(d_s0, ctx.group)
+        d_state = torch.zeros_like(d_s0)
+        for r in range(ctx.world - 1, ctx.rank, -1):  # dS_j = sum_{r>j} lambda^(L(r-1-j)) dS0_r
+            d_state = (d_state if piece_decay is None else d_state * piece_decay) + grads[r]
+        return d_state, None, None
+
+
+def lightning2_sp(q, k, v, decay=None, group=None):
+    """Lightning-2 on this rank's piece of a sequence split over ``group`` (default: the world).
+
+    Args:
+        q, k: (B, H, L, D) this rank's piece (L = N / W tokens, rank order = sequence order).
+        v: (B, H, L, E).
+        decay: None or per-head rates (H,), as ``lightning_attn2`` takes them.
+        group: the process group the sequence is split over.
+
+    Returns:
+        (B, H, L, E): this rank's piece of the causal output over the whole sequence.
+        Differentiable in q, k and v; the gradients reach earlier ranks' pieces.
+    """
+    from attnbench.kernels import lightning_attn2
+
+    problem = group_problem()
+    if problem:
+        raise RuntimeError(problem)
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    if world == 1:
+        return lightning_attn2(q, k, v, decay)
+    b, h, n, d = q.shape
+    if rank < world - 1:
+        state = _LocalState.apply(k, v, decay)
+    else:  # no rank after this one needs its state
+        state = q.new_zeros(b, h, d, v.shape[-1], dtype=torch.float32)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        # every rank's graph must hold the exchange, or one rank would skip the backward
+        # all-gather the others wait in (the last rank's zeros, a piece with only q trained)
+        if not state.requires_grad:
+            state = state.detach().requires_grad_()
+    s0 = _ExchangeStates.apply(state, _piece_decay(decay, n, q), group)
+    # rank 0 gets zeros, but its output must depend on them: its backward then joins the
+    # backward all-gather as every other rank's does.
+    return lightning_attn2(q, k, v, decay, initial_state=s0)
+
+
+# --- softmax: PyTorch's context parallelism --------------------------------------------------
+
+
+def sdpa_ring_problem(device: str) -> str:
+    """Why ``sdpa_ring`` cannot run on ``device`` with this torch ("" if it can)."""
+    try:
+        from torch.distributed.tensor.experimental import context_parallel  # noqa: F401
+    except ImportError as exc:
+        return f"this torch has no context parallelism ({exc})"
+    if device != "cuda":
+        return ("PyTorch's context parallelism rings only the CUDA SDPA kernels (flash, "
+                "efficient, cuDNN); on the CPU SDPA calls "
+                "aten._scaled_dot_product_flash_attention_for_cpu, which it cannot shard")
+    return group_problem()
+
+
+_MESHES: dict = {}
+
+
+def sdpa_ring(q, k, v, decay=None, group=None):
+    """Causal softmax on this rank's piece (same convention as ``lightning2_sp``), through
+    ``context_parallel`` with SDPA's flash backend and the ring rotation (alltoall).
+
+    Inside ``context_parallel`` SDPA takes plain tensors as the local shards of the sequence
+    (dim 2); its head-tail load balancing is turned off, as the pieces come in rank order.
+    NotImplementedError, with the reason, where it cannot run."""
+    if decay is not None:
+        raise ValueError("softmax attention takes no decay")
+    problem = sdpa_ring_problem(q.device.type)
+    if problem:
+        raise NotImplementedError(problem)
+    return _ring(q, k, v, group)
+
+
+def _ring(q, k, v, group=None):
+    # context_parallel(mesh, buffers=...) shards full-length buffers, then enables this
+    # dispatcher around SDPA; our pieces are already the shards, so only the dispatcher.
+    import torch.nn.functional as F
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.experimental._context_parallel import _attention as cp
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    world = dist.get_world_size(group)
+    key = (q.device.type, world)
+    if key not in _MESHES:
+        _MESHES[key] = init_device_mesh(q.device.type, (world,))
+    cp.set_rotate_method("alltoall")
+    balance = cp._cp_options.enable_load_balance
+    cp._cp_options.enable_load_balance = False  # the pieces come in rank order
+    # CUDA: pinned to the flash backend, the one it rings; the CPU keeps SDPA's own choice
+    # (what sdpa_ring_problem reports it cannot shard)
+    import contextlib
+
+    pin = (sdpa_kernel([SDPBackend.FLASH_ATTENTION]) if q.device.type == "cuda"
+           else contextlib.nullcontext())
+    cp._enable_context_parallel_dispatcher_impl(seq_dim=2, mesh=_MESHES[key])
+    try:
+        with pin:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    finally:
+        cp._disable_context_parallel_dispatcher_impl()
+        cp._cp_options.enable_load_balance = balance
+    return out.to_local() if hasattr(out, "to_local") else out
+
+
+def kv_bytes_sent(batch: int, heads: int, local_len: int, d: int, e: int, element: int,
+                  world_size: int) -> int:
+    """Bytes one rank sends passing its keys and values around the ring once (W-1 hops)."""
+    return (world_size - 1) * batch * heads * local_len * (d + e) * element
