@@ -276,7 +276,7 @@ def tgs(
     tokens_per_step: Annotated[str | None, typer.Option(help="Tokens one training step takes (batch = tokens // length, at least 1); default the longest length, so every length trains on as many tokens.")] = None,
     checkpointing: Annotated[bool, typer.Option("--checkpointing", help="Activation checkpointing: each layer recomputed in the backward (the memory of long lengths).")] = False,
     dtype: Annotated[str | None, typer.Option(help="Precision policy: bf16 (fp32 weights and AdamW state, bf16 autocast) or fp32; default bf16 on a GPU, fp32 on the CPU.")] = None,
-    max_case_seconds: Annotated[float | None, typer.Option(help="Skip lengths predicted to take longer to measure (about 16 steps).")] = None,
+    max_case_seconds: Annotated[float | None, typer.Option(help="Skip lengths predicted to take longer to measure (about 16 steps); default 120 on a GPU, 10 on the CPU.")] = None,
     line_seconds: Annotated[float | None, typer.Option(help="Seconds one line (model, mechanism) may spend over its lengths; 0 = no limit.")] = None,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Run directory (default results/<name>).")] = None,

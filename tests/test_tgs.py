@@ -62,6 +62,11 @@ def test_tgs_writes_records_the_table_and_plots(tiny_run):
     assert "ours, TNL-linear-masked tiny:" in out  # the findings under the plots
 
 
+def test_help():
+    code, out, _ = run_cli("tgs", "--help")
+    assert code == 0 and "--tokens-per-step" in out and "<bool>" not in out
+
+
 def test_records_are_training_steps(tiny_run):
     run_dir = tiny_run[0]
     df = records.load(run_dir).sort_values(["model", "seq_len"])
