@@ -88,7 +88,8 @@ def _following(df: pd.DataFrame) -> list[str]:
     """'batch=64 at 1k .. 1 at 64k' for each field that follows the length in these rows (a
     training step's batch at a fixed number of tokens per step)."""
     out = []
-    for col in dict.fromkeys(c for mode in df["mode"].unique() for c in FOLLOWS_LENGTH.get(mode, ())):
+    follow = [c for mode in df["mode"].unique() for c in FOLLOWS_LENGTH.get(mode, ())]
+    for col in dict.fromkeys(follow):
         by_len = df.groupby("seq_len")[col].first().sort_index()
         ends = [f"{by_len.iloc[i]} at {format_size(int(by_len.index[i]))}" for i in (0, -1)]
         out.append(f"{col}={ends[0]}" + (f" .. {ends[1]}" if len(by_len) > 1 else ""))

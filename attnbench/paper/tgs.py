@@ -131,7 +131,7 @@ def tgs_figure(df: pd.DataFrame, title: str = ""):
     tokens = train.loc[train["seq_len"] == train["seq_len"].min(), "batch"].iloc[0] * \
         train["seq_len"].min()
     notes = ["training speed against length (TGS)" + (f" - {title}" if title else ""),
-             f"{device}, {train['dtype'].iloc[0]}, {number(tokens)} tokens per step"
+             f"{device}, {train['dtype'].iloc[0]}, {format_size(int(tokens))} tokens per step"
              + (", activation checkpointing" if train["checkpointing"].any() else "")]
     suptitle(fig, notes, width=110)
     labels = {m: line_name(train.loc[train["mechanism"] == m, "model"].iloc[0], m)
