@@ -16,8 +16,9 @@ from attnbench.cli import main
 from attnbench.records import load, read_meta
 
 CALLS = 2
-PROFILE = ["profile", "--device", "cpu", "--mechanisms", "softmax-naive", "--seq-lens", "256",
-           "--heads", "2", "--head-dim", "16", "--modes", "fwd,bwd", "--calls", str(CALLS),
+# Large enough that the ops, not the Python between them, take most of a call on a busy CPU.
+PROFILE = ["profile", "--device", "cpu", "--mechanisms", "softmax-naive", "--seq-lens", "512",
+           "--heads", "4", "--head-dim", "32", "--modes", "fwd,bwd", "--calls", str(CALLS),
            "--memory-timeline", "--ncu", "--max-case-seconds", "60"]
 
 
@@ -74,7 +75,7 @@ def test_kernel_summary_is_tidy_positive_and_adds_up(profiled):
 
 def test_the_table_and_what_the_cpu_cannot_do_are_printed(profiled):
     _, out = profiled
-    assert "softmax-naive-fwd-b1-h2-n256-d16-fp32" in out and "aten::bmm" in out
+    assert "softmax-naive-fwd-b1-h4-n512-d32-fp32" in out and "aten::bmm" in out
     assert "kernels sum to" in out and "the timed call's median is" in out
     assert out.count("--memory-timeline: unavailable on the CPU") == 1
     assert out.count("--ncu: ncu profiles CUDA kernels") == 1
