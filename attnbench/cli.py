@@ -158,13 +158,23 @@ def run(
     name: _Name = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory; its sweep is kept.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write plots at the end.")] = True,
+    gpus: Annotated[int | None, typer.Option(help="Shard the sweep over N processes, one per GPU (on the CPU, N processes), started through torch.distributed.run: the same as torchrun --nproc-per-node N -m attnbench run ...")] = None,
 ) -> None:
-    """Run a sweep: records appended per case, then a table, tidy files and plots."""
+    """Run a sweep: records appended per case, then a table, tidy files and plots.
+
+    Under torchrun (or with --gpus N) the cases are shared by the ranks and merged into one run directory; sequence-parallel mechanisms (lightning2-sp, sdpa-ring), named outright, run each case over all ranks together.
+    """
+    from attnbench import sharded
+
     sweep_options = dict(preset=preset, mechanisms=mechanisms, seq_lens=seq_lens, batch=batch,
                          heads=heads, head_dims=head_dim, value_dims=value_dim, dtypes=dtype,
                          modes=modes, decay=decay, max_case_seconds=max_case_seconds,
                          line_seconds=line_seconds)
+    if gpus is not None:
+        _launch_ranks(gpus, device, resume, sweep_options)
+        return
     dev = _device(device)
+    ranks = sharded.init(dev) if sharded.launched() else None
     if resume is not None:
         if any(v is not None for v in sweep_options.values()) or out or name:
             raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
@@ -175,15 +185,61 @@ def run(
         spec = build_spec(device=dev, **sweep_options)
         run_dir = out if out is not None else (Path("results") / name if name else default_run_dir(spec))
         shown = spec
+    if ranks is not None and ranks.rank != 0:  # one display: rank 0's
+        try:
+            run_sweep(spec, run_dir, resume=resume is not None)
+        except (KeyboardInterrupt, CudaContextLost) as exc:
+            raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
+        return
+    if ranks is not None:
+        console.print(f"sharded over {ranks.world} rank(s) on {dev}: one journal per rank, "
+                      "merged at the end", highlight=False)
     if dev == "cpu":
         console.print("[bold yellow]No GPU in use: running on the CPU[/] (preset "
                       f"{escape(repr(shown.preset))}); times are CPU times, not GPU numbers.")
         chosen = {m.name for m in registry.select(shown.mechanisms, dev)}
-        skipped = [m.name for m in registry.MECHANISMS if m.name not in chosen]
+        skipped = [m.name for m in registry.MECHANISMS
+                   if m.name not in chosen and dev not in m.devices]
         if skipped and shown.mechanisms == "all":
             console.print(f"[dim]not CPU-capable, not run: {', '.join(skipped)}[/]")
 
     _execute(spec, run_dir, resume is not None, plot, "run")
+
+
+def _launch_ranks(gpus: int, device: str, resume: Path | None, sweep_options: dict) -> None:
+    """``run --gpus N``: check the input here, then start N ranks of ``attnbench run`` (these
+    options less --gpus) through torch.distributed.run; exit with their status."""
+    from attnbench import sharded
+    from attnbench.spec import expand
+
+    if sharded.launched():
+        raise UsageError("--gpus starts the ranks itself; under torchrun leave it out")
+    if gpus < 1:
+        raise UsageError(f"--gpus must be at least 1, not {gpus}")
+    dev = _device(device)
+    if dev == "cuda" and gpus > torch.cuda.device_count():
+        raise UsageError(f"--gpus {gpus}: torch sees {torch.cuda.device_count()} GPU(s)")
+    spec = _stored_spec(resume, dev) if resume is not None else build_spec(device=dev, **sweep_options)
+    sharded.with_world(expand(spec), gpus)  # a length the ranks cannot share: exit 2 here
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            argv.append(arg)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as launch
+
+    args = get_args_parser().parse_args(
+        ["--standalone", "--nproc-per-node", str(gpus), "-m", "attnbench", *argv])
+    try:
+        launch(args)
+    except ChildFailedError as exc:
+        codes = {f.exitcode for f in exc.failures.values()}
+        raise typer.Exit(2 if codes == {2} else 1) from None
 
 
 def _stored_spec(run_dir: Path, dev: str) -> SweepSpec:
@@ -542,7 +598,11 @@ def main() -> None:
     try:
         app()
     except UsageError as exc:
-        err_console.print(f"attnbench: error: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        import os
+
+        if os.environ.get("RANK", "0") == "0":  # under torchrun the same line once, by rank 0
+            err_console.print(f"attnbench: error: {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
         sys.exit(2)
     except OSError as exc:  # a filesystem failure no command foresaw: still one line
         where = f"{exc.filename}: " if exc.filename else ""

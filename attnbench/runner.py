@@ -235,7 +235,7 @@ class Sweep:
         self.started(case)
         start = time.perf_counter()
         try:
-            values = measure_case(mech, st.fn, case, device, spec.max_case_seconds)
+            values = self._measure(mech, st.fn, case)
         except NotImplementedError as exc:
             return record("unsupported", reason=one_line(exc), **checked)
         except Exception as exc:
@@ -250,6 +250,10 @@ class Sweep:
             values["reason"] = (f"FAILED correctness check: rel err {result.max_rel_err:.2e} > "
                                 f"tol {result.tol:.2e}")
         return record(values.pop("status"), **checked, **values)
+
+    def _measure(self, mech: registry.Mechanism, fn: Callable, case: Case) -> dict:
+        """Record fields of a measured case (a sharded sweep measures some together)."""
+        return measure_case(mech, fn, case, self.spec.device, self.spec.max_case_seconds)
 
     def run(self, cases: list[Case], done: list[Record] = ()) -> None:
         """Run ``cases``, skipping those ``done`` already holds (resume) and learning from them."""
@@ -328,7 +332,15 @@ def run_sweep(
     Bad input raises UsageError before any measurement. Ctrl-C (KeyboardInterrupt) and a lost
     CUDA context (CudaContextLost) propagate after the tables of what was recorded are
     written; ``resume`` continues such a run in a new process.
+
+    In a process of a sharded run (``attnbench.sharded.init`` joined torchrun's ranks) the
+    ranks share the sweep, each with its own journal, merged at the end (attnbench.sharded).
     """
+    from attnbench import sharded
+
+    if sharded.current() is not None:
+        return sharded.run_sharded(spec, out, resume=resume, on_record=on_record,
+                                   on_status=on_status, on_start=on_start)
     started_at = time.time()
     if resume:
         if out is None:
@@ -346,6 +358,7 @@ def run_sweep(
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"{out} is a CUDA sweep and torch sees no CUDA GPU here")
     cases = expand(spec)  # unknown mechanisms fail here, before any directory is made
+    sharded.refuse_without_group(cases)
     if not resume:
         _prepare_dir(out, resume=False)
 

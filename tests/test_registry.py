@@ -108,6 +108,9 @@ HAND_COUNTS = {  # name: (fwd FLOPs, fwd bytes, bwd bytes)
     "sdpa-cudnn": (1280, 640, 1344),
     "sdpa-efficient": (1280, 640, 1344),
     "xformers": (1280, 640, 1344),
+    # sequence-parallel: the whole case's work and bytes, all ranks together
+    "lightning2-sp": (1536, 640, 1088),
+    "sdpa-ring": (1280, 640, 1344),
 }
 
 

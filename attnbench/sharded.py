@@ -1,0 +1,519 @@
+"""Sweeps over several processes: ``torchrun --nproc-per-node N -m attnbench run ...``.
+
+One process per GPU (or N processes on the CPU), joined by torch.distributed: a gloo group
+for the harness's own messages, and for CUDA an NCCL group that the sequence-parallel
+mechanisms pass their tensors through. In one run directory:
+
+1. Sequence-parallel cases first (``Mechanism.sequence_parallel``: ``lightning2-sp``,
+   ``sdpa-ring``), each run by every rank together with ``world_size`` = N, each rank
+   holding ``seq_len / N`` tokens. Rank 0 leads: it makes the sweep's decisions (budgets,
+   OOM frontiers) and tells the others which collective step comes next (check, measure),
+   so every rank calls the same collectives in the same order. Its times are the slowest
+   rank's of each repetition; its memory the largest rank's; rank 0 writes its record.
+2. The other cases, whole lines (a mechanism, mode and shape over its lengths) dealt to the
+   ranks by predicted cost (the FLOP model, heaviest line to the least loaded rank), each
+   rank alone on its own device.
+3. Each rank appends to its own journal, ``records.rank<r>.jsonl`` with its own lock (a rank
+   that dies costs no other rank its records); at the end rank 0 merges them into the
+   directory's ``records.jsonl``, one record per case, and writes the tables.
+
+``--resume`` continues such a run with the same number of ranks: every rank reads every
+journal, so nothing recorded is run again. Each record says its ``rank`` and
+``device_index``; neither is part of a case's identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from attnbench import check as checking
+from attnbench import measure, records, registry
+from attnbench.case import Case
+from attnbench.errors import UsageError
+from attnbench.prepare import call_flops, prepare_call
+from attnbench.records import Record
+
+TIMEOUT = timedelta(minutes=30)  # a rank stuck in a collective gives up after this
+CPU_TARGET_S, CUDA_TARGET_S = 0.2, 0.1  # timed repetitions fill about this long
+
+
+def launched() -> bool:
+    """True in a process torchrun (torch.distributed.run) started."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or (
+        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a sharded run."""
+
+    rank: int
+    world: int
+    device: str  # "cuda" | "cpu"
+    device_index: int  # the GPU this rank uses; -1 on the CPU
+    control: object  # the gloo group of the harness's messages
+    data: object  # the group the sequence-parallel mechanisms use (NCCL on CUDA)
+
+
+_RANKS: list[Ranks] = []
+
+
+def current() -> Ranks | None:
+    """The ranks of this process's sharded run, once ``init`` has joined them."""
+    return _RANKS[0] if _RANKS else None
+
+
+def init(device: str) -> Ranks:
+    """Join the process group torchrun set up (gloo; NCCL too for CUDA). UsageError when the
+    ranks see different kinds of device (one CUDA, another the CPU)."""
+    if _RANKS:
+        return _RANKS[0]
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    kinds = [None] * world
+    dist.all_gather_object(kinds, device)
+    if len(set(kinds)) > 1:
+        where = ", ".join(f"rank {r} {k}" for r, k in enumerate(kinds))
+        raise UsageError(f"the ranks run on different kinds of device ({where}); give every "
+                         "rank the same --device")
+    data = dist.new_group(backend="nccl", timeout=TIMEOUT) if device == "cuda" else None
+    index = torch.cuda.current_device() if device == "cuda" else -1
+    _RANKS.append(Ranks(rank, world, device, index, None, data))
+    signal.signal(signal.SIGTERM, _terminated)  # torchrun stops the others when one fails
+    return _RANKS[0]
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # the case in hand is marked abandoned, the tables written
+
+
+def refuse_without_group(cases: list[Case]) -> None:
+    """UsageError if a sequence-parallel mechanism is asked for outside a sharded run."""
+    named = sorted({c.mechanism for c in cases if registry.get(c.mechanism).sequence_parallel})
+    if named:
+        problem = registry.get(named[0]).available().reason
+        raise UsageError(f"{', '.join(named)} {problem or 'needs a process group'}")
+
+
+def with_world(cases: list[Case], world: int) -> list[Case]:
+    """The sweep's cases with sequence-parallel ones split over ``world`` ranks; UsageError
+    for a length the ranks cannot share evenly."""
+    out, bad = [], {}
+    for c in cases:
+        if registry.get(c.mechanism).sequence_parallel:
+            if c.seq_len % world:
+                bad.setdefault(c.mechanism, []).append(c.seq_len)
+            c = c.with_(world_size=world)
+        out.append(c)
+    if bad:
+        name, lengths = next(iter(bad.items()))
+        raise UsageError(f"{name} splits each sequence over {world} ranks: seq_len "
+                         f"{', '.join(map(str, sorted(set(lengths))))} is not a multiple of "
+                         f"{world}; choose lengths that are")
+    return out
+
+
+def deal(cases: list[Case], world: int) -> list[list[Case]]:
+    """Whole lines of one-process cases to ranks, heaviest first to the least loaded rank,
+    by the FLOP model; each rank's cases keep the sweep's order."""
+    lines: dict[tuple, list[Case]] = {}
+    for c in cases:
+        lines.setdefault(c.series(), []).append(c)
+    cost = {s: sum(call_flops(registry.get(c.mechanism), c) for c in line)
+            for s, line in lines.items()}
+    load, owner = [0.0] * world, {}
+    for s in sorted(lines, key=lambda s: -cost[s]):  # stable: ties keep the sweep's order
+        r = min(range(world), key=lambda r: (load[r], r))
+        owner[s] = r
+        load[r] += cost[s]
+    return [[c for c in cases if owner[c.series()] == r] for r in range(world)]
+
+
+# --- the collective steps of a sequence-parallel case -----------------------------------------
+
+
+def _send(msg, ranks: Ranks):
+    box = [msg]
+    dist.broadcast_object_list(box, src=0, group=ranks.control)
+    return box[0]
+
+
+def _gather(obj, ranks: Ranks) -> list:
+    out = [None] * ranks.world
+    dist.all_gather_object(out, obj, group=ranks.control)
+    return out
+
+
+def _first_failure(outcomes: list) -> str:
+    for r, o in enumerate(outcomes):
+        if isinstance(o, str):
+            return o if r == 0 else f"rank {r}: {o}"
+    return ""
+
+
+def _bound(mech: registry.Mechanism, ranks: Ranks) -> Callable:
+    fn = mech.callable()
+    return functools.partial(fn, group=ranks.data) if ranks.data is not None else fn
+
+
+def _one_line(exc: BaseException) -> str:
+    from attnbench.runner import one_line
+
+    return one_line(exc)
+
+
+def sp_check(mech: registry.Mechanism, case: Case, ranks: Ranks) -> checking.CheckResult | str:
+    """Every rank checks its piece of ``check_case(case)`` against the float64 oracle of the
+    whole sequence; the error is the whole output's and gradients' (squared sums reduced).
+    A string: the first rank's exception."""
+    small = checking.check_case(case)
+    n = ranks.world * math.ceil(checking.CHECK_SEQ_LEN / ranks.world)
+    small = small.with_(seq_len=n)
+    local = n // ranks.world
+    piece = slice(ranks.rank * local, (ranks.rank + 1) * local)
+    try:
+        oracle = registry.get(mech.oracle)
+        baseline = registry.get(registry.DTYPE_BASELINE[mech.family])
+        gen = torch.Generator().manual_seed(1234)
+        shape = (small.batch, small.heads, n)
+        qkv64 = [torch.randn((*shape, dim), generator=gen, dtype=torch.float64)
+                 for dim in (small.head_dim, small.head_dim, small.value_dim)]
+        do64 = torch.randn((*shape, small.value_dim), generator=gen, dtype=torch.float64)
+        rates = checking.decay_rates(mech, case.decay, small.heads, "cpu")
+        dec64 = rates.double() if rates is not None else None
+        dtype = registry.DTYPES[case.dtype]
+        out = checking._outputs
+        ref = out(oracle, oracle.callable(), qkv64, do64, dec64, torch.float64, "cpu", True)
+        base = out(baseline, baseline.callable(), qkv64, do64, dec64, dtype, ranks.device, True)
+        base_err = max(checking.rel_err(g, r) for g, r in zip(base, ref))
+        mine = out(mech, _bound(mech, ranks), [x[:, :, piece] for x in qkv64],
+                   do64[:, :, piece], dec64, dtype, ranks.device, True)
+        sums = [(float((g.detach().cpu().double() - r[:, :, piece]).norm() ** 2),
+                 float(r[:, :, piece].norm() ** 2)) for g, r in zip(mine, ref)]
+        outcome = (sums, base_err)
+    except Exception as exc:
+        outcome = _one_line(exc)
+    outcomes = _gather(outcome, ranks)
+    failure = _first_failure(outcomes)
+    if failure:
+        return failure
+    err = max(math.sqrt(sum(o[0][i][0] for o in outcomes)
+                        / max(1e-300, sum(o[0][i][1] for o in outcomes)))
+              for i in range(len(outcomes[0][0])))
+    base_err = outcomes[0][1]
+    return checking.CheckResult(err, max(2.0 * base_err, checking.TOL_FLOOR[case.dtype]),
+                                base_err)
+
+
+def _timed(call: Callable, device: str) -> float:
+    measure.synchronize(device)
+    start = time.perf_counter()
+    call()
+    measure.synchronize(device)
+    return time.perf_counter() - start
+
+
+def sp_measure(mech: registry.Mechanism, case: Case, ranks: Ranks,
+               max_case_seconds: float) -> dict:
+    """Time and memory of a sequence-parallel case, every rank calling together: the same
+    number of calls on each (rank 0's plan), a barrier before each timed repetition, each
+    repetition's time the slowest rank's. Returns Record fields; a rank's exception becomes
+    an error (or oom) for all."""
+    device = ranks.device
+    local = case.with_(seq_len=case.seq_len_per_rank, world_size=1)  # this rank's piece
+
+    def agree(step: Callable[[], object]) -> list:
+        try:
+            outcome = step()
+        except Exception as exc:
+            outcome = _one_line(exc) or "error"
+        outcomes = _gather(outcome, ranks)
+        failure = _first_failure(outcomes)
+        if failure:
+            raise _RankFailed(failure)
+        return outcomes
+
+    prepared: list = []
+    agree(lambda: prepared.append(prepare_call(mech, local, device, _bound(mech, ranks))))
+    call = prepared[0].call
+    compile_s = max(agree(lambda: _timed(call, device)))
+    estimate_s = max(agree(lambda: _timed(call, device)))
+    values = dict(compile_s=compile_s)
+    if estimate_s * (measure.MIN_REPS + 6) > max_case_seconds:
+        return dict(values, status="timeout",
+                    reason=f"one call took {estimate_s:.2f} s; measuring would exceed "
+                           f"--max-case-seconds {max_case_seconds:g}")
+    target = CUDA_TARGET_S if device == "cuda" else CPU_TARGET_S
+    reps = max(measure.MIN_REPS, min(200, int(target / max(estimate_s, 1e-6))))
+
+    def repetitions() -> list[float]:
+        times = []
+        for _ in range(reps):
+            dist.barrier(group=ranks.control)
+            times.append(_timed(call, device) * 1e3)
+        return times
+
+    per_rank = agree(repetitions)
+    slowest = [max(ts) for ts in zip(*per_rank)]
+    timing = measure._summarise(slowest)
+    prepared[0].reset_grads()
+    memory = agree(lambda: measure.peak_memory_mib(call, device))
+    seconds = timing.median_ms / 1e3
+    return dict(
+        values, status="ok", time_ms=timing.median_ms, time_ms_p20=timing.p20_ms,
+        time_ms_p80=timing.p80_ms, reps=timing.reps, tokens_per_s=case.tokens / seconds,
+        tflops=call_flops(mech, case) / seconds / 1e12,
+        gbps=mech.traffic(case) / seconds / 1e9,
+        peak_mem_mib=max(m[0] for m in memory), extra_mem_mib=max(m[1] for m in memory))
+
+
+class _RankFailed(RuntimeError):
+    """A rank's exception inside a collective step, the same on every rank."""
+
+
+def serve(ranks: Ranks, max_case_seconds: float) -> None:
+    """A rank other than 0 during the sequence-parallel cases: do the collective steps rank
+    0 asks for until it says the cases are done."""
+    mechs: dict[str, registry.Mechanism] = {}
+    while True:
+        msg = _send(None, ranks)
+        if msg is None or msg[0] == "end":
+            return
+        step, case = msg
+        mech = mechs.setdefault(case.mechanism, registry.get(case.mechanism))
+        if step == "check":
+            sp_check(mech, case, ranks)
+        elif step == "measure":
+            try:
+                sp_measure(mech, case, ranks, max_case_seconds)
+            except _RankFailed:
+                pass
+            finally:
+                _free(ranks.device)
+
+
+def _free(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def lead_check(mech, case, ranks):
+    _send(("check", case), ranks)
+    return sp_check(mech, case, ranks)
+
+
+def lead_measure(mech, case, ranks, max_case_seconds):
+    _send(("measure", case), ranks)
+    try:
+        return sp_measure(mech, case, ranks, max_case_seconds)
+    except _RankFailed as exc:
+        text = str(exc)
+        return dict(status="oom" if "out of memory" in text.lower() else "error", reason=text)
+    finally:
+        _free(ranks.device)
+
+
+def end_service(ranks: Ranks) -> None:
+    _send(("end", None), ranks)
+
+
+def stamp(rec: Record, ranks: Ranks | None) -> Record:
+    """Where a record ran: rank, device index, tokens per rank, bytes sent per call."""
+    mech = registry.get(rec.case.mechanism)
+    comm = mech.comm(rec.case) if mech.comm is not None and rec.status == "ok" else math.nan
+    if ranks is None:
+        return dataclasses.replace(rec, seq_len_per_rank=rec.case.seq_len_per_rank,
+                                   comm_bytes=comm)
+    return dataclasses.replace(rec, rank=ranks.rank, device_index=ranks.device_index,
+                               seq_len_per_rank=rec.case.seq_len_per_rank, comm_bytes=comm)
+
+
+# --- the run directory -----------------------------------------------------------------------
+
+
+def all_records(run_dir: Path, world: int) -> list[Record]:
+    """Every record of the directory: records.jsonl and each rank's journal."""
+    out = list(records.read_journal(run_dir).records)
+    for r in range(world):
+        out += records.read_journal(run_dir, records.rank_journal(r)).records
+    return out
+
+
+def merge(run_dir: Path, world: int) -> int:
+    """Append to records.jsonl each case the ranks' journals hold and it does not (the last
+    record of a case wins); returns how many were added."""
+    with records.RunWriter(run_dir) as writer:
+        have = {r.case.key() for r in records.read_journal(run_dir).records}
+        latest: dict[tuple, Record] = {}
+        for r in range(world):
+            for rec in records.read_journal(run_dir, records.rank_journal(r)).records:
+                if rec.case.key() not in have:
+                    latest[rec.case.key()] = rec
+        for rec in latest.values():
+            writer.write(rec)
+    return len(latest)
+
+
+# --- the sweep -------------------------------------------------------------------------------
+
+
+def _sweep_class():
+    from attnbench.runner import Sweep
+
+    class ShardedSweep(Sweep):
+        """Sweep of one rank; on rank 0 the sequence-parallel cases' check and measurement
+        are collective steps the other ranks (in ``serve``) join."""
+
+        def __init__(self, spec, emit, ranks: Ranks, **callbacks):
+            super().__init__(spec, emit, **callbacks)
+            self.ranks = ranks
+
+        def _check(self, st, case):
+            if not st.mech.sequence_parallel:
+                return super()._check(st, case)
+            key = checking.check_case(case)
+            if key not in st.checks:
+                self.on_case(f"checking {st.mech.name} {case.dtype} over {self.ranks.world} "
+                             "ranks vs float64")
+                st.checks[key] = lead_check(st.mech, case, self.ranks)
+            return st.checks[key]
+
+        def _measure(self, mech, fn, case):
+            if not mech.sequence_parallel:
+                return super()._measure(mech, fn, case)
+            return lead_measure(mech, case, self.ranks, self.spec.max_case_seconds)
+
+    return ShardedSweep
+
+
+def run_sharded(spec, out, *, resume=False, on_record=None, on_status=None, on_start=None):
+    """``run_sweep`` in one rank of a sharded run (every rank calls it with the same
+    arguments). Rank 0 checks and makes the directory; each rank runs its share into its own
+    journal; rank 0 merges them at the end. Returns this rank's SweepResult."""
+    from attnbench import envinfo, peaks
+    from attnbench.runner import SweepResult, _prepare_dir, default_run_dir
+    from attnbench.spec import SweepSpec, expand
+
+    ranks = current()
+    started_at = time.time()
+    if resume:
+        if out is None:
+            raise UsageError("resume needs the run directory to continue")
+        meta = records.read_meta(Path(out))
+        stored = SweepSpec.from_json(meta["spec"])
+        if spec is not None and spec != stored:
+            raise UsageError(f"{out} holds another sweep; resume it without sweep options")
+        if meta.get("world_size", 1) != ranks.world:
+            raise UsageError(f"{out} was run on {meta.get('world_size', 1)} rank(s); resume it "
+                             f"with --nproc-per-node {meta.get('world_size', 1)}, not "
+                             f"{ranks.world}")
+        spec = stored
+    elif spec is None:
+        raise UsageError("a new run needs a sweep spec")
+    if spec.device != ranks.device:
+        raise UsageError(f"this is a {spec.device} sweep and the ranks run on {ranks.device}")
+    cases = with_world(expand(spec), ranks.world)  # the same UsageError on every rank
+    # rank 0 names and makes the directory; the others follow its word
+    outcome = None
+    if ranks.rank == 0:
+        try:
+            out = Path(out) if out is not None else default_run_dir(spec)
+            _prepare_dir(out, resume)
+            if not resume:
+                places = _gather((ranks.device_index, os.uname().nodename), ranks)
+                records.write_meta(out, dict(
+                    command="torchrun --nproc-per-node "
+                            f"{ranks.world} -m attnbench {' '.join(sys.argv[1:])}",
+                    started=time.strftime("%Y-%m-%dT%H:%M:%S"), spec=spec.to_json(),
+                    world_size=ranks.world,
+                    ranks=[dict(rank=r, device_index=i, host=h)
+                           for r, (i, h) in enumerate(places)],
+                    environment=envinfo.environment(), peaks=peaks.device_peaks(spec.device)))
+            outcome = ("ok", str(out))
+        except UsageError as exc:
+            outcome = ("error", str(exc))
+    elif not resume:
+        _gather((ranks.device_index, os.uname().nodename), ranks)
+    outcome = _send(outcome, ranks)
+    if outcome[0] == "error":
+        raise UsageError(outcome[1])
+    out = Path(outcome[1])
+
+    counts: dict[str, int] = {}
+    repaired: list[str] = []
+    with records.RunWriter(out, records.rank_journal(ranks.rank)) as writer:
+        mine = records.read_journal(out, records.rank_journal(ranks.rank))
+        current_case: list[Case] = []
+
+        def emit(rec: Record) -> None:
+            current_case.clear()
+            rec = stamp(rec, ranks)
+            writer.write(rec)
+            counts[rec.status] = counts.get(rec.status, 0) + 1
+            if on_record is not None:
+                on_record(rec)
+
+        if writer.repaired:
+            repaired.append(f"{records.rank_journal(ranks.rank)}: a last line cut off by a crash "
+                            f"was moved aside")
+        for case in mine.unfinished:  # this rank died inside it: an error, not tried again
+            if writer.repaired and case == mine.last_started:
+                continue
+            emit(Record(case, registry.get(case.mechanism).family, spec.device, "error",
+                        timestamp=time.time(), reason="process killed while measuring this "
+                        "case (out of memory, or killed by the system); not tried again"))
+        dist.barrier(group=ranks.control)  # every journal repaired before anyone reads them
+        done = all_records(out, ranks.world)
+        parallel = [c for c in cases if registry.get(c.mechanism).sequence_parallel]
+        alone = deal([c for c in cases if not registry.get(c.mechanism).sequence_parallel],
+                     ranks.world)[ranks.rank]
+        keys = {r.case.key() for r in done}
+        if on_start is not None:
+            todo = {c.key() for c in alone + (parallel if ranks.rank == 0 else [])} - keys
+            on_start(out, cases, len(todo))
+
+        def started(case: Case) -> None:
+            current_case[:] = [case]
+            writer.started(case, time.time())
+
+        sweep = _sweep_class()(spec, emit, ranks, on_case=on_status or (lambda text: None),
+                               started=started)
+        try:
+            if ranks.rank == 0:
+                try:
+                    sweep.run(parallel, done)
+                finally:
+                    end_service(ranks)
+            else:
+                serve(ranks, spec.max_case_seconds)
+            sweep.run(alone, done)
+            dist.barrier(group=ranks.control)  # every rank's journal complete
+        except KeyboardInterrupt:
+            for case in current_case:
+                writer.abandoned(case, time.time())
+            raise
+        finally:
+            if ranks.rank == 0:
+                merge(out, ranks.world)
+                records.finalize(out)
+    return SweepResult(out, counts, time.time() - started_at, repaired)
