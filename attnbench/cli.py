@@ -251,9 +251,10 @@ def _stored_spec(run_dir: Path, dev: str) -> SweepSpec:
 
 
 def _execute(spec: SweepSpec | None, run_dir: Path, resume: bool, plot: bool,
-             command: str) -> None:
+             command: str, sweep=run_sweep) -> None:
     """run_sweep with a progress bar, then the tables and plots (``command``: what to tell a
-    user to type to continue an interrupted run)."""
+    user to type to continue an interrupted run; ``sweep``: run_sweep, or a function of its
+    signature that does more per case, as ``attnbench.profile.profile_sweep``)."""
     counts: dict[str, int] = {}
     with _progress() as progress:
         task = progress.add_task("starting", total=None)
@@ -273,9 +274,9 @@ def _execute(spec: SweepSpec | None, run_dir: Path, resume: bool, plot: bool,
                     f"{escape(rec.reason)}", highlight=False)
 
         try:
-            result = run_sweep(spec, run_dir, resume=resume, on_record=on_record,
-                               on_start=on_start,
-                               on_status=lambda text: progress.update(task, description=text))
+            result = sweep(spec, run_dir, resume=resume, on_record=on_record,
+                           on_start=on_start,
+                           on_status=lambda text: progress.update(task, description=text))
             progress.update(task, description="done")
         except KeyboardInterrupt:
             progress.stop()
@@ -392,54 +393,41 @@ def profile(
     memory_timeline: Annotated[bool, typer.Option("--memory-timeline", help="Also record PyTorch's memory history of one call per case (CUDA): snapshot pickle and PNG.")] = False,
     ncu: Annotated[bool, typer.Option("--ncu", help="Also run each case's kernels under Nsight Compute (where ncu is on the PATH): DRAM and SM throughput, occupancy, registers, local-memory traffic.")] = False,
     top: Annotated[int, typer.Option(help="Kernels shown per case (all are in kernels.parquet).")] = 12,
+    resume: Annotated[Path | None, typer.Option(help="Continue the profile in this directory; its sweep is kept, the cases it had not reached are timed and profiled.")] = None,
 ) -> None:
     """Profile a sweep: each case is timed as by run, then profiled (torch.profiler): a Perfetto trace and a per-kernel table per case."""
+    from functools import partial
+
     from attnbench.profile import finalize_kernels, print_kernels, profile_sweep, unavailable_notes
 
+    sweep_options = dict(preset=preset, mechanisms=mechanisms, seq_lens=seq_lens, batch=batch,
+                         heads=heads, head_dims=head_dim, value_dims=value_dim, dtypes=dtype,
+                         modes=modes, decay=decay, max_case_seconds=max_case_seconds,
+                         line_seconds=line_seconds)
     if calls < 1:
         raise UsageError(f"--calls must be at least 1, not {calls}")
     dev = _device(device)
-    spec = build_spec(device=dev, preset=preset, mechanisms=mechanisms, seq_lens=seq_lens,
-                      batch=batch, heads=heads, head_dims=head_dim, value_dims=value_dim,
-                      dtypes=dtype, modes=modes, decay=decay,
-                      max_case_seconds=max_case_seconds, line_seconds=line_seconds)
-    run_dir = out if out is not None else (
-        Path("results") / name if name else Path(f"{default_run_dir(spec)}-profile"))
+    if resume is not None:
+        if any(v is not None for v in sweep_options.values()) or out or name:
+            raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
+                             "options")
+        _stored_spec(resume, dev)
+        spec, run_dir = None, resume
+    else:
+        spec = build_spec(device=dev, **sweep_options)
+        run_dir = out if out is not None else (
+            Path("results") / name if name else Path(f"{default_run_dir(spec)}-profile"))
     for line in unavailable_notes(dev, memory_timeline, ncu):
         console.print(f"[yellow]{escape(line)}[/]", highlight=False)
-    with _progress() as progress:
-        task = progress.add_task("starting", total=None)
-
-        def on_start(path: Path, cases, todo: int) -> None:
-            progress.console.print(f"{len(cases)} cases -> {escape(str(path))}", highlight=False)
-            progress.update(task, total=todo)
-
-        def on_record(rec: records.Record) -> None:
-            progress.advance(task)
-            if rec.status != "ok":
-                c = rec.case
-                progress.console.print(f"[yellow]{escape(c.mechanism)} {c.mode} n={c.seq_len}: "
-                                       f"{rec.status}[/] {escape(rec.reason)}", highlight=False)
-
-        try:
-            result = profile_sweep(spec, run_dir, calls=calls, memory_timeline=memory_timeline,
-                                   ncu=ncu, on_start=on_start, on_record=on_record,
-                                   on_status=lambda text: progress.update(task, description=text))
-            progress.update(task, description="done")
-        except (KeyboardInterrupt, CudaContextLost) as exc:
-            progress.stop()
-            why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"the CUDA context is lost ({exc})"
-            err_console.print(f"{escape(why)}; what was profiled is in {escape(str(run_dir))}",
-                              highlight=False, soft_wrap=True)
-            raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
+    _execute(spec, run_dir, resume is not None, False, "profile",
+             sweep=partial(profile_sweep, calls=calls, memory_timeline=memory_timeline, ncu=ncu))
     kernels = finalize_kernels(run_dir)
     if kernels is None or kernels.empty:
         console.print("no case measured ok, so none was profiled", highlight=False)
     else:
         print_kernels(kernels, console, top=top)
     console.print(f"traces: {escape(str(run_dir / 'profiles'))}; kernels: "
-                  f"{escape(str(run_dir / 'kernels.parquet'))}, kernels.csv; records: "
-                  f"{escape(str(run_dir / records.JSONL_FILE))}", highlight=False)
+                  f"{escape(str(run_dir / 'kernels.parquet'))}, kernels.csv", highlight=False)
 
 
 STRICT = Annotated[bool, typer.Option("--strict", help="Exit 2 if records.jsonl has a damaged line, instead of warning.")]

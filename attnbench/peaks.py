@@ -62,10 +62,7 @@ def measure(device: str) -> dict:
 
         copy_bytes, n, dtype = CPU_COPY_BYTES, CPU_MATMUL_N, torch.float32
         method = "torch.utils.benchmark blocked_autorange median"
-    src = torch.randn(copy_bytes // 4, device=device)  # fp32: 4 bytes an element
-    dst = torch.empty_like(src)
-    copy_s = bench(lambda: dst.copy_(src))
-    del src, dst
+    copy_s = _copy_seconds(bench, copy_bytes, device)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     matmul_s = bench(lambda: torch.matmul(a, b))
@@ -75,6 +72,13 @@ def measure(device: str) -> dict:
         copy_bytes=copy_bytes, matmul_n=n, method=method, torch=torch.__version__,
         measured=datetime.now().isoformat(timespec="seconds"),
     )
+
+
+def _copy_seconds(bench, copy_bytes: int, device: str) -> float:
+    """One copy of ``copy_bytes`` (its buffers freed on return, before the matmul's)."""
+    src = torch.randn(copy_bytes // 4, device=device)  # fp32: 4 bytes an element
+    dst = torch.empty_like(src)
+    return bench(lambda: dst.copy_(src))
 
 
 def device_peaks(device: str, remeasure: bool = False) -> dict:

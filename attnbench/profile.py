@@ -22,7 +22,7 @@ import json
 import math
 import pickle
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -255,34 +255,21 @@ def unavailable_notes(device: str, memory_timeline: bool, ncu: bool) -> list[str
     return notes
 
 
-@dataclass
-class ProfileResult:
-    sweep: SweepResult
-    notes: list[str] = field(default_factory=list)  # once per run: what was not available
-
-    @property
-    def run_dir(self) -> Path:
-        return self.sweep.run_dir
-
-    @property
-    def kernels(self) -> pd.DataFrame:
-        return load_kernels(self.run_dir)
-
-
-def profile_sweep(spec: SweepSpec, out: Path | str | None = None, *, calls: int = 3,
-                  memory_timeline: bool = False, ncu: bool = False,
-                  on_record: Callable[[Record], None] | None = None,
+def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
+                  resume: bool = False, calls: int = 3, memory_timeline: bool = False,
+                  ncu: bool = False, on_record: Callable[[Record], None] | None = None,
                   on_status: Callable[[str], None] | None = None,
                   on_start: Callable | None = None,
-                  on_kernels: Callable[[list[KernelRow]], None] | None = None) -> ProfileResult:
-    """``run_sweep`` into ``out``, each ok case profiled as soon as its record is on disk.
+                  on_kernels: Callable[[list[KernelRow]], None] | None = None) -> SweepResult:
+    """``run_sweep`` into ``out``, each ok case profiled as soon as its record is on disk (so
+    ``resume`` profiles the cases a stopped profile had not reached); its result, and
+    ``load_kernels(out)`` the kernel rows.
 
     ``calls``: profiled calls per case (after WARMUP_CALLS). Callbacks as ``run_sweep``'s, and
     ``on_kernels(rows)`` after each case's rows are on disk. UsageError for bad input.
     """
     if not isinstance(calls, int) or calls < 1:
         raise UsageError(f"--calls must be at least 1, not {calls!r}")
-    notes = unavailable_notes(spec.device, memory_timeline, ncu)
     run_dir: list[Path] = []
 
     def start(path: Path, cases, todo: int) -> None:
@@ -305,11 +292,11 @@ def profile_sweep(spec: SweepSpec, out: Path | str | None = None, *, calls: int 
             on_kernels(rows)
 
     try:
-        result = run_sweep(spec, out, on_record=after, on_status=on_status, on_start=start)
+        return run_sweep(spec, out, resume=resume, on_record=after, on_status=on_status,
+                         on_start=start)
     finally:
         if run_dir:
             finalize_kernels(run_dir[0])
-    return ProfileResult(result, notes)
 
 
 def load_kernels(run_dir: Path) -> pd.DataFrame:
@@ -380,7 +367,8 @@ def print_kernels(df: pd.DataFrame, console, top: int = 12) -> None:
         for c in merged:
             table.add_column(c, justify="right")
         for _, r in rows.head(top).iterrows():
-            name = r["kernel"] if len(r["kernel"]) <= NAME_WIDTH else r["kernel"][:NAME_WIDTH - 1] + "…"
+            name = r["kernel"]
+            name = name if len(name) <= NAME_WIDTH else name[:NAME_WIDTH - 1] + "…"
             cells = [escape(name), f"{r['launches_per_call']:g}", f"{r['device_ms_per_call']:.4g}",
                      f"{r['share']:.1%}"]
             cells += ["" if pd.isna(r[c]) else f"{r[c]:.4g}" for c in merged]

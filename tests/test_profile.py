@@ -1,4 +1,5 @@
-"""attnbench profile on the CPU: traces that parse, kernel tables that add up, what is absent said."""
+"""attnbench profile on the CPU: traces that parse, kernel tables that add up, what is absent
+said."""
 
 import contextlib
 import gzip
@@ -100,21 +101,30 @@ def test_ncu_absent_from_the_path_is_a_reason(monkeypatch, tmp_path):
     assert metrics == {} and why == "ncu (Nsight Compute) is not on the PATH"
 
 
-NCU_CSV = '''==PROF== Connected to process 123
-"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","dram__throughput.avg.pct_of_peak_sustained_elapsed","launch__registers_per_thread","smsp__sass_inst_executed_op_local_st.sum"
-"","","","","","","","%","register/thread","inst"
-"0","123","python3","vm","_fwd_kernel","1","7","91.5","128","0"
-"1","123","python3","vm","void at::native::elementwise_kernel<128, 4>(int, float)","1","7","40","32","1,024"
-"2","123","python3","vm","_fwd_kernel","1","7","88.5","128","0"
-'''
+def _csv_line(*cells) -> str:
+    return ",".join(f'"{c}"' for c in cells)
+
+
+NCU_CSV = "\n".join([
+    "==PROF== Connected to process 123",
+    _csv_line("ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream",
+              "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+              "launch__registers_per_thread", "smsp__sass_inst_executed_op_local_st.sum"),
+    _csv_line("", "", "", "", "", "", "", "%", "register/thread", "inst"),  # the units row
+    _csv_line(0, 123, "python3", "vm", "_fwd_kernel", 1, 7, "91.5", 128, 0),
+    _csv_line(1, 123, "python3", "vm", "void at::native::elementwise_kernel<128, 4>(int, float)",
+              1, 7, 40, 32, "1,024"),
+    _csv_line(2, 123, "python3", "vm", "_fwd_kernel", 1, 7, "88.5", 128, 0),
+])
 
 
 def test_ncu_csv_is_read_per_kernel_and_matched_by_name():
     metrics = nsight.parse_raw_csv(NCU_CSV)
     assert metrics["_fwd_kernel"] == {"dram_pct": 90.0, "registers": 128.0, "local_stores": 0.0}
-    assert metrics["void at::native::elementwise_kernel<128, 4>(int, float)"]["local_stores"] == 1024
-    assert nsight.match("void at::native::elementwise_kernel<128, 4>(int, float)", metrics)
-    assert nsight.match("void at::native::elementwise_kernel<128, 4>", metrics)["dram_pct"] == 40
+    long_name = "void at::native::elementwise_kernel<128, 4>(int, float)"
+    assert metrics[long_name]["local_stores"] == 1024
+    assert nsight.match(long_name, metrics)
+    assert nsight.match(long_name.split("(")[0], metrics)["dram_pct"] == 40
     assert nsight.match("_other_kernel", metrics) is None
     assert nsight.parse_raw_csv("==ERROR== ERR_NVGPUCTRPERM") == {}
     assert "ERR_NVGPUCTRPERM" in nsight._why("==ERROR== ERR_NVGPUCTRPERM - no permission", 1)
@@ -152,3 +162,23 @@ def test_a_torn_kernels_line_is_counted_not_a_crash(profiled, tmp_path):
         (run_dir / profile.KERNELS_JSONL).read_text() + '{"mechanism": "softm')
     df = profile.load_kernels(copy)
     assert df.attrs["damaged"] == 1 and len(df) == len(profile.load_kernels(run_dir))
+
+
+def test_resume_profiles_the_cases_not_reached(profiled, tmp_path):
+    """A profile stopped after its first case: --resume times and profiles the rest."""
+    run_dir, _ = profiled
+    copy = tmp_path / "run"
+    copy.mkdir()
+    (copy / "meta.json").write_text((run_dir / "meta.json").read_text())
+    lines = (run_dir / "records.jsonl").read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if '"status"' in line)
+    (copy / "records.jsonl").write_text("".join(lines[:first + 1]))
+    kept = [line for line in (run_dir / profile.KERNELS_JSONL).read_text().splitlines(True)
+            if '"mode": "fwd"' in line]
+    (copy / profile.KERNELS_JSONL).write_text("".join(kept))
+    code, out, err = run_cli("profile", "--resume", copy, "--device", "cpu", "--calls", "1")
+    assert code == 0, err
+    df = profile.load_kernels(copy)
+    assert sorted(set(df["mode"])) == ["bwd", "fwd"] and len(load(copy)) == 2
+    code, _, err = run_cli("profile", "--resume", copy, "--device", "cpu", "--seq-lens", "1k")
+    assert code == 2 and "--resume takes the sweep from DIR/meta.json" in err
