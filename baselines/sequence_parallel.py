@@ -185,12 +185,27 @@ def lightning2_sp(q, k, v, decay=None, group=None):
 # --- softmax: PyTorch's context parallelism --------------------------------------------------
 
 
+def _cp_module():
+    """The module of PyTorch's context parallelism with the dispatcher we need (its place
+    moved between torch releases), or None."""
+    import importlib
+
+    for name in ("torch.distributed.tensor.experimental._context_parallel._attention",
+                 "torch.distributed.tensor.experimental._attention"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "_enable_context_parallel_dispatcher_impl"):
+            return module
+    return None
+
+
 def sdpa_ring_problem(device: str) -> str:
     """Why ``sdpa_ring`` cannot run on ``device`` with this torch ("" if it can)."""
-    try:
-        from torch.distributed.tensor.experimental import context_parallel  # noqa: F401
-    except ImportError as exc:
-        return f"this torch has no context parallelism ({exc})"
+    if _cp_module() is None:
+        return (f"torch {torch.__version__} has no context-parallel SDPA dispatcher "
+                "(torch.distributed.tensor.experimental: _enable_context_parallel_dispatcher_impl)")
     if device != "cuda":
         return ("PyTorch's context parallelism rings only the CUDA SDPA kernels (flash, "
                 "efficient, cuDNN); on the CPU SDPA calls "
@@ -220,14 +235,15 @@ def _ring(q, k, v, group=None):
     # context_parallel(mesh, buffers=...) shards full-length buffers, then enables this
     # dispatcher around SDPA; our pieces are already the shards, so only the dispatcher.
     import torch.nn.functional as F
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.experimental._context_parallel import _attention as cp
+    from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    cp = _cp_module()
     world = dist.get_world_size(group)
-    key = (q.device.type, world)
+    key = (q.device.type, world, id(group))
     if key not in _MESHES:
-        _MESHES[key] = init_device_mesh(q.device.type, (world,))
+        _MESHES[key] = (init_device_mesh(q.device.type, (world,)) if group is None
+                        else DeviceMesh.from_group(group, q.device.type))
     cp.set_rotate_method("alltoall")
     balance = cp._cp_options.enable_load_balance
     cp._cp_options.enable_load_balance = False  # the pieces come in rank order

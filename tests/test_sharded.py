@@ -1,0 +1,125 @@
+"""attnbench/sharded.py: sweeps over ranks. A real torchrun of 2 CPU processes (gloo, Triton's
+interpreter) into one run directory, its resume through ``run --gpus 2``, and the pieces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from fakes import make_case
+
+from attnbench import records, sharded
+from attnbench.errors import UsageError
+from attnbench.records import Record
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+SWEEP = ["run", "--device", "cpu", "--mechanisms", "linear-masked,sdpa-math,lightning2-sp",
+         "--seq-lens", "42,66", "--heads", "2", "--head-dim", "16", "--modes", "fwd",
+         "--max-case-seconds", "20", "--no-plot"]
+
+
+def _run(args, timeout=120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_torchrun_sweep_merges_into_one_run_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    done = _run([*TORCHRUN, "-m", "attnbench", *SWEEP, "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("sharded over 2 rank(s)") == 1  # one display: rank 0's
+    df = records.load(out)
+    assert df.attrs["duplicates"] == 0 and len(df) == 6  # 3 mechanisms x 2 lengths, once each
+    assert (df["status"] == "ok").all(), df[["mechanism", "status", "reason"]]
+    assert sorted(df["rank"].unique()) == [0, 1]  # the one-process lines were shared
+    par = df[df["mechanism"] == "lightning2-sp"]
+    assert (par["world_size"] == 2).all() and (par["rank"] == 0).all()
+    assert list(par["seq_len_per_rank"]) == [21, 33]
+    assert (par["comm_bytes"] == 1 * 2 * 16 * 16 * 4).all()  # one fp32 state, forward
+    assert (par["check"] == "pass").all()
+    alone = df[df["mechanism"] != "lightning2-sp"]
+    assert (alone["world_size"] == 1).all() and alone["comm_bytes"].isna().all()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["world_size"] == 2 and [r["rank"] for r in meta["ranks"]] == [0, 1]
+    for r in range(2):
+        assert (out / records.rank_journal(r)).is_file()
+    # resume through the launcher: nothing left, nothing recorded twice
+    again = _run([sys.executable, "-m", "attnbench", "run", "--device", "cpu", "--gpus", "2",
+                  "--resume", str(out), "--no-plot"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 to run" in again.stdout
+    assert len(records.read_journal(out).records) == 6
+
+
+def test_bad_input_one_line_exit_2(tmp_path):
+    """Refused before any process starts: a length 2 ranks cannot share, lightning2-sp with
+    no process group."""
+    odd = _run([sys.executable, "-m", "attnbench", "run", "--device", "cpu", "--gpus", "2",
+                "--mechanisms", "lightning2-sp", "--seq-lens", "64,65", "--out",
+                str(tmp_path / "a")])
+    assert odd.returncode == 2
+    assert odd.stderr.strip().splitlines() == [
+        "attnbench: error: lightning2-sp splits each sequence over 2 ranks: seq_len 65 is not a "
+        "multiple of 2; choose lengths that are"]
+    alone = _run([sys.executable, "-m", "attnbench", "run", "--device", "cpu", "--mechanisms",
+                  "lightning2-sp", "--seq-lens", "64", "--out", str(tmp_path / "b")])
+    assert alone.returncode == 2
+    lines = alone.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "lightning2-sp needs torch.distributed: run under torchrun" in lines[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_deal_keeps_lines_whole_and_balances_by_flops():
+    cases = [make_case("linear-masked", seq_len=n, heads=h)
+             for h in (1, 2, 4, 8) for n in (64, 128)]
+    shares = sharded.deal(cases, 2)
+    assert sorted(shares[0] + shares[1], key=cases.index) == cases
+    for share in shares:
+        heads = {c.heads for c in share}
+        assert all(sum(c.heads == h for c in share) == 2 for h in heads)  # whole lines
+    # costs 8 : 4 + 2 + 1 -> the heaviest line alone on rank 0
+    assert {c.heads for c in shares[0]} == {8} and {c.heads for c in shares[1]} == {1, 2, 4}
+    assert [c for c in shares[1]] == [c for c in cases if c.heads != 8]  # the sweep's order
+
+
+def test_with_world_splits_only_sequence_parallel_cases():
+    cases = [make_case("lightning2-sp", seq_len=64), make_case("linear-masked", seq_len=63)]
+    split = sharded.with_world(cases, 4)
+    assert [c.world_size for c in split] == [4, 1]
+    assert split[0].seq_len_per_rank == 16 and split[0].label().endswith("-w4")
+    with pytest.raises(UsageError, match="seq_len 64, 65 are not a multiple of 3"):
+        sharded.with_world([make_case("lightning2-sp", seq_len=n) for n in (65, 63, 64, 65)], 3)
+
+
+def test_merge_keeps_what_every_rank_recorded(tmp_path):
+    """A rank that died inside a case (a started marker, no record) costs the others nothing:
+    the merge takes every record of every journal, once."""
+    records.write_meta(tmp_path, dict(command="test"))
+    recs = [Record(make_case(seq_len=n), "linear", "cpu", "ok", time_ms=1.0, rank=r)
+            for r, n in ((0, 64), (1, 128), (1, 256))]
+    with records.RunWriter(tmp_path, records.rank_journal(0)) as w:
+        w.write(recs[0])
+    with records.RunWriter(tmp_path, records.rank_journal(1)) as w:
+        w.write(recs[1])
+        w.write(recs[2])
+        w.started(make_case(seq_len=512), 0.0)  # died here
+    assert sharded.merge(tmp_path, 2) == 3
+    assert sharded.merge(tmp_path, 2) == 0  # idempotent
+    df = records.load(tmp_path)
+    assert sorted(df["seq_len"]) == [64, 128, 256] and list(df["rank"]) == [0, 1, 1]
+    assert len(sharded.all_records(tmp_path, 2)) == 6  # records.jsonl and both journals
+
+
+def test_old_records_read_with_defaults(tmp_path):
+    row = Record(make_case(), "linear", "cpu", "ok").row()
+    for key in ("world_size", "rank", "device_index", "seq_len_per_rank", "comm_bytes"):
+        row.pop(key)
+    rec = Record.from_row(row)
+    assert rec.case.world_size == 1 and rec.rank == 0 and rec.device_index == -1
+    assert "-w" not in rec.case.label()
+    assert pd.isna(rec.comm_bytes)
