@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ class KernelRow:
     host_ms_per_call: float = NAN  # the case's: host time to issue one call (profiled)
     timed_ms: float = NAN  # the case's record: the median of its timed calls
     trace: str = ""  # the case's trace, relative to the run directory
+    profile_s: float = NAN  # the case's: wall time of its profile (warm-up, calls, files; no ncu)
     ncu: str = ""  # why there are no ncu columns, or "" where they were merged
     dram_pct: float = NAN
     sm_pct: float = NAN
@@ -128,6 +130,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
     """Profile one measured case into ``run_dir``; its kernel rows (one row with a note if
     profiling it failed: nothing here raises but an interrupt)."""
     case, device = record.case, record.device
+    started = time.perf_counter()
     stem = case_stem(case)
     folder = Path(run_dir) / PROFILES_DIR
     trace = folder / f"{stem}.trace.json.gz"
@@ -157,13 +160,14 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
         return [KernelRow(**base, kernel="", note=f"profile failed: {one_line(exc)}")]
     finally:
         _release(device)
+    seconds = time.perf_counter() - started  # the profile itself; ncu's replays apart
     metrics, why = nsight.kernel_metrics(case, device) if ncu else ({}, "")
     out = []
     for r in rows:
         found = nsight.match(r["kernel"], metrics) if metrics else None
         reason = why or ("" if found or not ncu else "ncu saw no kernel of this name")
         out.append(KernelRow(**base, **r, host_ms_per_call=host_ms,
-                             trace=str(trace.relative_to(run_dir)), ncu=reason,
+                             trace=str(trace.relative_to(run_dir)), ncu=reason, profile_s=seconds,
                              note="; ".join(notes), **(found or {})))
     return out or [KernelRow(**base, kernel="", trace=str(trace.relative_to(run_dir)),
                              note="the profiler saw no kernel in the call")]
@@ -352,7 +356,7 @@ def print_kernels(df: pd.DataFrame, console, top: int = 12) -> None:
                    f"issues a call in {first['host_ms_per_call']:.4g} ms")
         if len(rows) > top:
             caption += f"; {len(rows) - top} more kernels in {KERNELS_PARQUET}"
-        caption += f"\ntrace: {first['trace']}"
+        caption += f"\ntrace: {first['trace']} (profiled in {first['profile_s']:.1f} s)"
         if first["ncu"] and first["ncu"] != nsight.unavailable(first["device"]):
             caption += f"\nncu: {first['ncu']}"  # said once for the run where it is general
         if first["note"]:

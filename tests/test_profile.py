@@ -69,6 +69,7 @@ def test_kernel_summary_is_tidy_positive_and_adds_up(profiled):
         assert 0.5 * host <= rows["device_ms_per_call"].sum() <= 1.01 * host
         assert rows["timed_ms"].iloc[0] == timed[mode] > 0  # the timing record beside it
         assert rows["trace"].iloc[0].startswith(f"{profile.PROFILES_DIR}/softmax-naive-{mode}-")
+        assert 0 < rows["profile_s"].iloc[0] < 30
     assert (df["ncu"] == nsight.unavailable("cpu")).all()
     assert (run_dir / profile.KERNELS_CSV).is_file()
     assert read_meta(run_dir)["peaks"]["bandwidth_gbps"] > 0

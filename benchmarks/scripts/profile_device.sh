@@ -42,7 +42,8 @@ k = pd.read_parquet(f"{sys.argv[1]}/kernels.parquet")
 for _, rows in k.groupby(KEY_COLUMNS, sort=False):
     total, timed = rows["device_ms_per_call"].sum(), rows["timed_ms"].iloc[0]
     print(f"{rows['mechanism'].iloc[0]:>16} {rows['mode'].iloc[0]}: kernels {total:.3f} ms, "
-          f"do_bench {timed:.3f} ms, ratio {total / timed:.3f}, {len(rows)} kernels")
+          f"do_bench {timed:.3f} ms, ratio {total / timed:.3f}, {len(rows)} kernels, "
+          f"profiled in {rows['profile_s'].iloc[0]:.1f} s")
 PY
 du -sh "$OUT"/runs/*/profiles/* | sort -h | tail -4
 tar czf "$OUT/runs.tgz" -C "$OUT/runs" . && rm -rf "$OUT/runs"
