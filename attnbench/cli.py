@@ -158,6 +158,7 @@ def run(
     name: _Name = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory; its sweep is kept.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write plots at the end.")] = True,
+    world_sizes: Annotated[str | None, typer.Option(help="Sequence-parallel mechanisms: run each case on each of these numbers of ranks (the run's first ranks), e.g. 1,2,4; default all of them.")] = None,
     gpus: Annotated[int | None, typer.Option(help="Shard the sweep over N processes, one per GPU (on the CPU, N processes), started through torch.distributed.run: the same as torchrun --nproc-per-node N -m attnbench run ...")] = None,
 ) -> None:
     """Run a sweep: records appended per case, then a table, tidy files and plots.
@@ -169,7 +170,7 @@ def run(
     sweep_options = dict(preset=preset, mechanisms=mechanisms, seq_lens=seq_lens, batch=batch,
                          heads=heads, head_dims=head_dim, value_dims=value_dim, dtypes=dtype,
                          modes=modes, decay=decay, max_case_seconds=max_case_seconds,
-                         line_seconds=line_seconds)
+                         line_seconds=line_seconds, world_sizes=world_sizes)
     if gpus is not None:
         _launch_ranks(gpus, device, resume, sweep_options)
         return
@@ -220,7 +221,7 @@ def _launch_ranks(gpus: int, device: str, resume: Path | None, sweep_options: di
     if dev == "cuda" and gpus > torch.cuda.device_count():
         raise UsageError(f"--gpus {gpus}: torch sees {torch.cuda.device_count()} GPU(s)")
     spec = _stored_spec(resume, dev) if resume is not None else build_spec(device=dev, **sweep_options)
-    sharded.with_world(expand(spec), gpus)  # a length the ranks cannot share: exit 2 here
+    sharded.with_world(expand(spec), gpus, spec.world_sizes)  # bad sizes or lengths: exit 2 here
     argv, skip = [], False
     for arg in sys.argv[1:]:
         if skip:

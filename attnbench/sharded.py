@@ -112,23 +112,34 @@ def refuse_without_group(cases: list[Case]) -> None:
         raise UsageError(f"{', '.join(named)} {problem or 'needs a process group'}")
 
 
-def with_world(cases: list[Case], world: int) -> list[Case]:
-    """The sweep's cases with sequence-parallel ones split over ``world`` ranks; UsageError
-    for a length the ranks cannot share evenly."""
-    out, bad = [], {}
+def with_world(cases: list[Case], world: int, sizes: tuple[int, ...] = ()) -> list[Case]:
+    """The sweep's cases, each sequence-parallel one split over each of ``sizes`` ranks (the
+    first ranks of the run; default all ``world``), its lines kept together. UsageError for a
+    size above the run's ranks, or a length the ranks cannot share evenly."""
+    sizes = tuple(sizes) or (world,)
+    for w in sizes:
+        if not 1 <= w <= world:
+            raise UsageError(f"--world-sizes {w}: this run has {world} rank(s); start it with "
+                             f"at least {w}")
+    out, bad, line_of = [], {}, {}
     for c in cases:
-        if registry.get(c.mechanism).sequence_parallel:
-            if c.seq_len % world:
-                bad.setdefault(c.mechanism, []).append(c.seq_len)
-            c = c.with_(world_size=world)
-        out.append(c)
+        if not registry.get(c.mechanism).sequence_parallel:
+            out.append(c)
+            continue
+        for w in sizes:
+            if c.seq_len % w:
+                bad.setdefault((c.mechanism, w), []).append(c.seq_len)
+            split = c.with_(world_size=w)
+            line_of.setdefault(split.series(), len(line_of))
+            out.append(split)
     if bad:
-        name, lengths = next(iter(bad.items()))
+        (name, w), lengths = next(iter(bad.items()))
         lengths = sorted(set(lengths))
-        raise UsageError(f"{name} splits each sequence over {world} ranks: seq_len "
+        raise UsageError(f"{name} splits each sequence over {w} ranks: seq_len "
                          f"{', '.join(map(str, lengths))} {'is' if len(lengths) == 1 else 'are'}"
-                         f" not a multiple of {world}; choose lengths that are")
-    return out
+                         f" not a multiple of {w}; choose lengths that are")
+    # a line's lengths in a row (shortest first), one world size after another
+    return sorted(out, key=lambda c: line_of.get(c.series(), -1))
 
 
 def deal(cases: list[Case], world: int) -> list[list[Case]]:
@@ -169,9 +180,27 @@ def _first_failure(outcomes: list) -> str:
     return ""
 
 
-def _bound(mech: registry.Mechanism, ranks: Ranks) -> Callable:
+_GROUPS: dict[int, object] = {}  # world size of a case -> the group of ranks 0..w-1
+
+
+def make_groups(sizes, ranks: Ranks) -> None:
+    """The process groups of the sequence-parallel cases' world sizes (every rank calls this,
+    in the same order: making a group is collective)."""
+    backend = "nccl" if ranks.device == "cuda" else "gloo"
+    for w in sorted(set(sizes)):
+        if w not in _GROUPS:
+            _GROUPS[w] = (ranks.data if w == ranks.world else
+                          dist.new_group(ranks=list(range(w)), backend=backend, timeout=TIMEOUT))
+
+
+def _bound(mech: registry.Mechanism, ranks: Ranks, world_size: int) -> Callable:
+    group = _GROUPS.get(world_size, ranks.data)
     fn = mech.callable()
-    return functools.partial(fn, group=ranks.data) if ranks.data is not None else fn
+    return functools.partial(fn, group=group) if group is not None else fn
+
+
+class _Idle(Exception):
+    """This rank holds no piece of the case (its world size is smaller than the run's)."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -184,12 +213,15 @@ def sp_check(mech: registry.Mechanism, case: Case, ranks: Ranks) -> checking.Che
     """Every rank checks its piece of ``check_case(case)`` against the float64 oracle of the
     whole sequence; the error is the whole output's and gradients' (squared sums reduced).
     A string: the first rank's exception."""
+    w = case.world_size
     small = checking.check_case(case)
-    n = ranks.world * math.ceil(checking.CHECK_SEQ_LEN / ranks.world)
+    n = w * math.ceil(checking.CHECK_SEQ_LEN / w)
     small = small.with_(seq_len=n)
-    local = n // ranks.world
+    local = n // w
     piece = slice(ranks.rank * local, (ranks.rank + 1) * local)
     try:
+        if ranks.rank >= w:  # not one of the case's ranks: it only joins the messages
+            raise _Idle
         oracle = registry.get(mech.oracle)
         baseline = registry.get(registry.DTYPE_BASELINE[mech.family])
         gen = torch.Generator().manual_seed(1234)
@@ -204,17 +236,20 @@ def sp_check(mech: registry.Mechanism, case: Case, ranks: Ranks) -> checking.Che
         ref = out(oracle, oracle.callable(), qkv64, do64, dec64, torch.float64, "cpu", True)
         base = out(baseline, baseline.callable(), qkv64, do64, dec64, dtype, ranks.device, True)
         base_err = max(checking.rel_err(g, r) for g, r in zip(base, ref))
-        mine = out(mech, _bound(mech, ranks), [x[:, :, piece] for x in qkv64],
+        mine = out(mech, _bound(mech, ranks, w), [x[:, :, piece] for x in qkv64],
                    do64[:, :, piece], dec64, dtype, ranks.device, True)
         sums = [(float((g.detach().cpu().double() - r[:, :, piece]).norm() ** 2),
                  float(r[:, :, piece].norm() ** 2)) for g, r in zip(mine, ref)]
         outcome = (sums, base_err)
+    except _Idle:
+        outcome = None
     except Exception as exc:
         outcome = _one_line(exc)
     outcomes = _gather(outcome, ranks)
     failure = _first_failure(outcomes)
     if failure:
         return failure
+    outcomes = [o for o in outcomes if o is not None]
     err = max(math.sqrt(sum(o[0][i][0] for o in outcomes)
                         / max(1e-300, sum(o[0][i][1] for o in outcomes)))
               for i in range(len(outcomes[0][0])))
@@ -244,10 +279,12 @@ def sp_measure(mech: registry.Mechanism, case: Case, ranks: Ranks,
     number of calls on each (rank 0's plan), a barrier before each timed repetition, each
     repetition's time the slowest rank's. Returns Record fields; a rank's exception becomes
     an error (or oom) for all."""
-    device = ranks.device
+    device, w = ranks.device, case.world_size
+    member = ranks.rank < w  # ranks past the case's world size only join the messages
     local = case.with_(seq_len=case.seq_len_per_rank, world_size=1)  # this rank's piece
 
     def agree(step: Callable[[], object]) -> list:
+        """Every rank's outcome of ``step`` (the members'), or _RankFailed for all."""
         try:
             outcome = step()
         except Exception as exc:
@@ -256,13 +293,17 @@ def sp_measure(mech: registry.Mechanism, case: Case, ranks: Ranks,
         failure = _first_failure(outcomes)
         if failure:
             raise _RankFailed(failure)
-        return outcomes
+        return outcomes[:w]
+
+    def each(step: Callable[[], object], idle=None) -> Callable[[], object]:
+        return step if member else (lambda: idle)
 
     prepared: list = []
-    agree(lambda: prepared.append(prepare_call(mech, local, device, _bound(mech, ranks))))
-    call = prepared[0].call
-    compile_s = max(agree(lambda: _timed(call, device)))
-    estimate_s = max(agree(lambda: _timed(call, device)))
+    agree(each(lambda: prepared.append(
+        prepare_call(mech, local, device, _bound(mech, ranks, w)))))
+    call = prepared[0].call if member else (lambda: None)
+    compile_s = max(agree(each(lambda: _timed(call, device))))
+    estimate_s = max(agree(each(lambda: _timed(call, device))))
     values = dict(compile_s=compile_s)
     if estimate_s * (measure.MIN_REPS + 6) > max_case_seconds:
         return dict(values, status="timeout",
@@ -275,14 +316,16 @@ def sp_measure(mech: registry.Mechanism, case: Case, ranks: Ranks,
         times = []
         for _ in range(reps):
             dist.barrier(group=ranks.control)
-            times.append(_timed(call, device) * 1e3)
+            times.append(_timed(call, device) * 1e3 if member else 0.0)
         return times
 
     per_rank = agree(repetitions)
     slowest = [max(ts) for ts in zip(*per_rank)]
     timing = measure._summarise(slowest)
-    prepared[0].reset_grads()
-    memory = agree(lambda: measure.peak_memory_mib(call, device))
+    if member:
+        prepared[0].reset_grads()
+    memory = agree(each(lambda: measure.peak_memory_mib(call, device)))
+    prepared.clear()
     seconds = timing.median_ms / 1e3
     return dict(
         values, status="ok", time_ms=timing.median_ms, time_ms_p20=timing.p20_ms,
@@ -409,8 +452,10 @@ def _sweep_class():
         def _measure(self, mech, fn, case):
             # one rank: nothing to wait for, so timed as every one-process case is (do_bench
             # on a GPU): the world-size-1 overhead is measured against lightning2 like for like
-            if not mech.sequence_parallel or self.ranks.world == 1:
+            if not mech.sequence_parallel:
                 return super()._measure(mech, fn, case)
+            if case.world_size == 1:
+                return super()._measure(mech, _bound(mech, self.ranks, 1), case)
             return lead_measure(mech, case, self.ranks, self.spec.max_case_seconds)
 
     return ShardedSweep
@@ -442,7 +487,10 @@ def run_sharded(spec, out, *, resume=False, on_record=None, on_status=None, on_s
         raise UsageError("a new run needs a sweep spec")
     if spec.device != ranks.device:
         raise UsageError(f"this is a {spec.device} sweep and the ranks run on {ranks.device}")
-    cases = with_world(expand(spec), ranks.world)  # the same UsageError on every rank
+    # the same UsageError on every rank
+    cases = with_world(expand(spec), ranks.world, getattr(spec, "world_sizes", ()))
+    make_groups({c.world_size for c in cases if c.world_size > 1 or
+                 registry.get(c.mechanism).sequence_parallel}, ranks)
     # rank 0 names and makes the directory; the others follow its word
     outcome = None
     if ranks.rank == 0:

@@ -43,6 +43,9 @@ class SweepSpec:
     sizes: tuple[str, ...] = ()
     tokens_per_step: int = 0
     checkpointing: bool = False
+    # Sequence-parallel mechanisms (a sharded run) run each case on each of these numbers of
+    # ranks, the run's first ranks; () = all of the run's ranks.
+    world_sizes: tuple[int, ...] = ()
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -93,6 +96,7 @@ def build_spec(
     max_case_seconds: float | None = None,
     value_dims: str | None = None,
     line_seconds: float | None = None,
+    world_sizes: str | None = None,
 ) -> SweepSpec:
     """A preset's values, overridden by whatever was given explicitly. Raises UsageError."""
     if device not in ("cpu", "cuda"):
@@ -119,6 +123,7 @@ def build_spec(
         preset=preset,
         value_dims=parse_sizes(value_dims) if value_dims else (),
         line_seconds=float(pick(line_seconds, "line_seconds")),
+        world_sizes=parse_sizes(world_sizes) if world_sizes else (),
     )
     _check_budgets(spec)
     registry.select(spec.mechanisms, device)  # unknown names fail here, before any work

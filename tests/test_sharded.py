@@ -19,7 +19,7 @@ from attnbench.records import Record
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 SWEEP = ["run", "--device", "cpu", "--mechanisms", "linear-masked,sdpa-math,lightning2-sp",
          "--seq-lens", "42,66", "--heads", "2", "--head-dim", "16", "--modes", "fwd",
-         "--max-case-seconds", "20", "--no-plot"]
+         "--world-sizes", "1,2", "--max-case-seconds", "20", "--no-plot"]
 
 
 def _run(args, timeout=120) -> subprocess.CompletedProcess:
@@ -33,13 +33,15 @@ def test_torchrun_sweep_merges_into_one_run_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("sharded over 2 rank(s)") == 1  # one display: rank 0's
     df = records.load(out)
-    assert df.attrs["duplicates"] == 0 and len(df) == 6  # 3 mechanisms x 2 lengths, once each
+    # 2 one-process mechanisms x 2 lengths, lightning2-sp x 2 lengths x 2 world sizes: once each
+    assert df.attrs["duplicates"] == 0 and len(df) == 8
     assert (df["status"] == "ok").all(), df[["mechanism", "status", "reason"]]
     assert sorted(df["rank"].unique()) == [0, 1]  # the one-process lines were shared
     par = df[df["mechanism"] == "lightning2-sp"]
-    assert (par["world_size"] == 2).all() and (par["rank"] == 0).all()
-    assert list(par["seq_len_per_rank"]) == [21, 33]
-    assert (par["comm_bytes"] == 1 * 2 * 16 * 16 * 4).all()  # one fp32 state, forward
+    assert list(par["world_size"]) == [1, 1, 2, 2] and (par["rank"] == 0).all()
+    assert list(par["seq_len_per_rank"]) == [42, 66, 21, 33]
+    # one fp32 state per rank forward; nothing sent by one rank alone
+    assert list(par["comm_bytes"]) == [0, 0, 1 * 2 * 16 * 16 * 4, 1 * 2 * 16 * 16 * 4]
     assert (par["check"] == "pass").all()
     alone = df[df["mechanism"] != "lightning2-sp"]
     assert (alone["world_size"] == 1).all() and alone["comm_bytes"].isna().all()
@@ -52,12 +54,12 @@ def test_torchrun_sweep_merges_into_one_run_and_resumes(tmp_path):
                   "--resume", str(out), "--no-plot"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 to run" in again.stdout
-    assert len(records.read_journal(out).records) == 6
+    assert len(records.read_journal(out).records) == 8
 
 
 def test_bad_input_one_line_exit_2(tmp_path):
-    """Refused before any process starts: a length 2 ranks cannot share, lightning2-sp with
-    no process group."""
+    """Refused before any process starts: a length 2 ranks cannot share, more ranks than the
+    run has, lightning2-sp with no process group."""
     odd = _run([sys.executable, "-m", "attnbench", "run", "--device", "cpu", "--gpus", "2",
                 "--mechanisms", "lightning2-sp", "--seq-lens", "64,65", "--out",
                 str(tmp_path / "a")])
@@ -65,6 +67,11 @@ def test_bad_input_one_line_exit_2(tmp_path):
     assert odd.stderr.strip().splitlines() == [
         "attnbench: error: lightning2-sp splits each sequence over 2 ranks: seq_len 65 is not a "
         "multiple of 2; choose lengths that are"]
+    many = _run([sys.executable, "-m", "attnbench", "run", "--device", "cpu", "--gpus", "2",
+                 "--mechanisms", "lightning2-sp", "--world-sizes", "2,4", "--out",
+                 str(tmp_path / "c")])
+    assert many.returncode == 2 and many.stderr.strip().splitlines() == [
+        "attnbench: error: --world-sizes 4: this run has 2 rank(s); start it with at least 4"]
     alone = _run([sys.executable, "-m", "attnbench", "run", "--device", "cpu", "--mechanisms",
                   "lightning2-sp", "--seq-lens", "64", "--out", str(tmp_path / "b")])
     assert alone.returncode == 2
@@ -88,10 +95,16 @@ def test_deal_keeps_lines_whole_and_balances_by_flops():
 
 
 def test_with_world_splits_only_sequence_parallel_cases():
-    cases = [make_case("lightning2-sp", seq_len=64), make_case("linear-masked", seq_len=63)]
+    cases = [make_case("lightning2-sp", seq_len=n) for n in (64, 128)]
+    cases.append(make_case("linear-masked", seq_len=63))
     split = sharded.with_world(cases, 4)
-    assert [c.world_size for c in split] == [4, 1]
-    assert split[0].seq_len_per_rank == 16 and split[0].label().endswith("-w4")
+    assert [(c.mechanism, c.world_size) for c in split] == [
+        ("linear-masked", 1), ("lightning2-sp", 4), ("lightning2-sp", 4)]
+    assert split[1].seq_len_per_rank == 16 and split[1].label().endswith("-w4")
+    # each world size a line of its own, its lengths in a row
+    sizes = sharded.with_world(cases, 4, (1, 2))
+    assert [(c.world_size, c.seq_len) for c in sizes[1:]] == [(1, 64), (1, 128), (2, 64),
+                                                               (2, 128)]
     with pytest.raises(UsageError, match="seq_len 64, 65 are not a multiple of 3"):
         sharded.with_world([make_case("lightning2-sp", seq_len=n) for n in (65, 63, 64, 65)], 3)
 
