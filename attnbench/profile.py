@@ -237,12 +237,14 @@ def memory_timeline_png(snapshot: dict, before: int, path: Path, title: str = ""
     ax.axhline(before / 2**20, color="0.5", linestyle=":", label="before the call (inputs)")
     ax.set_xlabel("ms since the call's first allocation" if timed else "allocation event")
     ax.set_ylabel("allocated (MiB)")
-    ax.set_title(title, fontsize=10)
+    peak = max(allocated)
+    ax.set_title(f"{title}\npeak {peak / 2**20:,.0f} MiB, {(peak - before) / 2**20:,.0f} MiB "
+                 "above what the call started with", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     save(fig, path.parent, path.name.removesuffix(".png"), ("png",))
-    return max(allocated)
+    return peak
 
 
 # --- a sweep of profiles ---------------------------------------------------------------------
