@@ -1,9 +1,12 @@
 """What harness tests share: fake mechanisms (OOM, errors, wrong answers, slow calls, on the
-CPU), and cases, records and run directories made on the spot."""
+CPU), cases, records and run directories made on the spot, and the CLI run in-process."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 import time
 
 import torch
@@ -69,3 +72,21 @@ def make_run(path, recs, gpu=None, schema=None):
         for r in recs:
             w.write(r)
     return path
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    """``attnbench *args`` in this process: (exit code, stdout, stderr). Usable in fixtures of
+    any scope (it patches ``sys.argv`` itself)."""
+    import pytest
+
+    from attnbench.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        mp.setattr(sys, "argv", ["attnbench", *map(str, args)])
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()

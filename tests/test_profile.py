@@ -1,19 +1,15 @@
 """attnbench profile on the CPU: traces that parse, kernel tables that add up, what is absent
 said."""
 
-import contextlib
 import gzip
-import io
 import json
-import sys
 
 import pandas as pd
 import pytest
-from fakes import make_case
+from fakes import make_case, run_cli
 
 from attnbench import ncu as nsight
 from attnbench import profile
-from attnbench.cli import main
 from attnbench.records import load, read_meta
 
 CALLS = 2
@@ -21,18 +17,6 @@ CALLS = 2
 PROFILE = ["profile", "--device", "cpu", "--mechanisms", "softmax-naive", "--seq-lens", "512",
            "--heads", "4", "--head-dim", "32", "--modes", "fwd,bwd", "--calls", str(CALLS),
            "--memory-timeline", "--ncu", "--max-case-seconds", "60"]
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
-        mp.setattr(sys, "argv", ["attnbench", *map(str, args)])
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,7 @@ import math
 from pathlib import Path
 
 import pytest
-from fakes import make_case
-from test_profile import run_cli
+from fakes import make_case, run_cli
 
 from attnbench import peaks, roofline
 from attnbench.records import Record, load, read_meta
