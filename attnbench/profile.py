@@ -323,12 +323,17 @@ def load_kernels(run_dir: Path) -> pd.DataFrame:
 
 
 def finalize_kernels(run_dir: Path) -> pd.DataFrame | None:
+    """Write kernels.parquet and kernels.csv from kernels.jsonl; the frame, or None if the
+    run holds no profile. UsageError if the tables cannot be written."""
     try:
         df = load_kernels(run_dir)
     except UsageError:
         return None
-    df.to_parquet(Path(run_dir) / KERNELS_PARQUET, index=False)
-    df.to_csv(Path(run_dir) / KERNELS_CSV, index=False)
+    try:
+        df.to_parquet(Path(run_dir) / KERNELS_PARQUET, index=False)
+        df.to_csv(Path(run_dir) / KERNELS_CSV, index=False)
+    except OSError as exc:
+        raise UsageError(f"cannot write the kernel tables in {run_dir}: {exc.strerror}") from None
     return df
 
 
