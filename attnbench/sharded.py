@@ -81,9 +81,6 @@ def init(device: str) -> Ranks:
     ranks see different kinds of device (one CUDA, another the CPU)."""
     if _RANKS:
         return _RANKS[0]
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
-        torch.cuda.set_device(local % torch.cuda.device_count())
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=TIMEOUT)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -93,6 +90,9 @@ def init(device: str) -> Ranks:
         where = ", ".join(f"rank {r} {k}" for r, k in enumerate(kinds))
         raise UsageError(f"the ranks run on different kinds of device ({where}); give every "
                          "rank the same --device")
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local % torch.cuda.device_count())
     data = dist.new_group(backend="nccl", timeout=TIMEOUT) if device == "cuda" else None
     index = torch.cuda.current_device() if device == "cuda" else -1
     _RANKS.append(Ranks(rank, world, device, index, None, data))

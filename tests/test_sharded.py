@@ -7,18 +7,20 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from fakes import make_case
 
 from attnbench import records, sharded
+from attnbench.cli import main
 from attnbench.errors import UsageError
 from attnbench.records import Record
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 SWEEP = ["run", "--device", "cpu", "--mechanisms", "linear-masked,sdpa-math,lightning2-sp",
-         "--seq-lens", "42,66", "--heads", "2", "--head-dim", "16", "--modes", "fwd",
+         "--seq-lens", "66", "--heads", "2", "--head-dim", "16", "--modes", "fwd",
          "--world-sizes", "1,2", "--max-case-seconds", "20", "--no-plot"]
 
 
@@ -33,15 +35,15 @@ def test_torchrun_sweep_merges_into_one_run_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("sharded over 2 rank(s)") == 1  # one display: rank 0's
     df = records.load(out)
-    # 2 one-process mechanisms x 2 lengths, lightning2-sp x 2 lengths x 2 world sizes: once each
-    assert df.attrs["duplicates"] == 0 and len(df) == 8
+    # 2 one-process mechanisms, lightning2-sp on 1 and on 2 ranks: once each
+    assert df.attrs["duplicates"] == 0 and len(df) == 4
     assert (df["status"] == "ok").all(), df[["mechanism", "status", "reason"]]
     assert sorted(df["rank"].unique()) == [0, 1]  # the one-process lines were shared
     par = df[df["mechanism"] == "lightning2-sp"]
-    assert list(par["world_size"]) == [1, 1, 2, 2] and (par["rank"] == 0).all()
-    assert list(par["seq_len_per_rank"]) == [42, 66, 21, 33]
+    assert list(par["world_size"]) == [1, 2] and (par["rank"] == 0).all()
+    assert list(par["seq_len_per_rank"]) == [66, 33]
     # one fp32 state per rank forward; nothing sent by one rank alone
-    assert list(par["comm_bytes"]) == [0, 0, 1 * 2 * 16 * 16 * 4, 1 * 2 * 16 * 16 * 4]
+    assert list(par["comm_bytes"]) == [0, 1 * 2 * 16 * 16 * 4]
     assert (par["check"] == "pass").all()
     alone = df[df["mechanism"] != "lightning2-sp"]
     assert (alone["world_size"] == 1).all() and alone["comm_bytes"].isna().all()
@@ -54,29 +56,31 @@ def test_torchrun_sweep_merges_into_one_run_and_resumes(tmp_path):
                   "--resume", str(out), "--no-plot"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 to run" in again.stdout
-    assert len(records.read_journal(out).records) == 8
+    assert len(records.read_journal(out).records) == 4
 
 
-def test_bad_input_one_line_exit_2(tmp_path):
+def _cli(monkeypatch, capsys, *args) -> tuple[int, list[str]]:
+    monkeypatch.setattr(sys, "argv", ["attnbench", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_bad_input_one_line_exit_2(tmp_path, monkeypatch, capsys):
     """Refused before any process starts: a length 2 ranks cannot share, more ranks than the
     run has, lightning2-sp with no process group."""
-    odd = _run([sys.executable, "-m", "attnbench", "run", "--device", "cpu", "--gpus", "2",
-                "--mechanisms", "lightning2-sp", "--seq-lens", "64,65", "--out",
-                str(tmp_path / "a")])
-    assert odd.returncode == 2
-    assert odd.stderr.strip().splitlines() == [
+    run = ["run", "--device", "cpu", "--mechanisms", "lightning2-sp", "--no-plot"]
+    assert _cli(monkeypatch, capsys, *run, "--gpus", "2", "--seq-lens", "64,65") == (2, [
         "attnbench: error: lightning2-sp splits each sequence over 2 ranks: seq_len 65 is not a "
-        "multiple of 2; choose lengths that are"]
-    many = _run([sys.executable, "-m", "attnbench", "run", "--device", "cpu", "--gpus", "2",
-                 "--mechanisms", "lightning2-sp", "--world-sizes", "2,4", "--out",
-                 str(tmp_path / "c")])
-    assert many.returncode == 2 and many.stderr.strip().splitlines() == [
-        "attnbench: error: --world-sizes 4: this run has 2 rank(s); start it with at least 4"]
-    alone = _run([sys.executable, "-m", "attnbench", "run", "--device", "cpu", "--mechanisms",
-                  "lightning2-sp", "--seq-lens", "64", "--out", str(tmp_path / "b")])
-    assert alone.returncode == 2
-    lines = alone.stderr.strip().splitlines()
-    assert len(lines) == 1
+        "multiple of 2; choose lengths that are"])
+    assert _cli(monkeypatch, capsys, *run, "--gpus", "2", "--world-sizes", "2,4") == (2, [
+        "attnbench: error: --world-sizes 4: this run has 2 rank(s); start it with at least 4"])
+    code, lines = _cli(monkeypatch, capsys, *run, "--seq-lens", "64", "--out",
+                       str(tmp_path / "b"))
+    assert code == 2 and len(lines) == 1
     assert "lightning2-sp needs torch.distributed: run under torchrun" in lines[0]
     assert not (tmp_path / "b").exists()
 
@@ -136,3 +140,31 @@ def test_old_records_read_with_defaults(tmp_path):
     assert rec.case.world_size == 1 and rec.rank == 0 and rec.device_index == -1
     assert "-w" not in rec.case.label()
     assert pd.isna(rec.comm_bytes)
+
+
+def _kinds_worker(rank, init_file, out_dir):
+    import pickle
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        sharded.init("cpu" if rank == 0 else "cuda")
+        said = ""
+    except UsageError as exc:
+        said = str(exc)
+    Path(out_dir, f"rank{rank}.pkl").write_bytes(pickle.dumps(said))
+    dist.destroy_process_group()
+
+
+def test_ranks_on_different_kinds_of_device(tmp_path):
+    import pickle
+
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_kinds_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+                       join=True, start_method="spawn")
+    for r in range(2):
+        said = pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes())
+        assert said == ("the ranks run on different kinds of device (rank 0 cpu, rank 1 cuda); "
+                        "give every rank the same --device")
