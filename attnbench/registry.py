@@ -403,6 +403,9 @@ MECHANISMS: tuple[Mechanism, ...] = (
         oracle="linear-recurrent",
         traffic=io_traffic,
         probe=_sp("group_problem"),
+        impl_of=lambda c: (f"lightning_attn2 on {c.seq_len_per_rank} tokens per rank, one "
+                           f"state all-gather each way over {c.world_size} ranks"
+                           if c.world_size > 1 else "lightning_attn2 (one rank: no exchange)"),
         sequence_parallel=True,
         comm=_state_comm,
     ),
@@ -422,6 +425,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
         oracle="softmax-naive",
         traffic=softmax_io_traffic,
         probe=_sp("sdpa_ring_problem", "cuda"),
+        impl_of=lambda c: f"context_parallel ring (alltoall) of SDPA flash over {c.world_size} "
+                          "ranks",
         sequence_parallel=True,
         comm=_kv_comm,
     ),
