@@ -204,7 +204,8 @@ def run(
         if skipped and shown.mechanisms == "all":
             console.print(f"[dim]not CPU-capable, not run: {', '.join(skipped)}[/]")
 
-    _execute(spec, run_dir, resume is not None, plot, "run")
+    _execute(spec, run_dir, resume is not None, plot,
+             "run" if ranks is None else f"run --gpus {ranks.world}")
 
 
 def _launch_ranks(gpus: int, device: str, resume: Path | None, sweep_options: dict) -> None:
