@@ -548,21 +548,24 @@ def select(selection: str | None, device: str | None) -> list[Mechanism]:
     """Resolve ``"lightning2,softmax"`` (names or families, comma separated) to mechanisms.
 
     ``None``, ``""`` or ``"all"`` means every mechanism that runs on ``device`` (every one,
-    for ``device=None``). A family means its members that run on ``device``. A mechanism
-    named outright is kept even if it cannot run here: the sweep records why.
+    for ``device=None``). A family means its members that run on ``device``. On a device,
+    sequence-parallel mechanisms are taken only by name (they need a sharded run). A
+    mechanism named outright is kept even if it cannot run here: the sweep records why.
     """
     def runs_here(m: Mechanism) -> bool:
         return device is None or device in m.devices
 
+    def swept(m: Mechanism) -> bool:  # a sweep takes sequence-parallel ones only by name
+        return runs_here(m) and (device is None or not m.sequence_parallel)
+
     if selection is None or selection.strip() in ("", "all"):
-        return [m for m in MECHANISMS if runs_here(m) and not m.sequence_parallel]
+        return [m for m in MECHANISMS if swept(m)]
     chosen: list[Mechanism] = []
     for token in (t.strip() for t in selection.split(",")):
         if not token:
             continue
         if token in FAMILIES:
-            members = [m for m in MECHANISMS if m.family == token and runs_here(m)
-                       and not m.sequence_parallel]
+            members = [m for m in MECHANISMS if m.family == token and swept(m)]
         elif token in _BY_NAME:
             members = [_BY_NAME[token]]
         else:

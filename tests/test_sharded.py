@@ -168,3 +168,14 @@ def test_ranks_on_different_kinds_of_device(tmp_path):
         said = pickle.loads((tmp_path / f"rank{r}.pkl").read_bytes())
         assert said == ("the ranks run on different kinds of device (rank 0 cpu, rank 1 cuda); "
                         "give every rank the same --device")
+
+
+def test_sweeps_take_sequence_parallel_mechanisms_only_by_name():
+    from attnbench import registry
+
+    for device in ("cpu", "cuda"):
+        for selection in ("all", "linear", "softmax"):
+            names = {m.name for m in registry.select(selection, device)}
+            assert not names & {"lightning2-sp", "sdpa-ring"}, (selection, device)
+    assert [m.name for m in registry.select("lightning2-sp", "cpu")] == ["lightning2-sp"]
+    assert "lightning2-sp" in {m.name for m in registry.select("linear", None)}  # --gate
