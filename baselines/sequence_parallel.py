@@ -33,6 +33,8 @@ backend, the keys and values passed around the ring (rotate method ``alltoall``)
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 
@@ -228,39 +230,78 @@ def sdpa_ring(q, k, v, decay=None, group=None):
     problem = sdpa_ring_problem(q.device.type)
     if problem:
         raise NotImplementedError(problem)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        return _RingFunction.apply(q, k, v, group)
     return _ring(q, k, v, group)
 
 
-def _ring(q, k, v, group=None):
-    # context_parallel(mesh, buffers=...) shards full-length buffers, then enables this
-    # dispatcher around SDPA; our pieces are already the shards, so only the dispatcher.
-    import torch.nn.functional as F
+@contextlib.contextmanager
+def _ring_dispatch(device_type: str, group):
+    """SDPA on plain tensors taken as the local shards (dim 2) of a sequence split over
+    ``group``: the dispatcher ``context_parallel(mesh, buffers=...)`` enables once it has
+    sharded full-length buffers (our pieces are already the shards), pinned on CUDA to
+    SDPA's flash backend, keys and values rotated around the ring (alltoall), in rank order
+    (no head-tail load balancing). The CPU keeps SDPA's own choice, which it cannot shard."""
     from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     cp = _cp_module()
     world = dist.get_world_size(group)
-    key = (q.device.type, world, id(group))
+    key = (device_type, world, id(group))
     if key not in _MESHES:
-        _MESHES[key] = (init_device_mesh(q.device.type, (world,)) if group is None
-                        else DeviceMesh.from_group(group, q.device.type))
+        _MESHES[key] = (init_device_mesh(device_type, (world,)) if group is None
+                        else DeviceMesh.from_group(group, device_type))
     cp.set_rotate_method("alltoall")
     balance = cp._cp_options.enable_load_balance
-    cp._cp_options.enable_load_balance = False  # the pieces come in rank order
-    # CUDA: pinned to the flash backend, the one it rings; the CPU keeps SDPA's own choice
-    # (what sdpa_ring_problem reports it cannot shard)
-    import contextlib
-
-    pin = (sdpa_kernel([SDPBackend.FLASH_ATTENTION]) if q.device.type == "cuda"
+    cp._cp_options.enable_load_balance = False
+    pin = (sdpa_kernel([SDPBackend.FLASH_ATTENTION]) if device_type == "cuda"
            else contextlib.nullcontext())
     cp._enable_context_parallel_dispatcher_impl(seq_dim=2, mesh=_MESHES[key])
     try:
         with pin:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            yield
     finally:
         cp._disable_context_parallel_dispatcher_impl()
         cp._cp_options.enable_load_balance = balance
-    return out.to_local() if hasattr(out, "to_local") else out
+
+
+def _local(x):
+    return x.to_local() if hasattr(x, "to_local") else x
+
+
+def _ring(q, k, v, group=None):
+    import torch.nn.functional as F
+
+    with _ring_dispatch(q.device.type, group):
+        return _local(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+class _RingFunction(torch.autograd.Function):
+    """The ring's forward and backward each inside the dispatcher (context_parallel's own
+    usage runs both inside its context; a benchmark's backward comes later, and other SDPA
+    calls of the process must not be sharded in between)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, group):
+        import torch.nn.functional as F
+
+        leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+        with torch.enable_grad(), _ring_dispatch(q.device.type, group):
+            out = F.scaled_dot_product_attention(*leaves, is_causal=True)
+        ctx.leaves, ctx.out, ctx.group = leaves, out, group
+        return _local(out).detach()
+
+    @staticmethod
+    def backward(ctx, d_out):
+        with _ring_dispatch(d_out.device.type, ctx.group):
+            target = ctx.out
+            if hasattr(target, "to_local"):  # a DTensor: its gradient in the same placement
+                from torch.distributed.tensor import DTensor
+
+                d_out = DTensor.from_local(d_out.contiguous(), target.device_mesh,
+                                           target.placements, run_check=False)
+            grads = torch.autograd.grad(target, ctx.leaves, d_out, retain_graph=True)
+        return (*(_local(g) for g in grads), None)
 
 
 def kv_bytes_sent(batch: int, heads: int, local_len: int, d: int, e: int, element: int,

@@ -179,3 +179,26 @@ def test_without_a_process_group():
 def test_state_bytes():
     assert sp.state_bytes_sent(1, 32, 128, 128, 4) == 3 * 32 * 128 * 128 * 4
     assert sp.state_bytes_sent(2, 2, 16, 8, 1) == 0
+
+
+def test_ring_function_backward_repeats(monkeypatch):
+    """sdpa-ring's autograd plumbing (the ring's dispatcher entered for the forward and again
+    for each backward) with the dispatcher left out: plain SDPA's output and gradients, and a
+    kept graph runs backward twice (the harness's bwd mode)."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    monkeypatch.setattr(sp, "_ring_dispatch", lambda *a: contextlib.nullcontext())
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 9, 8, generator=g, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    do = torch.randn(1, 2, 9, 8, generator=g, dtype=torch.float64)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    want = torch.autograd.grad(ref, (q, k, v), do)
+    out = sp._RingFunction.apply(q, k, v, None)
+    assert torch.allclose(out, ref)
+    for _ in range(2):
+        got = torch.autograd.grad(out, (q, k, v), do, retain_graph=True)
+        for a, b in zip(got, want):
+            assert torch.allclose(a, b)
