@@ -411,26 +411,6 @@ MECHANISMS: tuple[Mechanism, ...] = (
     ),
     # Softmax attention -----------------------------------------------------------------
     Mechanism(
-        name="sdpa-ring",
-        family="softmax",
-        load=_from("attnbench.baselines.sequence_parallel", "sdpa_ring"),
-        summary="causal softmax with the sequence split over the ranks: PyTorch's context "
-                "parallelism ringing SDPA's flash backend (keys and values rotated, alltoall); "
-                "CUDA only (it has no ring for the CPU's SDPA kernels)",
-        dtypes=("fp16", "bf16"),
-        head_dims=(8, 256),
-        head_dim_multiple=8,
-        value_dim_equal=True,
-        memory=_sp_io_bytes,
-        oracle="softmax-naive",
-        traffic=softmax_io_traffic,
-        probe=_sp("sdpa_ring_problem", "cuda"),
-        impl_of=lambda c: f"context_parallel ring (alltoall) of SDPA flash over {c.world_size} "
-                          "ranks",
-        sequence_parallel=True,
-        comm=_kv_comm,
-    ),
-    Mechanism(
         name="softmax-naive",
         family="softmax",
         load=_from("attnbench.baselines.softmax", "softmax_naive"),
@@ -523,6 +503,26 @@ MECHANISMS: tuple[Mechanism, ...] = (
         probe=_softmax("xformers_problem"),
         case_limits=_cutlass_limits,
         impl_of=_impl("xformers_impl"),
+    ),
+    Mechanism(
+        name="sdpa-ring",
+        family="softmax",
+        load=_from("attnbench.baselines.sequence_parallel", "sdpa_ring"),
+        summary="causal softmax with the sequence split over the ranks: PyTorch's context "
+                "parallelism ringing SDPA's flash backend (keys and values rotated, alltoall); "
+                "CUDA only (it has no ring for the CPU's SDPA kernels)",
+        dtypes=("fp16", "bf16"),
+        head_dims=(8, 256),
+        head_dim_multiple=8,
+        value_dim_equal=True,
+        memory=_sp_io_bytes,
+        oracle="softmax-naive",
+        traffic=softmax_io_traffic,
+        probe=_sp("sdpa_ring_problem", "cuda"),
+        impl_of=lambda c: f"context_parallel ring (alltoall) of SDPA flash over {c.world_size} "
+                          "ranks",
+        sequence_parallel=True,
+        comm=_kv_comm,
     ),
 )
 

@@ -16,7 +16,7 @@ from attnbench.runner import Sweep
 from attnbench.spec import build_spec, expand
 
 SOFTMAX = ["softmax-naive", "sdpa-math", "flash2", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient",
-           "xformers"]
+           "xformers", "sdpa-ring"]
 
 
 def test_softmax_field_is_registered():
