@@ -109,7 +109,9 @@ def refuse_without_group(cases: list[Case]) -> None:
     named = sorted({c.mechanism for c in cases if registry.get(c.mechanism).sequence_parallel})
     if named:
         problem = registry.get(named[0]).available().reason
-        raise UsageError(f"{', '.join(named)} {problem or 'needs a process group'}")
+        problem = problem or ("runs in a sharded run: call attnbench.sharded.init(device) in "
+                              "each rank first")
+        raise UsageError(f"{', '.join(named)} {problem}")
 
 
 def with_world(cases: list[Case], world: int, sizes: tuple[int, ...] = ()) -> list[Case]:
