@@ -379,6 +379,7 @@ def run_sweep(
 
         def emit(rec: Record) -> None:
             current.clear()
+            rec = sharded.stamp(rec, None)  # where it ran: this process's GPU, if any
             writer.write(rec)
             counts[rec.status] = counts.get(rec.status, 0) + 1
             if on_record is not None:

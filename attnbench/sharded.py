@@ -394,9 +394,15 @@ def stamp(rec: Record, ranks: Ranks | None) -> Record:
     """Where a record ran: rank, device index, tokens per rank, bytes sent per call."""
     mech = registry.get(rec.case.mechanism)
     comm = mech.comm(rec.case) if mech.comm is not None and rec.status == "ok" else math.nan
-    if ranks is None:
-        return dataclasses.replace(rec, seq_len_per_rank=rec.case.seq_len_per_rank,
-                                   comm_bytes=comm)
+    if ranks is None:  # one process: its current GPU
+        index = -1
+        if rec.device == "cuda":
+            try:
+                index = torch.cuda.current_device()
+            except Exception:  # a lost context: the record still gets written
+                pass
+        return dataclasses.replace(rec, device_index=index,
+                                   seq_len_per_rank=rec.case.seq_len_per_rank, comm_bytes=comm)
     return dataclasses.replace(rec, rank=ranks.rank, device_index=ranks.device_index,
                                seq_len_per_rank=rec.case.seq_len_per_rank, comm_bytes=comm)
 
