@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from attnbench import ncu as nsight
-from attnbench import registry
+from attnbench import records, registry
 from attnbench.case import KEY_COLUMNS, Case
 from attnbench.errors import UsageError
 from attnbench.prepare import prepare_call
@@ -329,11 +329,7 @@ def finalize_kernels(run_dir: Path) -> pd.DataFrame | None:
         df = load_kernels(run_dir)
     except UsageError:
         return None
-    try:
-        df.to_parquet(Path(run_dir) / KERNELS_PARQUET, index=False)
-        df.to_csv(Path(run_dir) / KERNELS_CSV, index=False)
-    except OSError as exc:
-        raise UsageError(f"cannot write the kernel tables in {run_dir}: {exc.strerror}") from None
+    records.write_tables(df, run_dir, KERNELS_PARQUET, KERNELS_CSV)
     return df
 
 

@@ -343,15 +343,20 @@ def load(run_dir: Path, strict: bool = False) -> pd.DataFrame:
     return df
 
 
+def write_tables(df: pd.DataFrame, run_dir: Path, parquet: str, csv: str) -> None:
+    """A tidy frame as parquet and CSV in the run directory; UsageError if it cannot be."""
+    try:
+        df.to_parquet(Path(run_dir) / parquet, index=False)
+        df.to_csv(Path(run_dir) / csv, index=False)
+    except OSError as exc:
+        raise UsageError(f"cannot write {parquet} and {csv} in {run_dir}: {exc.strerror}") from None
+
+
 def finalize(run_dir: Path) -> pd.DataFrame | None:
     """Write records.parquet and records.csv from records.jsonl; the frame, or None if empty."""
     try:
         df = load(run_dir)
     except UsageError:
         return None
-    try:
-        df.to_parquet(Path(run_dir) / PARQUET_FILE, index=False)
-        df.to_csv(Path(run_dir) / CSV_FILE, index=False)
-    except OSError as exc:
-        raise UsageError(f"cannot write the tables in {run_dir}: {exc.strerror}") from None
+    write_tables(df, run_dir, PARQUET_FILE, CSV_FILE)
     return df
