@@ -5,39 +5,21 @@ read back by every view: report, plot, compare, export and --resume. Bad input i
 one line and exit 2 before any work.
 """
 
-import contextlib
-import io
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from fakes import fake, oom_from
+from fakes import fake, oom_from, run_cli
 
 from attnbench import records
-from attnbench.cli import main
 from attnbench.models import config_for, train_flops_per_token
 from attnbench.runner import run_sweep
 from attnbench.spec import build_train_spec, expand
 
 TINY = ["tgs", "--device", "cpu", "--size", "tiny", "--seq-lens", "64,128",
         "--max-case-seconds", "60"]
-
-
-def run_cli(*args) -> tuple[int, str, str]:
-    """``attnbench *args`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
-        mp.setattr(sys, "argv", ["attnbench", *map(str, args)])
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
