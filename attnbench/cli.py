@@ -176,16 +176,9 @@ def run(
         return
     dev = _device(device)
     ranks = sharded.init(dev) if sharded.launched() else None
-    if resume is not None:
-        if any(v is not None for v in sweep_options.values()) or out or name:
-            raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
-                             "options")
-        spec, run_dir = None, resume
-        shown = _stored_spec(resume, dev)
-    else:
-        spec = build_spec(device=dev, **sweep_options)
-        run_dir = out if out is not None else (Path("results") / name if name else default_run_dir(spec))
-        shown = spec
+    spec, run_dir, shown = _spec_and_dir(
+        resume, any(v is not None for v in sweep_options.values()), out, name, dev,
+        lambda: build_spec(device=dev, **sweep_options))
     if ranks is not None and ranks.rank != 0:  # one display: rank 0's
         try:
             run_sweep(spec, run_dir, resume=resume is not None)
@@ -242,6 +235,23 @@ def _launch_ranks(gpus: int, device: str, resume: Path | None, sweep_options: di
     except ChildFailedError as exc:
         codes = {f.exitcode for f in exc.failures.values()}
         raise typer.Exit(2 if codes == {2} else 1) from None
+
+
+def _spec_and_dir(resume: Path | None, given: bool, out: Path | None, name: str | None,
+                  dev: str, build, suffix: str = "") -> tuple[SweepSpec | None, Path, SweepSpec]:
+    """(the spec for run_sweep, None when resuming; the run directory; the spec to show).
+
+    ``given``: a sweep option was given (refused with --resume); ``build()`` makes a new spec;
+    the default directory is results/<time>-<preset>-<device><suffix>."""
+    if resume is not None:
+        if given or out or name:
+            raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
+                             "options")
+        return None, resume, _stored_spec(resume, dev)
+    spec = build()
+    if out is None:
+        out = Path("results") / name if name else Path(f"{default_run_dir(spec)}{suffix}")
+    return spec, out, spec
 
 
 def _stored_spec(run_dir: Path, dev: str) -> SweepSpec:
@@ -353,19 +363,12 @@ def tgs(
                    tokens_per_step=tokens_per_step, dtype=dtype,
                    max_case_seconds=max_case_seconds, line_seconds=line_seconds)
     dev = _device(device)
-    if resume is not None:
-        if any(v is not None for v in options.values()) or checkpointing or out or name:
-            raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
-                             "options")
-        spec, run_dir = None, resume
-        shown = _stored_spec(resume, dev)
-        if not shown.models:
-            raise UsageError(f"{resume} is an operator sweep; continue it with attnbench run "
-                             f"--resume {resume}")
-    else:
-        spec = build_train_spec(dev, checkpointing=checkpointing, **options)
-        run_dir = out if out is not None else (Path("results") / name if name else default_run_dir(spec))
-        shown = spec
+    spec, run_dir, shown = _spec_and_dir(
+        resume, any(v is not None for v in options.values()) or checkpointing, out, name, dev,
+        lambda: build_train_spec(dev, checkpointing=checkpointing, **options))
+    if resume is not None and not shown.models:
+        raise UsageError(f"{resume} is an operator sweep; continue it with attnbench run "
+                         f"--resume {resume}")
     if dev == "cpu":
         console.print("[bold yellow]No GPU in use: training on the CPU[/] (models "
                       f"{escape(', '.join(shown.sizes))}); times are CPU times, not GPU numbers.")
@@ -409,16 +412,9 @@ def profile(
     if calls < 1:
         raise UsageError(f"--calls must be at least 1, not {calls}")
     dev = _device(device)
-    if resume is not None:
-        if any(v is not None for v in sweep_options.values()) or out or name:
-            raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
-                             "options")
-        _stored_spec(resume, dev)
-        spec, run_dir = None, resume
-    else:
-        spec = build_spec(device=dev, **sweep_options)
-        run_dir = out if out is not None else (
-            Path("results") / name if name else Path(f"{default_run_dir(spec)}-profile"))
+    spec, run_dir, _ = _spec_and_dir(
+        resume, any(v is not None for v in sweep_options.values()), out, name, dev,
+        lambda: build_spec(device=dev, **sweep_options), suffix="-profile")
     for line in unavailable_notes(dev, memory_timeline, ncu):
         console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     _execute(spec, run_dir, resume is not None, False, "profile",

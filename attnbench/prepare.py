@@ -44,8 +44,8 @@ class PreparedCall:
 
     @property
     def flops(self) -> float:
-        """FLOPs of one call by the mechanism's model."""
-        return self.mechanism.mode_flops(self.case)
+        """FLOPs of one call (``call_flops``)."""
+        return call_flops(self.mechanism, self.case)
 
     @property
     def bytes(self) -> float:
@@ -100,13 +100,10 @@ TRAIN_MIN_STEPS = 5  # timed steps at least, however long one takes (warm-up ste
 
 @dataclass
 class TrainCall(PreparedCall):
-    """A prepared training step: FLOPs by the model's count, no byte model (a whole model)."""
+    """A prepared training step: at least TRAIN_MIN_STEPS timed, no byte model (a whole
+    model)."""
 
     min_reps: int = TRAIN_MIN_STEPS
-
-    @property
-    def flops(self) -> float:
-        return call_flops(self.mechanism, self.case)
 
     @property
     def bytes(self) -> float:
