@@ -157,25 +157,40 @@ def test_resume_of_an_operator_run_is_refused(tmp_path):
     assert code == 2 and "is an operator sweep; continue it with attnbench run" in err
 
 
-# --- notebooks/paper_tgs.ipynb: no GPU run is committed, so it runs on the tiny CPU run ---
+# --- notebooks/paper_tgs.ipynb: as shipped (a committed GPU run), and on the tiny CPU run ---
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "paper_tgs.ipynb"
-FLAG = 'RUN_DIR = "results/h100-tgs"'
+FLAG = 'RUN_DIR = "results/h100-tgs-probe"'
+
+
+def _execute(nb):
+    nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient")
+    pytest.importorskip("ipykernel", reason="notebook tests need a Jupyter kernel (ipykernel)")
+    nbclient.NotebookClient(nb, timeout=120, startup_timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    return outputs
+
+
+def test_notebook_runs_as_shipped():
+    """A newcomer opens the notebook and runs it: its RUN_DIR is a run kept in git."""
+    nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    outputs = _execute(nb)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "h100-tgs-probe: " in printed and "NVIDIA H100" in printed
 
 
 def test_notebook_runs_on_a_tgs_run(tiny_run):
     nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat")
-    nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient")
-    pytest.importorskip("ipykernel", reason="notebook tests need a Jupyter kernel (ipykernel)")
     run_dir = tiny_run[0]
     nb = nbformat.read(NOTEBOOK, as_version=4)
     flags = nb.cells[1]
     assert FLAG in flags.source
     flags.source = flags.source.replace(FLAG, f"RUN_DIR = {str(run_dir)!r}")
-    nbclient.NotebookClient(nb, timeout=120, startup_timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o["output_type"] == "error"]
+    outputs = _execute(nb)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
     printed = "".join(o.get("text", "") for o in outputs)
     assert f"{run_dir}: 4 records; tiny: CPU" in printed
