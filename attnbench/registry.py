@@ -295,6 +295,18 @@ def _sp_io_bytes(c: Case) -> float:
     return io_bytes(c.with_(seq_len=c.seq_len_per_rank, world_size=1))
 
 
+def _lightning2_impl(c: Case) -> str:
+    """lightning2: the whole sequence per program, or the split this case gets here."""
+    kernel = importlib.import_module("attnbench.kernels.lightning2")
+    device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
+              else torch.device("cpu"))
+    seg = kernel.segment_length(c.batch, c.heads, c.seq_len, c.head_dim, c.value_dim,
+                                DTYPES[c.dtype], kernel.sm_count(device))
+    if seg >= c.seq_len:
+        return "lightning_attn2: whole-sequence scans"
+    return f"lightning_attn2: {-(-c.seq_len // seg)} segments of {seg} tokens per sequence"
+
+
 # --- the registry --------------------------------------------------------------------------
 
 MECHANISMS: tuple[Mechanism, ...] = (
@@ -309,6 +321,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         flops=linear_state_flops,
         oracle="linear-recurrent",
         traffic=io_traffic,
+        impl_of=_lightning2_impl,
     ),
     Mechanism(
         name="lightning1",

@@ -9,7 +9,7 @@ group must make the same calls in the same order (they are collectives).
 
     forward    S_r   = sum_{j in piece r} lambda^(L-1-j) k_j^T v_j     (local state, zero start)
                one all-gather of the S_r, (B, H, D, E) float32 each
-               S0_r  = sum_{j<r} lambda^(L(r-1-j)) S_j                (decayed prefix of states)
+               S0_r  = sum_{j<r} lambda^(L(r-1-j)) S_j     (decayed prefix: kernels' prefix_states)
                o_r   = lightning_attn2(q_r, k_r, v_r, decay, initial_state=S0_r)
     backward   dS0_r from the kernel's backward (the gradient to its initial state)
                one all-gather of the dS0_r
@@ -70,13 +70,6 @@ def _all_gather(x: torch.Tensor, group) -> list[torch.Tensor]:
     return parts
 
 
-def _piece_decay(decay: torch.Tensor | None, length: int, like: torch.Tensor):
-    """lambda^L per head as (1, H, 1, 1) float32: how much a state ages over one piece."""
-    if decay is None:
-        return None
-    return torch.exp(-decay.float() * length).view(1, -1, 1, 1).to(like.device)
-
-
 def _key_decay(decay, length: int, start: int, stop: int, device) -> torch.Tensor | None:
     """lambda^(L-1-j) for tokens j in [start, stop) of a piece: (1, H, stop-start, 1) fp32."""
     if decay is None:
@@ -124,27 +117,30 @@ class _LocalState(torch.autograd.Function):
 
 class _ExchangeStates(torch.autograd.Function):
     """Local states in, this rank's initial state out: one all-gather forward (the states),
-    one backward (the initial states' gradients), each rank combining what it needs."""
+    one backward (the initial states' gradients), each rank combining what it needs with the
+    kernels' own combine of segment states (``prefix_states``: the ranks are the segments)."""
 
     @staticmethod
-    def forward(ctx, state, piece_decay, group):
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        states = _all_gather(state, group)
-        s0 = torch.zeros_like(state)
-        for j in range(rank):  # S0_r = sum_{j<r} lambda^(L(r-1-j)) S_j
-            s0 = (s0 if piece_decay is None else s0 * piece_decay) + states[j]
-        ctx.save_for_backward(piece_decay)
-        ctx.group, ctx.rank, ctx.world = group, rank, world
+    def forward(ctx, state, decay, length, group):
+        from attnbench.kernels import prefix_states
+
+        rank = dist.get_rank(group)
+        states = torch.stack(_all_gather(state, group), dim=2)  # [B, H, W, D, E]
+        # S0_r = sum_{j<r} lambda^(L(r-1-j)) S_j
+        s0 = prefix_states(states, decay, length)[:, :, rank].contiguous()
+        ctx.save_for_backward(decay)
+        ctx.group, ctx.rank, ctx.length = group, rank, length
         return s0
 
     @staticmethod
     def backward(ctx, d_s0):
-        (piece_decay,) = ctx.saved_tensors
-        grads = _all_gather(d_s0, ctx.group)
-        d_state = torch.zeros_like(d_s0)
-        for r in range(ctx.world - 1, ctx.rank, -1):  # dS_j = sum_{r>j} lambda^(L(r-1-j)) dS0_r
-            d_state = (d_state if piece_decay is None else d_state * piece_decay) + grads[r]
-        return d_state, None, None
+        from attnbench.kernels import prefix_states
+
+        (decay,) = ctx.saved_tensors
+        grads = torch.stack(_all_gather(d_s0, ctx.group), dim=2)  # [B, H, W, D, E]
+        # dS_j = sum_{r>j} lambda^(L(r-1-j)) dS0_r: the reverse combine (its adjoint)
+        d_state = prefix_states(grads, decay, ctx.length, reverse=True)[:, :, ctx.rank]
+        return d_state.contiguous(), None, None, None
 
 
 def lightning2_sp(q, k, v, decay=None, group=None):
@@ -178,7 +174,8 @@ def lightning2_sp(q, k, v, decay=None, group=None):
         # all-gather the others wait in (the last rank's zeros, a piece with only q trained)
         if not state.requires_grad:
             state = state.detach().requires_grad_()
-    s0 = _ExchangeStates.apply(state, _piece_decay(decay, n, q), group)
+    rates = None if decay is None else decay.float().to(q.device).contiguous()
+    s0 = _ExchangeStates.apply(state, rates, n, group)
     # rank 0 gets zeros, but its output must depend on them: its backward then joins the
     # backward all-gather as every other rank's does.
     return lightning_attn2(q, k, v, decay, initial_state=s0)

@@ -28,6 +28,8 @@ devices, and after the first call the compiled kernels are launched directly
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -43,7 +45,7 @@ from .common import (
     pow2,
 )
 
-__all__ = ["lightning_attn2", "default_decay"]
+__all__ = ["lightning_attn2", "prefix_states", "default_decay"]
 
 
 # --------------------------------------------------------------------------------------
@@ -70,16 +72,18 @@ def _block_decays(b_s, base, N, o_n, BLOCK_N: tl.constexpr, REVERSE: tl.constexp
     return b_kf, b_bf
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "SEG", "NUM_SEG"])
 def _lightning2_scan_kernel(
-    q,  # [B*H, N, D]
+    q,  # [B*H, N, D] (unused with STATE_ONLY)
     k,  # [B*H, N, D]
     v,  # [B*H, N, E]
-    o,  # [B*H, N, E], written in o's dtype
+    o,  # [B*H, N, E], written in o's dtype (unused with STATE_ONLY)
     decay,  # [H] float32 decay rates (unused without HAS_DECAY)
-    h0,  # [B*H, D, E] float32 initial state, read with strides (SD, SE) (HAS_H0)
-    ht,  # [B*H, D, E] float32 final state, written with strides (SD, SE) (STORE_HT)
+    h0,  # [B*H, NUM_SEG, D, E] initial state of each segment, read with strides (SD, SE)
+    ht,  # [B*H, NUM_SEG, D, E] float32 state after each segment, written (STORE_HT)
     N,
+    SEG,  # tokens per segment (the last one may be shorter); N when the sequence is whole
+    NUM_SEG,  # segments per sequence, cdiv(N, SEG) (1 when whole)
     H: tl.constexpr,
     D: tl.constexpr,
     E: tl.constexpr,
@@ -93,17 +97,24 @@ def _lightning2_scan_kernel(
     HAS_H0: tl.constexpr,
     STORE_HT: tl.constexpr,
     REVERSE: tl.constexpr,
+    STATE_ONLY: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """o_t = q_t · (state of k_j^T v_j over j <= t, aged lambda^(t-j)) (REVERSE: j >= t)."""
-    # One grid axis (B*H*NUM_E < 2^31: no 65535 limit); the E-slices of a head are neighbours
-    # and share their q and k reads through L2.
-    i_bh, i_e = tl.program_id(0) // NUM_E, tl.program_id(0) % NUM_E
+    """o_t = q_t · (state of k_j^T v_j over j <= t, aged lambda^(t-j)) (REVERSE: j >= t),
+    over one segment of one head from that segment's initial state. STATE_ONLY: no output,
+    only the segment's state (from h0, or from zero), for the combine of segments."""
+    # One grid axis (< 2^31 programs: no 65535 limit), ordered (head, segment, E-slice): the
+    # E-slices of a segment are neighbours and share their q and k reads through L2.
+    i_e, i_seg = tl.program_id(0) % NUM_E, tl.program_id(0) // NUM_E
+    i_bh, i_s = i_seg // NUM_SEG, i_seg % NUM_SEG
     i_h = i_bh % H
-    q += i_bh.to(tl.int64) * N * D
-    k += i_bh.to(tl.int64) * N * D
-    v += i_bh.to(tl.int64) * N * E
-    o += i_bh.to(tl.int64) * N * E
+    start = i_s * SEG
+    n = tl.minimum(SEG, N - start)  # this segment's length; everything below is relative
+    row = i_bh.to(tl.int64) * N + start
+    q += row * D
+    k += row * D
+    v += row * E
+    o += row * E
 
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
@@ -125,47 +136,99 @@ def _lightning2_scan_kernel(
         b_m = tl.where(m_in, tl.exp2(-b_s * b_dist.to(tl.float32)), 0.0)  # [BLOCK_N, BLOCK_N]
         b_rf = tl.exp2(-b_s * b_age.to(tl.float32))  # [BLOCK_N]
 
-    p_h = i_bh.to(tl.int64) * D * E + o_d[:, None] * SD + o_e[None, :] * SE
+    p_h = i_seg.to(tl.int64) * D * E + o_d[:, None] * SD + o_e[None, :] * SE
     m_h = m_d[:, None] & m_e[None, :]
     if HAS_H0:
         b_h = tl.load(h0 + p_h, mask=m_h, other=0.0).to(tl.float32)  # [BLOCK_D, BLOCK_E]
     else:
         b_h = tl.zeros([BLOCK_D, BLOCK_E], dtype=tl.float32)
-    NT = tl.cdiv(N, BLOCK_N)
+    NT = tl.cdiv(n, BLOCK_N)
     for i in range(0, NT):
         if REVERSE:
-            base = N - (i + 1) * BLOCK_N  # blocks end at N; the partial one is at the start
+            base = n - (i + 1) * BLOCK_N  # blocks end at n; the partial one is at the start
         else:
             base = i * BLOCK_N
         o_t = base + o_n
-        m_t = (o_t >= 0) & (o_t < N)
-        # Masked loads fill zeros outside [0, N) and past D, E: partial blocks are exact.
-        b_q = tl.load(q + o_t[:, None] * D + o_d[None, :],
-                      mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        m_t = (o_t >= 0) & (o_t < n)
+        # Masked loads fill zeros outside [0, n) and past D, E: partial blocks are exact.
         b_k = tl.load(k + o_t[:, None] * D + o_d[None, :],
                       mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
         b_v = tl.load(v + o_t[:, None] * E + o_e[None, :],
                       mask=m_t[:, None] & m_e[None, :], other=0.0)  # [BLOCK_N, BLOCK_E]
-
-        b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)  # [BLOCK_N, BLOCK_N]
+        if not STATE_ONLY:
+            b_q = tl.load(q + o_t[:, None] * D + o_d[None, :],
+                          mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+            b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)  # [BLOCK_N, BLOCK_N]
+            if HAS_DECAY:
+                b_a = b_a * b_m
+            else:
+                b_a = tl.where(m_in, b_a, 0.0)
+            b_o = tl.dot(b_a.to(b_v.dtype), b_v, input_precision=PRECISION)  # [BLOCK_N, BLOCK_E]
+            b_inter = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PRECISION)
+            if HAS_DECAY:
+                b_o += b_inter * b_rf[:, None]
+            else:
+                b_o += b_inter
+            tl.store(o + o_t[:, None] * E + o_e[None, :], b_o.to(o.dtype.element_ty),
+                     mask=m_t[:, None] & m_e[None, :])
         if HAS_DECAY:
-            b_a = b_a * b_m
-        else:
-            b_a = tl.where(m_in, b_a, 0.0)
-        b_o = tl.dot(b_a.to(b_v.dtype), b_v, input_precision=PRECISION)  # [BLOCK_N, BLOCK_E]
-        b_inter = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PRECISION)
-        if HAS_DECAY:
-            b_o += b_inter * b_rf[:, None]
-            b_kf, b_bf = _block_decays(b_s, base, N, o_n, BLOCK_N, REVERSE)
+            b_kf, b_bf = _block_decays(b_s, base, n, o_n, BLOCK_N, REVERSE)
             b_vw = (b_v * b_kf[:, None]).to(b_v.dtype)
             b_h = b_h * b_bf + tl.dot(tl.trans(b_k), b_vw, input_precision=PRECISION)
         else:
-            b_o += b_inter
             b_h += tl.dot(tl.trans(b_k), b_v, input_precision=PRECISION)
-        tl.store(o + o_t[:, None] * E + o_e[None, :], b_o.to(o.dtype.element_ty),
-                 mask=m_t[:, None] & m_e[None, :])
     if STORE_HT:
         tl.store(ht + p_h, b_h, mask=m_h)
+
+
+@triton.jit(do_not_specialize=["SEG", "LAST", "NUM_SEG"])
+def _lightning2_combine_kernel(
+    states,  # [B*H, NUM_SEG, D*E] float32: each segment's own state (from a zero start)
+    starts,  # [B*H, NUM_SEG, D*E] the state each segment starts from, written (may be states)
+    decay,  # [H] float32 decay rates (HAS_DECAY)
+    h0,  # [B*H, D*E] float32 state before the first segment (HAS_H0)
+    ht,  # [B*H, D*E] float32 state after the last segment, written (STORE_HT)
+    SEG,  # tokens of every segment but the last
+    LAST,  # tokens of the last segment
+    NUM_SEG,
+    H: tl.constexpr,
+    DE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    HAS_DECAY: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+    REVERSE: tl.constexpr,
+):
+    """The decayed prefix of segment states: starts_r = lambda^(L_(r-1)) starts_(r-1) +
+    states_(r-1), starts_0 = h0 (REVERSE: the mirror, from the last segment down)."""
+    i_bh, i_c = tl.program_id(0), tl.program_id(1)
+    o_c = i_c * BLOCK + tl.arange(0, BLOCK)
+    m_c = o_c < DE
+    if HAS_H0:
+        b_a = tl.load(h0 + i_bh.to(tl.int64) * DE + o_c, mask=m_c, other=0.0).to(tl.float32)
+    else:
+        b_a = tl.zeros([BLOCK], dtype=tl.float32)
+    f_seg = 1.0
+    f_last = 1.0
+    if HAS_DECAY:
+        b_s = tl.load(decay + i_bh % H).to(tl.float32) * LOG2E
+        f_seg = tl.exp2(-b_s * SEG.to(tl.float32))
+        f_last = tl.exp2(-b_s * LAST.to(tl.float32))
+    base = i_bh.to(tl.int64) * NUM_SEG * DE
+    for r in range(0, NUM_SEG):
+        if REVERSE:
+            i_s = NUM_SEG - 1 - r
+        else:
+            i_s = r
+        p = base + i_s * DE + o_c
+        b_l = tl.load(states + p, mask=m_c, other=0.0)  # [BLOCK] read before starts overwrites
+        tl.store(starts + p, b_a.to(starts.dtype.element_ty), mask=m_c)
+        if HAS_DECAY:
+            b_a = b_a * tl.where(i_s == NUM_SEG - 1, f_last, f_seg) + b_l
+        else:
+            b_a += b_l
+    if STORE_HT:
+        tl.store(ht + i_bh.to(tl.int64) * DE + o_c, b_a, mask=m_c)
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -285,7 +348,16 @@ def _lightning2_bwd_dkdv_kernel(
 # --------------------------------------------------------------------------------------
 
 _SCAN = Launcher(_lightning2_scan_kernel)
+_COMBINE = Launcher(_lightning2_combine_kernel)
 _DKDV = Launcher(_lightning2_bwd_dkdv_kernel)
+
+# The per-segment states a split forward keeps for the backward stay under this share of
+# the bytes of q, k and v (issue: "a state buffer ... at most 5% of the inputs").
+STATE_SHARE = 0.05
+# Programs per SM a split aims at: two, so that one program's serial chain of products
+# overlaps another's loads (the scans run 1-2 programs per SM by registers).
+PROGRAMS_PER_SM = 2
+NOMINAL_SMS = 132  # an H100's; the interpreter (CPU) plans as if on one
 
 
 def _scan_config(d: int, e: int, dtype: torch.dtype, tf32: bool) -> dict:
@@ -314,6 +386,38 @@ def _dkdv_config(d: int, e: int, dtype: torch.dtype, tf32: bool) -> dict | None:
     if dtype == torch.float32:
         return dict(BLOCK_N=32 if bd * be > 64 * 64 else 64, num_warps=8, num_stages=1)
     return dict(BLOCK_N=64, num_warps=4, num_stages=2)
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the per-segment states a split call keeps: bfloat16 for bfloat16 inputs
+    (the scans cast the state to bfloat16 for their products anyway), float32 otherwise
+    (bfloat16 starts would cost fp16 inputs 10x their error; fp16 ones could overflow)."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
+def segment_length(b: int, h: int, n: int, d: int, e: int, dtype: torch.dtype,
+                   sms: int = NOMINAL_SMS) -> int:
+    """Tokens per segment of the sequence-split scan; ``n`` means no split.
+
+    No split where the B*H*(E / BLOCK_E) programs of the whole-sequence scan already fill
+    ``sms`` SMs. Else as many segments as give at most ``PROGRAMS_PER_SM`` programs per SM
+    (one wave: equal segments finish together), but each
+    segment long enough that the states kept for the backward (one (D, E) per segment)
+    stay under ``STATE_SHARE`` of the bytes of q, k, v; lengths a multiple of BLOCK_N.
+    """
+    cfg = _scan_config(d, e, dtype, False)
+    programs = b * h * -(-e // cfg["BLOCK_E"])
+    if n == 0 or programs >= sms:
+        return n
+    wanted = PROGRAMS_PER_SM * sms // programs  # at most the programs that run at once
+    element = torch.finfo(dtype).bits // 8
+    state = d * e * torch.finfo(state_dtype(dtype)).bits // 8
+    shortest = state / (STATE_SHARE * (2 * d + e) * element)
+    count = min(wanted, int(n // shortest))
+    if count <= 1:
+        return n
+    per, block = -(-n // count), cfg["BLOCK_N"]
+    return -(-per // block) * block
 
 
 def _plan(d, e, dtype, tf32, config):
@@ -347,17 +451,33 @@ def _aligned(tensors) -> bool:
     return acc & 15 == 0
 
 
-def _scan_launch(cfg, shape, dtype, has_decay, has_h0, store_ht, reverse, transpose, precision):
+def _scan_launch(cfg, shape, dtype, precision, *, has_decay, segments=None, has_h0=False,
+                 store_ht=False, reverse=False, transpose=False, state_only=False,
+                 h0_dtype=torch.float32):
     """A scan launch of ``shape`` = (B, H, N, D, E) of the scan, all but its 7 pointers:
     (launcher, key, grid, the arguments after the pointers, num_warps, num_stages).
-    States (B, H, D', E') are read and written transposed when ``transpose`` (the scan's
-    (D, E) are then (E', D'))."""
+    ``segments`` = (tokens per segment, count), None for the whole sequence. States
+    (B, H, [S,] D', E') are read and written transposed when ``transpose`` (the scan's
+    (D, E) are then (E', D')); ``h0_dtype`` is the dtype of the states read."""
     b, h, n, d, e = shape
+    seg, count = segments or (n, 1)
     sd, se = (1, d) if transpose else (e, 1)
     tail = (h, d, e, sd, se, cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["BLOCK_E"], cfg["NUM_E"],
-            has_decay, has_h0, store_ht, reverse, precision)
+            has_decay, has_h0, store_ht, reverse, state_only, precision)
     nw, ns = cfg["num_warps"], cfg["num_stages"]
-    return _SCAN, (tail, dtype, nw, ns), (b * h * cfg["NUM_E"], 1, 1), (n, *tail), nw, ns
+    return (_SCAN, (tail, dtype, h0_dtype, nw, ns), (b * h * count * cfg["NUM_E"], 1, 1),
+            (n, seg, count, *tail), nw, ns)
+
+
+def _combine_launch(shape, segments, *, has_decay, has_h0, store_ht, reverse, dtype):
+    """The combine of ``segments`` = (tokens per segment, count, tokens of the last one) of
+    states (B, H, D, E), all but its 5 pointers; ``dtype``: of the starts written."""
+    b, h, d, e = shape
+    seg, count, last = segments
+    block = min(1024, pow2(d * e))
+    tail = (h, d * e, block, has_decay, has_h0, store_ht, reverse)
+    return (_COMBINE, (tail, dtype), (b * h, -(-d * e // block), 1), (seg, last, count, *tail),
+            4, 1)
 
 
 def _dkdv_launch(cfg, shape, dtype, has_decay, has_dht, store_dh0, precision):
@@ -375,73 +495,151 @@ def _launch(spec, pointers, device_index):
 
 
 class _Launches:
-    """Every launch of one call shape, built once (the per-call work is then the pointers):
-    the forward scan, and per (dht given, dh0 wanted) the backward's scans."""
+    """Every launch of one call shape, built once (the per-call work is then the pointers).
 
-    def __init__(self, plan, shape, dtype, has_decay, has_h0, output_final_state):
+    Whole sequence (``segments`` None): the forward scan; backward the dq scan and the
+    dk, dv scans (or the fused dk/dv scan). Split into segments: forward the segments' own
+    states (a state-only scan), their combine (the starts, kept for the backward, and the
+    final state), the scan of every segment from its start; backward the dq scan from the
+    kept starts, the gradient states of the segments (a reverse state-only scan of q, do),
+    their reverse combine (the starts of dS, and dS0), the dk and dv scans from them.
+    """
+
+    def __init__(self, plan, shape, dtype, has_decay, has_h0, output_final_state, seg):
         self.plan, self.shape, self.dtype = plan, shape, dtype
         self.has_decay, self.has_h0 = has_decay, has_h0
-        self.fwd = _scan_launch(plan[0], shape, dtype, has_decay, has_h0, output_final_state,
-                                False, False, plan[3])
+        fwd_cfg, _, _, precision = plan
+        b, h, n, d, e = shape
+        self.segments = None
+        self.state_dtype = state_dtype(dtype)
+        if seg < n:
+            count = -(-n // seg)
+            self.segments = (seg, count)
+            self.combine_segments = (seg, count, n - (count - 1) * seg)
+        common = dict(has_decay=has_decay, segments=self.segments)
+        if self.segments is None:
+            self.fwd = (_scan_launch(fwd_cfg, shape, dtype, precision, has_h0=has_h0,
+                                     store_ht=output_final_state, **common),)
+        else:
+            self.fwd = (
+                _scan_launch(fwd_cfg, shape, dtype, precision, store_ht=True, state_only=True,
+                             **common),
+                _combine_launch((b, h, d, e), self.combine_segments, has_decay=has_decay,
+                                has_h0=has_h0, store_ht=output_final_state, reverse=False,
+                                dtype=self.state_dtype),
+                _scan_launch(fwd_cfg, shape, dtype, precision, has_h0=True,
+                             h0_dtype=self.state_dtype, **common),
+            )
         self._bwd: dict = {}
 
     def bwd(self, has_dht, need_dh0):
         spec = self._bwd.get((has_dht, need_dh0))
-        if spec is None:
-            fwd_cfg, dq_cfg, dkdv, precision = self.plan
-            b, h, n, d, e = self.shape
-            flip = (b, h, n, e, d)  # the dq and dk scans' (D, E) are (E, D)
-            dq = _scan_launch(dq_cfg, flip, self.dtype, self.has_decay, self.has_h0, False,
-                              False, True, precision)
+        if spec is not None:
+            return spec
+        fwd_cfg, dq_cfg, dkdv, precision = self.plan
+        b, h, n, d, e = self.shape
+        flip = (b, h, n, e, d)  # the dq and dk scans' (D, E) are (E, D)
+        common = dict(has_decay=self.has_decay, segments=self.segments)
+        if self.segments is None:
+            dq = _scan_launch(dq_cfg, flip, self.dtype, precision, has_h0=self.has_h0,
+                              transpose=True, **common)
             if dkdv is not None:
                 rest = (_dkdv_launch(dkdv, self.shape, self.dtype, self.has_decay, has_dht,
                                      need_dh0, precision),)
             else:
-                rest = (_scan_launch(dq_cfg, flip, self.dtype, self.has_decay, has_dht, False,
-                                     True, True, precision),
-                        _scan_launch(fwd_cfg, self.shape, self.dtype, self.has_decay, has_dht,
-                                     need_dh0, True, False, precision))
-            spec = self._bwd[(has_dht, need_dh0)] = (dq, *rest)
+                rest = (_scan_launch(dq_cfg, flip, self.dtype, precision, has_h0=has_dht,
+                                     reverse=True, transpose=True, **common),
+                        _scan_launch(fwd_cfg, self.shape, self.dtype, precision,
+                                     has_h0=has_dht, store_ht=need_dh0, reverse=True,
+                                     **common))
+        else:
+            starts = dict(has_h0=True, h0_dtype=self.state_dtype)
+            dq = _scan_launch(dq_cfg, flip, self.dtype, precision, transpose=True, **starts,
+                              **common)
+            rest = (
+                _scan_launch(fwd_cfg, self.shape, self.dtype, precision, store_ht=True,
+                             reverse=True, state_only=True, **common),
+                _combine_launch((b, h, d, e), self.combine_segments, has_decay=self.has_decay,
+                                has_h0=has_dht, store_ht=need_dh0, reverse=True,
+                                dtype=self.state_dtype),
+                _scan_launch(dq_cfg, flip, self.dtype, precision, reverse=True,
+                             transpose=True, **starts, **common),
+                _scan_launch(fwd_cfg, self.shape, self.dtype, precision, reverse=True,
+                             **starts, **common),
+            )
+        spec = self._bwd[(has_dht, need_dh0)] = (dq, *rest)
         return spec
 
 
+def _states(q, count, e, dtype):
+    """(B, H, count, D, E) states in ``dtype``, uninitialised."""
+    b, h, _, d = q.shape
+    return q.new_empty(b, h, count, d, e, dtype=dtype)
+
+
 def _lightning2_fwd(q, k, v, decay, h0, output_final_state, launches):
-    """o (B, H, N, E) in v's dtype, and the final state (B, H, D, E) fp32 if asked."""
+    """o (B, H, N, E) in v's dtype, the final state (B, H, D, E) fp32 if asked, and the
+    segments' starts (B, H, S, D, E) the backward reads (None for a whole-sequence scan)."""
     o = torch.empty_like(v)
-    ht = None
-    if output_final_state:
-        b, h, _, d = q.shape
-        ht = q.new_empty(b, h, d, v.shape[-1], dtype=torch.float32)
+    b, h, _, d = q.shape
+    e = v.shape[-1]
+    ht = q.new_empty(b, h, d, e, dtype=torch.float32) if output_final_state else None
     # Unused pointer arguments (no decay, no states) get q: any tensor will do.
-    _launch(launches.fwd, (q, k, v, o, q if decay is None else decay, q if h0 is None else h0,
-                           q if ht is None else ht), q.device.index)
-    return o, ht
+    dec, dev = (q if decay is None else decay), q.device.index
+    h0_, ht_ = (q if h0 is None else h0), (q if ht is None else ht)
+    if launches.segments is None:
+        _launch(launches.fwd[0], (q, k, v, o, dec, h0_, ht_), dev)
+        return o, ht, None
+    local_, combine, scan = launches.fwd
+    own = _states(q, launches.segments[1], e, torch.float32)
+    _launch(local_, (k, k, v, k, dec, k, own), dev)
+    starts = own if launches.state_dtype == torch.float32 else torch.empty_like(
+        own, dtype=launches.state_dtype)
+    _launch(combine, (own, starts, dec, h0_, ht_), dev)
+    del own  # 16-bit inputs: the fp32 states go once combined into (16-bit) starts
+    _launch(scan, (q, k, v, o, dec, starts, q), dev)
+    return o, ht, starts
 
 
-def _lightning2_bwd(q, k, v, do, decay, h0, dht, need_dh0, launches):
+def _lightning2_bwd(q, k, v, do, decay, h0, starts, dht, need_dh0, launches):
     """dq, dk, dv (input dtype) and dh0 (fp32, if ``need_dh0``), derivation in the notes.
 
     dq_i = do_i · (lambda^(i+1) S0 + sum_{j<=i} lambda^(i-j) k_j^T v_j)^T: the causal scan of
-    (do, v, k) from S0^T. dk and dv: the anti-causal scans of (v, do, q) from dS_N^T and
-    (k, q, do) from dS_N (which ends as dS0), or with ``fused`` one anti-causal scan that
-    shares dS between them.
+    (do, v, k) from S0^T (each segment from its start, read transposed). dk and dv: the
+    anti-causal scans of (v, do, q) from dS^T and (k, q, do) from dS, the gradient state,
+    which starts at dS_N and ends as dS0 (split: each segment from its start, the reverse
+    combine of the segments' own gradient states); or with ``fused`` one anti-causal scan
+    that shares dS between them.
     """
     spec = launches.bwd(dht is not None, need_dh0)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dh0 = None
+    b, h, _, d = q.shape
+    e = v.shape[-1]
     if need_dh0:
-        b, h, _, d = q.shape
-        dh0 = q.new_empty(b, h, d, v.shape[-1], dtype=torch.float32)
+        dh0 = q.new_empty(b, h, d, e, dtype=torch.float32)
     dev = q.device.index
     decay = q if decay is None else decay
     dht_, dh0_ = (q if dht is None else dht), (q if dh0 is None else dh0)
-    # dq: the scan's state is S^T, read from h0 transposed.
-    _launch(spec[0], (do, v, k, dq, decay, q if h0 is None else h0, q), dev)
-    if len(spec) == 2:  # fused dk/dv
-        _launch(spec[1], (q, k, v, do, dk, dv, decay, dht_, dh0_), dev)
-    else:
-        _launch(spec[1], (v, do, q, dk, decay, dht_, q), dev)
-        _launch(spec[2], (k, q, do, dv, decay, dht_, dh0_), dev)
+    if launches.segments is None:
+        # dq: the scan's state is S^T, read from h0 transposed.
+        _launch(spec[0], (do, v, k, dq, decay, q if h0 is None else h0, q), dev)
+        if len(spec) == 2:  # fused dk/dv
+            _launch(spec[1], (q, k, v, do, dk, dv, decay, dht_, dh0_), dev)
+        else:
+            _launch(spec[1], (v, do, q, dk, decay, dht_, q), dev)
+            _launch(spec[2], (k, q, do, dv, decay, dht_, dh0_), dev)
+        return dq, dk, dv, dh0
+    dq_scan, own_scan, combine, dk_scan, dv_scan = spec
+    _launch(dq_scan, (do, v, k, dq, decay, starts, q), dev)
+    own = _states(q, launches.segments[1], e, torch.float32)
+    _launch(own_scan, (q, q, do, q, decay, q, own), dev)
+    ds_starts = own if launches.state_dtype == torch.float32 else torch.empty_like(
+        own, dtype=launches.state_dtype)
+    _launch(combine, (own, ds_starts, decay, dht_, dh0_), dev)
+    del own
+    _launch(dk_scan, (v, do, q, dk, decay, ds_starts, q), dev)
+    _launch(dv_scan, (k, q, do, dv, decay, ds_starts, q), dev)
     return dq, dk, dv, dh0
 
 
@@ -452,8 +650,8 @@ class Lightning2Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, decay, h0, output_final_state, launches):
-        o, ht = _lightning2_fwd(q, k, v, decay, h0, output_final_state, launches)
-        ctx.save_for_backward(q, k, v, decay, h0)
+        o, ht, starts = _lightning2_fwd(q, k, v, decay, h0, output_final_state, launches)
+        ctx.save_for_backward(q, k, v, decay, h0, starts)
         ctx.launches = launches
         ctx.need_dh0 = h0 is not None and ctx.needs_input_grad[4]
         if ht is None:
@@ -462,9 +660,9 @@ class Lightning2Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht=None):
-        q, k, v, decay, h0 = ctx.saved_tensors
+        q, k, v, decay, h0, starts = ctx.saved_tensors
         dq, dk, dv, dh0 = _lightning2_bwd(
-            q, k, v, do.contiguous(), decay, h0,
+            q, k, v, do.contiguous(), decay, h0, starts,
             None if dht is None else dht.contiguous(), ctx.need_dh0, ctx.launches,
         )
         return dq, dk, dv, None, dh0, None, None
@@ -518,8 +716,14 @@ def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=
         b, h, n, d = q.shape
         e = v.shape[-1]
         plan = _plan(d, e, q.dtype, bool(tf32) and q.dtype == torch.float32, _config)
+        seg = (_config or {}).get("segment")
+        if seg is None:
+            seg = segment_length(b, h, n, d, e, q.dtype, sm_count(q.device))
+        if plan[2] is not None:  # the fused dk/dv scan runs whole sequences only
+            seg = n
         launches = _Launches(plan, (b, h, n, d, e), q.dtype, decay is not None,
-                             initial_state is not None, bool(output_final_state))
+                             initial_state is not None, bool(output_final_state),
+                             max(1, min(int(seg), n)))
         if key[0] is not None:
             if len(_CALLS) > 4096:
                 _CALLS.clear()
@@ -544,8 +748,66 @@ def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=
     ):
         return Lightning2Function.apply(q, k, v, decay, initial_state, output_final_state,
                                         launches)
-    o, ht = _lightning2_fwd(q, k, v, decay, initial_state, output_final_state, launches)
+    o, ht, _ = _lightning2_fwd(q, k, v, decay, initial_state, output_final_state, launches)
     return (o, ht) if output_final_state else o
+
+
+def prefix_states(states, decay=None, length=1, last_length=None, initial_state=None, *,
+                  reverse=False, output_final_state=False, dtype=torch.float32):
+    """The state each of S consecutive segments of a sequence starts from, given each
+    segment's own state: the combine of the split scan, and of ``lightning2_sp`` across GPUs.
+
+    Causal (per head, lambda = exp(-decay[h]), L_r the length of segment r)::
+
+        starts_0 = S0,   starts_r = lambda^(L_(r-1)) starts_(r-1) + states_(r-1)
+        final    = lambda^(L_(S-1)) starts_(S-1) + states_(S-1)
+
+    so starts_r = lambda^(L_0 + ... + L_(r-1)) S0 + sum_{j<r} lambda^(L_(j+1) + ... +
+    L_(r-1)) states_j. ``reverse``: the mirror (starts_(S-1) = S0, running down to
+    segment 0), which is also the adjoint of the causal combine: the gradient of the
+    starts goes to the states through it.
+
+    Args:
+        states: (B, H, S, D, E) float32, contiguous: segment r's own state, from a zero start,
+            anchored at its last token (causal; ``lightning_attn2(..., output_final_state=
+            True)`` of the segment alone gives it).
+        decay: None (lambda = 1) or float32 rates (H,) on the states' device.
+        length: tokens of every segment but the last; ``last_length`` the last (default
+            ``length``).
+        initial_state: None (zeros) or float32 (B, H, D, E), S0.
+        output_final_state: also return the state after the last segment (float32).
+        dtype: of the starts returned (float32, or bfloat16 to keep them for a backward).
+
+    Returns:
+        starts (B, H, S, D, E) in ``dtype``; with ``output_final_state``, (starts, final).
+    """
+    if states.dim() != 5 or states.dtype != torch.float32 or not states.is_contiguous():
+        raise ValueError("states must be a contiguous float32 tensor (B, H, S, D, E)")
+    b, h, count, d, e = states.shape
+    if initial_state is not None and initial_state.shape != (b, h, d, e):
+        raise ValueError(f"initial_state must have shape (B, H, D, E) = {(b, h, d, e)}")
+    starts = torch.empty_like(states, dtype=dtype)
+    final = states.new_empty(b, h, d, e) if output_final_state else None
+    if count:
+        last = length if last_length is None else last_length
+        spec = _combine_launch((b, h, d, e), (length, count, last), has_decay=decay is not None,
+                               has_h0=initial_state is not None,
+                               store_ht=output_final_state, reverse=reverse, dtype=dtype)
+        h0 = None if initial_state is None else initial_state.float().contiguous()
+        dec = None if decay is None else decay.float().contiguous()
+        pick = lambda t: states if t is None else t  # noqa: E731 - unused pointers
+        _launch(spec, (states, starts, pick(dec), pick(h0), pick(final)), states.device.index)
+    elif output_final_state:
+        final.copy_(0 if initial_state is None else initial_state)
+    return (starts, final) if output_final_state else starts
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device (the split's target); ``NOMINAL_SMS`` for the interpreter."""
+    if device.type != "cuda":
+        return NOMINAL_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 _CALLS: dict = {}  # (input_key, output_final_state, tf32, config) -> _Launches

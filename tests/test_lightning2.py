@@ -45,6 +45,25 @@ def test_matches_oracle(case):
                          KERNEL_DEVICE), KERNEL_DEVICE)
 
 
+SPLIT_CASES = [
+    # B, H, N, D, E, dtype, decay, tokens per segment (forced; N not a multiple of it)
+    (2, 3, 77, 48, 48, "fp16", True, 20),
+    (1, 2, 150, 32, 32, "fp32", False, 70),
+    (1, 2, 130, 64, 96, "fp32", True, 33),
+    (1, 1, 12, 96, 48, "fp16", False, 1),
+]
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: case_id(c[:7]) + f"-seg{c[7]}")
+def test_split_sequence_matches_oracle(case):
+    """The sequence-split path (segments' own states, their combine, each segment from its
+    start; the backward's mirror) forced on short sequences: output and every gradient."""
+    b, h, n, d, e, dt, dec, seg = case
+    fn = lambda q, k, v, s: lightning_attn2(q, k, v, s, _config={"segment": seg})  # noqa: E731
+    check_against_oracle(fn, b, h, n, d, e, DTYPES[dt], _decay(dec, h, KERNEL_DEVICE),
+                         KERNEL_DEVICE)
+
+
 def test_fused_dkdv_backward_matches_oracle():
     """The opt-in two-scan backward (dk and dv in one scan sharing dS), D = E = 64 and 48/40."""
     fn = lambda q, k, v, s: lightning_attn2(q, k, v, s, _config={"fused": True})  # noqa: E731
@@ -95,10 +114,16 @@ STATE_CASES = [
     (1, 2, 50, 32, 32, "fp32", True, 17, {"fused": True}),
     (1, 2, 50, 48, 40, "fp16", False, 20, {"fused": True}),
     (1, 1, 40, 160, 80, "fp32", True, 33, None),
+    # the sequence split into segments inside each call, states in and out
+    (1, 2, 77, 32, 48, "fp32", True, 30, {"segment": 16}),
+    (1, 2, 77, 32, 48, "fp32", False, 64, {"segment": 25}),
+    (1, 2, 65, 48, 24, "fp16", True, 1, {"segment": 9}),
 ]
 
 
-@pytest.mark.parametrize("case", STATE_CASES, ids=lambda c: case_id(c[:7]) + f"-split{c[7]}")
+@pytest.mark.parametrize("case", STATE_CASES,
+                         ids=lambda c: case_id(c[:7]) + f"-split{c[7]}" + (
+                             f"-seg{c[8]['segment']}" if c[8] and "segment" in c[8] else ""))
 def test_state_carried_equals_whole(case):
     """Two halves with the state carried equal the whole: output, final state and every
     gradient (q, k, v, initial state) against the float64 oracle."""
@@ -142,6 +167,69 @@ def test_state_oracle():
     torch.testing.assert_close(linear_state(q, k, v, decay)[0], linear_masked(q, k, v, decay))
 
 
+def _prefix_loop(states, decay, lengths, h0, reverse):
+    """The combine as a Python loop in float64: (starts, final)."""
+    b, h, count, d, e = states.shape
+    lam = torch.ones(h, dtype=torch.float64) if decay is None else torch.exp(-decay.double())
+    run = torch.zeros(b, h, d, e, dtype=torch.float64) if h0 is None else h0.double()
+    starts = torch.empty(b, h, count, d, e, dtype=torch.float64)
+    for r in (reversed(range(count)) if reverse else range(count)):
+        starts[:, :, r] = run
+        run = lam.view(1, h, 1, 1) ** lengths[r] * run + states[:, :, r].double()
+    return starts, run
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["causal", "reverse"])
+@pytest.mark.parametrize("with_decay", [True, False], ids=["decay", "nodecay"])
+def test_prefix_states_against_a_loop(reverse, with_decay):
+    """The one combine (the split scan's and lightning2-sp's): starts and the final state,
+    a last segment shorter than the others, an initial state."""
+    g = torch.Generator().manual_seed(11)
+    states = torch.randn(2, 3, 5, 16, 24, generator=g).to(KERNEL_DEVICE)
+    h0 = torch.randn(2, 3, 16, 24, generator=g).to(KERNEL_DEVICE)
+    decay = default_decay(3, KERNEL_DEVICE) if with_decay else None
+    starts, final = lightning2.prefix_states(states, decay, 7, 3, h0, reverse=reverse,
+                                             output_final_state=True)
+    want_starts, want_final = _prefix_loop(states.cpu(), None if decay is None else decay.cpu(),
+                                           [7, 7, 7, 7, 3], h0.cpu(), reverse)
+    assert rel_err(starts, want_starts) < 1e-6 and rel_err(final, want_final) < 1e-6
+    assert not torch.equal(starts[:, :, 1], starts[:, :, 2])  # every segment written
+
+
+def test_split_state_equals_the_final_state_of_the_whole():
+    """Segment states combined by prefix_states equal lightning_attn2's final state of the
+    whole sequence, and its output is lightning_attn2 of each segment from its start."""
+    q, k, v, _ = inputs(1, 2, 50, 16, 32, torch.float32, KERNEL_DEVICE, seed=12)
+    decay = default_decay(2, KERNEL_DEVICE)
+    pieces = [slice(0, 20), slice(20, 40), slice(40, 50)]
+    own = torch.stack([lightning_attn2(q[:, :, p], k[:, :, p], v[:, :, p], decay,
+                                       output_final_state=True)[1] for p in pieces], dim=2)
+    starts, final = lightning2.prefix_states(own.contiguous(), decay, 20, 10,
+                                             output_final_state=True)
+    o, whole = lightning_attn2(q, k, v, decay, output_final_state=True)
+    assert rel_err(final, whole) < 1e-5
+    for i, p in enumerate(pieces):
+        got = lightning_attn2(q[:, :, p], k[:, :, p], v[:, :, p], decay, starts[:, :, i])
+        assert rel_err(got, o[:, :, p]) < 1e-5
+
+
+def test_segment_rule():
+    """Whole sequences where B*H fills the GPU; else enough segments for two programs per
+    SM, each long enough that the kept states stay under 5% of q, k, v."""
+    bf16 = torch.bfloat16
+    assert lightning2.segment_length(4, 32, 32768, 128, 128, bf16, 132) == 32768
+    seg = lightning2.segment_length(1, 8, 32768, 128, 128, bf16, 132)
+    count = -(-32768 // seg)
+    assert seg % 64 == 0 and 132 < 1 * 8 * 2 * count <= 2 * 132  # one wave, the GPU full
+    kept = 8 * count * 128 * 128 * 2  # bf16 starts
+    assert kept <= 0.05 * 8 * 32768 * (128 + 128 + 128) * 2
+    # too short to split under the state budget; fp32 keeps fp32 states (fewer segments)
+    assert lightning2.segment_length(1, 8, 1024, 128, 128, bf16, 132) == 1024
+    fp32 = lightning2.segment_length(1, 8, 32768, 128, 128, torch.float32, 132)
+    assert seg <= fp32 < 32768
+    assert lightning2.segment_length(1, 8, 0, 128, 128, bf16, 132) == 0
+
+
 def test_empty_sequence_passes_the_state():
     q, k, v, _ = inputs(1, 2, 0, 16, 16, torch.float32, KERNEL_DEVICE)
     h0 = torch.randn(1, 2, 16, 16, device=KERNEL_DEVICE)
@@ -166,6 +254,32 @@ def test_bf16_64k_with_state_against_float64():
     # bf16 operands round at 2^-9 relative; the accumulations are fp32.
     for name, got, r in zip(("o", "ht", "dq", "dk", "dv", "dh0"), ours, ref, strict=True):
         assert rel_err(got, r) < 1e-2, f"{name}: {rel_err(got, r):.2e}"
+
+
+@pytest.mark.gpu
+def test_bf16_split_batch1_heads8_with_state_against_float64():
+    """The shape long-context training runs (B = 1, H = 8) takes the sequence-split path by
+    default on a GPU: 65573 tokens (no multiple of anything), bf16, states in and out."""
+    b, h, n, d, e = 1, 8, 65573, 128, 128
+    q, k, v, do = inputs(b, h, n, d, e, torch.bfloat16, "cuda", seed=13)
+    g = torch.Generator().manual_seed(14)
+    h0, dht = (torch.randn(b, h, d, e, generator=g).cuda() for _ in range(2))
+    decay = default_decay(h, "cuda")
+    ours = _with_state(q, k, v, do, decay, h0, dht)
+    split = [c for key, c in lightning2._CALLS.items() if key[0] is not None
+             and key[0][0] == q.shape and c.segments is not None]
+    assert split, "the default plan did not split B=1, H=8, N=65573"
+    x64 = [t.double().requires_grad_() for t in (q, k, v, h0)]
+    ro, rht = chunked_reference(*x64[:3], decay.double(), x64[3], chunk=2048)
+    ((ro * do.double()).sum() + (rht * dht.double()).sum()).backward()
+    ref = (ro, rht, *(t.grad for t in x64))
+    whole = _with_state(q, k, v, do, decay, h0, dht, _config={"segment": n})
+    for name, got, w, r in zip(("o", "ht", "dq", "dk", "dv", "dh0"), ours, whole, ref,
+                               strict=True):
+        err, whole_err = rel_err(got, r), rel_err(w, r)
+        # the kept bf16 starts may cost at most a little over the whole-sequence scan's error
+        assert err < 1e-2 and err <= 1.25 * whole_err + 1e-4, \
+            f"{name}: split {err:.2e}, whole {whole_err:.2e}"
 
 
 @pytest.mark.gpu
@@ -240,11 +354,22 @@ def test_no_grad_skips_autograd():
     assert lightning_attn2(q, k, v).grad_fn is not None
 
 
-def test_length_is_not_a_compile_time_constant():
-    """N is a runtime argument: a sweep over lengths never recompiles."""
-    for kernel in (lightning2._lightning2_scan_kernel, lightning2._lightning2_bwd_dkdv_kernel):
-        names = getattr(kernel, "kwargs", {}).get("do_not_specialize") or kernel.do_not_specialize
-        assert "N" in names
+@pytest.mark.gpu
+def test_a_length_sweep_compiles_nothing_new():
+    """N, the segment length and count are runtime arguments: new lengths, split or whole,
+    reuse the compiled scans and combine."""
+    decay = default_decay(8, "cuda")
+
+    def sweep(lengths):
+        for n in lengths:
+            q, k, v, do = inputs(1, 8, n, 64, 64, torch.bfloat16, "cuda", seed=n)
+            forward_backward(lightning_attn2, q, k, v, do, decay)
+        torch.cuda.synchronize()
+        kernels = (lightning2._lightning2_scan_kernel, lightning2._lightning2_combine_kernel)
+        return [sum(len(c[0]) for c in kern.device_caches.values()) for kern in kernels]
+
+    before = sweep([300, 40000])  # one whole, one split
+    assert sweep([301, 500, 41000, 65573]) == before
 
 
 def test_default_decay():

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from fakes import make_case
 
@@ -128,3 +130,15 @@ def test_flop_and_byte_models_match_a_count_by_hand(name):
     assert mech.traffic(case.with_(mode="bwd")) == bwd_bytes
     assert mech.traffic(case.with_(mode="fwdbwd")) == fwd_bytes + bwd_bytes
     assert mech.traffic(case.with_(dtype="fp32")) == 2 * fwd_bytes
+
+
+def test_lightning2_records_say_whether_the_sequence_was_split():
+    """impl names the plan the kernel takes for the case (here: the interpreter's nominal
+    132 SMs): whole where B * H fills the GPU, segments at batch 1 and 8 heads."""
+    mech = registry.get("lightning2")
+    paper = make_case("lightning2", batch=4, heads=32, seq_len=32768, head_dim=128,
+                      value_dim=128, dtype="bf16")
+    assert mech.impl_of(paper) == "lightning_attn2: whole-sequence scans"
+    small = paper.with_(batch=1, heads=8)
+    assert re.fullmatch(r"lightning_attn2: \d+ segments of \d+ tokens per sequence",
+                        mech.impl_of(small))
