@@ -354,9 +354,10 @@ _DKDV = Launcher(_lightning2_bwd_dkdv_kernel)
 # The per-segment states a split forward keeps for the backward stay under this share of
 # the bytes of q, k and v (issue: "a state buffer ... at most 5% of the inputs").
 STATE_SHARE = 0.05
-# Programs per SM a split aims at: two, so that one program's serial chain of products
-# overlaps another's loads (the scans run 1-2 programs per SM by registers).
-PROGRAMS_PER_SM = 2
+# Programs per SM a split aims at: one. The scans hold one program per SM (4 stages of
+# q, k, v tiles in shared memory), so one wave of equal segments; two waves of segments
+# half as long measured 3-10% slower at batch 1 / heads 8 on the H100 (notes, round three).
+PROGRAMS_PER_SM = 1
 NOMINAL_SMS = 132  # an H100's; the interpreter (CPU) plans as if on one
 
 

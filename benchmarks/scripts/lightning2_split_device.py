@@ -121,7 +121,8 @@ def main():
 
 def write(out: Path, rows: list[dict], sms: int):
     (out / "split.json").write_text(json.dumps(rows, indent=1))
-    ref = {m: next((r[f"{m}_mtok"] * 1.0 / (4 * 32) for r in rows
+    # per head-token rate = tokens/s x heads (tokens = batch x length)
+    ref = {m: next((r[f"{m}_mtok"] * 32 for r in rows
                     if (r["batch"], r["heads"], r["seq_len"], r["split"]) == (4, 32, 32768, "1")
                     and f"{m}_mtok" in r), None) for m in ("fwd", "bwd")}
     lines = [f"{sms} SMs. M tokens/s; share = per head-token rate / batch 4, heads 32, 32k "
@@ -133,7 +134,7 @@ def write(out: Path, rows: list[dict], sms: int):
                  f"{r['segments']} x {r['segment']}"]
         for m in ("fwd", "bwd"):
             if f"{m}_mtok" in r:
-                share = (r[f"{m}_mtok"] / (r["batch"] * r["heads"]) / ref[m]
+                share = (r[f"{m}_mtok"] * r["heads"] / ref[m]
                          if ref[m] else float("nan"))
                 cells += [f"{r[f'{m}_mtok']:.1f}", f"{share:.0%}"]
             else:
