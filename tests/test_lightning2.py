@@ -238,19 +238,24 @@ def test_empty_sequence_passes_the_state():
     torch.testing.assert_close(ht, h0)
 
 
+def _bf16_state_case(b, h, n, seed):
+    """bf16 q, k, v, do (D = E = 128), a random initial state and final-state gradient on the
+    GPU, and the float64 blocked oracle's (o, ht, dq, dk, dv, dh0) for them."""
+    q, k, v, do = inputs(b, h, n, 128, 128, torch.bfloat16, "cuda", seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    h0, dht = (torch.randn(b, h, 128, 128, generator=g).cuda() for _ in range(2))
+    decay = default_decay(h, "cuda")
+    x64 = [t.double().requires_grad_() for t in (q, k, v, h0)]
+    ro, rht = chunked_reference(*x64[:3], decay.double(), x64[3], chunk=2048)
+    ((ro * do.double()).sum() + (rht * dht.double()).sum()).backward()
+    return (q, k, v, do, decay, h0, dht), (ro, rht, *(t.grad for t in x64))
+
+
 @pytest.mark.gpu
 def test_bf16_64k_with_state_against_float64():
     """bf16 at N = 64k, with an initial state, against a float64 blocked oracle on the GPU."""
-    b, h, n, d, e = 1, 2, 65536, 128, 128
-    q, k, v, do = inputs(b, h, n, d, e, torch.bfloat16, "cuda", seed=5)
-    g = torch.Generator().manual_seed(6)
-    h0, dht = (torch.randn(b, h, d, e, generator=g).cuda() for _ in range(2))
-    decay = default_decay(h, "cuda")
-    ours = _with_state(q, k, v, do, decay, h0, dht)
-    x64 = [t.double().requires_grad_() for t in (q, k, v, h0)]
-    ro, rht = chunked_reference(*x64[:3], decay.double(), x64[3])
-    ((ro * do.double()).sum() + (rht * dht.double()).sum()).backward()
-    ref = (ro, rht, *(t.grad for t in x64))
+    args, ref = _bf16_state_case(1, 2, 65536, seed=5)
+    ours = _with_state(*args)
     # bf16 operands round at 2^-9 relative; the accumulations are fp32.
     for name, got, r in zip(("o", "ht", "dq", "dk", "dv", "dh0"), ours, ref, strict=True):
         assert rel_err(got, r) < 1e-2, f"{name}: {rel_err(got, r):.2e}"
@@ -260,20 +265,13 @@ def test_bf16_64k_with_state_against_float64():
 def test_bf16_split_batch1_heads8_with_state_against_float64():
     """The shape long-context training runs (B = 1, H = 8) takes the sequence-split path by
     default on a GPU: 65573 tokens (no multiple of anything), bf16, states in and out."""
-    b, h, n, d, e = 1, 8, 65573, 128, 128
-    q, k, v, do = inputs(b, h, n, d, e, torch.bfloat16, "cuda", seed=13)
-    g = torch.Generator().manual_seed(14)
-    h0, dht = (torch.randn(b, h, d, e, generator=g).cuda() for _ in range(2))
-    decay = default_decay(h, "cuda")
-    ours = _with_state(q, k, v, do, decay, h0, dht)
+    n = 65573
+    args, ref = _bf16_state_case(1, 8, n, seed=13)
+    ours = _with_state(*args)
     split = [c for key, c in lightning2._CALLS.items() if key[0] is not None
-             and key[0][0] == q.shape and c.segments is not None]
+             and key[0][0] == args[0].shape and c.segments is not None]
     assert split, "the default plan did not split B=1, H=8, N=65573"
-    x64 = [t.double().requires_grad_() for t in (q, k, v, h0)]
-    ro, rht = chunked_reference(*x64[:3], decay.double(), x64[3], chunk=2048)
-    ((ro * do.double()).sum() + (rht * dht.double()).sum()).backward()
-    ref = (ro, rht, *(t.grad for t in x64))
-    whole = _with_state(q, k, v, do, decay, h0, dht, _config={"segment": n})
+    whole = _with_state(*args, _config={"segment": n})
     for name, got, w, r in zip(("o", "ht", "dq", "dk", "dv", "dh0"), ours, whole, ref,
                                strict=True):
         err, whole_err = rel_err(got, r), rel_err(w, r)
