@@ -13,16 +13,20 @@ benchmarks/notes/lightning2.md.
 
 Kernels:
 * ``_lightning2_scan_kernel``: one decayed scan o = q · (state of k^T v), causal or
-  anti-causal (REVERSE), the state split over BLOCK_E columns per program. It is the
-  forward, dq (the causal scan of (do, v, k)), dk (the anti-causal scan of (v, do, q)) and
-  dv (the anti-causal scan of (k, q, do)): the backward is three scans (the default).
+  anti-causal (REVERSE), the state split over BLOCK_E columns per program, over a whole
+  sequence or one segment of it. It is the forward, dq (the causal scan of (do, v, k)), dk
+  (the anti-causal scan of (v, do, q)) and dv (the anti-causal scan of (k, q, do)): the
+  backward is three scans (the default). STATE_ONLY: a segment's own state, no output.
+* ``_lightning2_combine_kernel``: the decayed prefix of segment states, the state each
+  segment starts from (causal or reverse): the sequence split where B x H does not fill
+  the GPU, and ``lightning2-sp``'s combine across GPUs (``prefix_states``).
 * ``_lightning2_bwd_dkdv_kernel``: dk and dv in one anti-causal scan per head that holds
   the whole gradient state dS (D, E) on chip and shares it between them (head dims <= 128).
   Opt-in (``_config={"fused": True}``): fewer FLOPs and bytes, but slower on the H100
   (one serial chain per SM; notes, round two).
 
-Host side: a call's validation and launch settings are cached by its shapes, dtypes and
-devices, and after the first call the compiled kernels are launched directly
+Host side: a call's validation and launch settings are cached by its shapes, strides,
+dtypes and devices, and after the first call the compiled kernels are launched directly
 (``common.Launcher``), so issuing a call costs little more than its allocations.
 """
 
@@ -36,6 +40,7 @@ import triton.language as tl
 
 from .common import (
     LOG2E,
+    MAX_OFFSET,
     Launcher,
     check_inputs,
     check_rates,
@@ -72,6 +77,16 @@ def _block_decays(b_s, base, N, o_n, BLOCK_N: tl.constexpr, REVERSE: tl.constexp
     return b_kf, b_bf
 
 
+@triton.jit
+def _at_token(x, i_bh, N, start, H: tl.constexpr, X: tl.constexpr, XN: tl.constexpr):
+    """x moved to token ``start`` of head ``i_bh`` of a (B, H, N, X) tensor whose rows lie
+    X apart (XN == X: (B, H, N, X) memory) or H·X apart (XN == H·X: (B, N, H, X) memory,
+    the layout a model's projections write)."""
+    if XN == X:
+        return x + (i_bh.to(tl.int64) * N + start) * X
+    return x + ((i_bh // H).to(tl.int64) * N + start) * XN + (i_bh % H) * X
+
+
 @triton.jit(do_not_specialize=["N", "SEG", "NUM_SEG"])
 def _lightning2_scan_kernel(
     q,  # [B*H, N, D] (unused with STATE_ONLY)
@@ -87,6 +102,10 @@ def _lightning2_scan_kernel(
     H: tl.constexpr,
     D: tl.constexpr,
     E: tl.constexpr,
+    QN: tl.constexpr,  # elements between tokens of q: D, or H*D ((B, N, H, D) memory)
+    KN: tl.constexpr,  # of k: D or H*D
+    VN: tl.constexpr,  # of v: E or H*E
+    ON: tl.constexpr,  # of o: E or H*E
     SD: tl.constexpr,
     SE: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -110,11 +129,10 @@ def _lightning2_scan_kernel(
     i_h = i_bh % H
     start = i_s * SEG
     n = tl.minimum(SEG, N - start)  # this segment's length; everything below is relative
-    row = i_bh.to(tl.int64) * N + start
-    q += row * D
-    k += row * D
-    v += row * E
-    o += row * E
+    q = _at_token(q, i_bh, N, start, H, D, QN)
+    k = _at_token(k, i_bh, N, start, H, D, KN)
+    v = _at_token(v, i_bh, N, start, H, E, VN)
+    o = _at_token(o, i_bh, N, start, H, E, ON)
 
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
@@ -151,12 +169,12 @@ def _lightning2_scan_kernel(
         o_t = base + o_n
         m_t = (o_t >= 0) & (o_t < n)
         # Masked loads fill zeros outside [0, n) and past D, E: partial blocks are exact.
-        b_k = tl.load(k + o_t[:, None] * D + o_d[None, :],
+        b_k = tl.load(k + o_t[:, None] * KN + o_d[None, :],
                       mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        b_v = tl.load(v + o_t[:, None] * E + o_e[None, :],
+        b_v = tl.load(v + o_t[:, None] * VN + o_e[None, :],
                       mask=m_t[:, None] & m_e[None, :], other=0.0)  # [BLOCK_N, BLOCK_E]
         if not STATE_ONLY:
-            b_q = tl.load(q + o_t[:, None] * D + o_d[None, :],
+            b_q = tl.load(q + o_t[:, None] * QN + o_d[None, :],
                           mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
             b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION)  # [BLOCK_N, BLOCK_N]
             if HAS_DECAY:
@@ -169,7 +187,7 @@ def _lightning2_scan_kernel(
                 b_o += b_inter * b_rf[:, None]
             else:
                 b_o += b_inter
-            tl.store(o + o_t[:, None] * E + o_e[None, :], b_o.to(o.dtype.element_ty),
+            tl.store(o + o_t[:, None] * ON + o_e[None, :], b_o.to(o.dtype.element_ty),
                      mask=m_t[:, None] & m_e[None, :])
         if HAS_DECAY:
             b_kf, b_bf = _block_decays(b_s, base, n, o_n, BLOCK_N, REVERSE)
@@ -452,19 +470,20 @@ def _aligned(tensors) -> bool:
     return acc & 15 == 0
 
 
-def _scan_launch(cfg, shape, dtype, precision, *, has_decay, segments=None, has_h0=False,
-                 store_ht=False, reverse=False, transpose=False, state_only=False,
-                 h0_dtype=torch.float32):
+def _scan_launch(cfg, shape, dtype, precision, tokens, *, has_decay, segments=None,
+                 has_h0=False, store_ht=False, reverse=False, transpose=False,
+                 state_only=False, h0_dtype=torch.float32):
     """A scan launch of ``shape`` = (B, H, N, D, E) of the scan, all but its 7 pointers:
     (launcher, key, grid, the arguments after the pointers, num_warps, num_stages).
+    ``tokens``: the elements between tokens of its q, k, v, o (``_token_stride``).
     ``segments`` = (tokens per segment, count), None for the whole sequence. States
     (B, H, [S,] D', E') are read and written transposed when ``transpose`` (the scan's
     (D, E) are then (E', D')); ``h0_dtype`` is the dtype of the states read."""
     b, h, n, d, e = shape
     seg, count = segments or (n, 1)
     sd, se = (1, d) if transpose else (e, 1)
-    tail = (h, d, e, sd, se, cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["BLOCK_E"], cfg["NUM_E"],
-            has_decay, has_h0, store_ht, reverse, state_only, precision)
+    tail = (h, d, e, *tokens, sd, se, cfg["BLOCK_N"], cfg["BLOCK_D"], cfg["BLOCK_E"],
+            cfg["NUM_E"], has_decay, has_h0, store_ht, reverse, state_only, precision)
     nw, ns = cfg["num_warps"], cfg["num_stages"]
     return (_SCAN, (tail, dtype, h0_dtype, nw, ns), (b * h * count * cfg["NUM_E"], 1, 1),
             (n, seg, count, *tail), nw, ns)
@@ -504,11 +523,16 @@ class _Launches:
     final state), the scan of every segment from its start; backward the dq scan from the
     kept starts, the gradient states of the segments (a reverse state-only scan of q, do),
     their reverse combine (the starts of dS, and dS0), the dk and dv scans from them.
+    ``tokens``: the token strides of q, k, v (o is made in v's layout); ``copy``: which of
+    them a call copies first (a layout the scans do not read in place).
     """
 
-    def __init__(self, plan, shape, dtype, has_decay, has_h0, output_final_state, seg):
+    def __init__(self, plan, shape, dtype, has_decay, has_h0, output_final_state, seg,
+                 tokens, copy):
         self.plan, self.shape, self.dtype = plan, shape, dtype
         self.has_decay, self.has_h0 = has_decay, has_h0
+        self.tokens, self.copy = tokens, copy
+        qn, kn, vn = tokens
         fwd_cfg, _, _, precision = plan
         b, h, n, d, e = shape
         self.segments = None
@@ -518,58 +542,78 @@ class _Launches:
             self.segments = (seg, count)
             self.combine_segments = (seg, count, n - (count - 1) * seg)
         common = dict(has_decay=has_decay, segments=self.segments)
+        # pointer roles (q, k, v, o) of each scan, as in _lightning2_fwd
+        out = (qn, kn, vn, vn)
         if self.segments is None:
-            self.fwd = (_scan_launch(fwd_cfg, shape, dtype, precision, has_h0=has_h0,
+            self.fwd = (_scan_launch(fwd_cfg, shape, dtype, precision, out, has_h0=has_h0,
                                      store_ht=output_final_state, **common),)
         else:
             self.fwd = (
-                _scan_launch(fwd_cfg, shape, dtype, precision, store_ht=True, state_only=True,
-                             **common),
+                _scan_launch(fwd_cfg, shape, dtype, precision, (kn, kn, vn, kn), store_ht=True,
+                             state_only=True, **common),
                 _combine_launch((b, h, d, e), self.combine_segments, has_decay=has_decay,
                                 has_h0=has_h0, store_ht=output_final_state, reverse=False,
                                 dtype=self.state_dtype),
-                _scan_launch(fwd_cfg, shape, dtype, precision, has_h0=True,
+                _scan_launch(fwd_cfg, shape, dtype, precision, out, has_h0=True,
                              h0_dtype=self.state_dtype, **common),
             )
         self._bwd: dict = {}
 
-    def bwd(self, has_dht, need_dh0):
-        spec = self._bwd.get((has_dht, need_dh0))
+    def bwd(self, has_dht, need_dh0, don):
+        """The backward's launches; ``don``: the token stride of do."""
+        spec = self._bwd.get((has_dht, need_dh0, don))
         if spec is not None:
             return spec
         fwd_cfg, dq_cfg, dkdv, precision = self.plan
         b, h, n, d, e = self.shape
+        qn, kn, vn = self.tokens
         flip = (b, h, n, e, d)  # the dq and dk scans' (D, E) are (E, D)
         common = dict(has_decay=self.has_decay, segments=self.segments)
+        # pointer roles (q, k, v, o) of each scan, as in _lightning2_bwd
+        dq_roles, dk_roles, dv_roles = (don, vn, kn, qn), (vn, don, qn, kn), (kn, qn, don, vn)
         if self.segments is None:
-            dq = _scan_launch(dq_cfg, flip, self.dtype, precision, has_h0=self.has_h0,
-                              transpose=True, **common)
+            dq = _scan_launch(dq_cfg, flip, self.dtype, precision, dq_roles,
+                              has_h0=self.has_h0, transpose=True, **common)
             if dkdv is not None:
                 rest = (_dkdv_launch(dkdv, self.shape, self.dtype, self.has_decay, has_dht,
                                      need_dh0, precision),)
             else:
-                rest = (_scan_launch(dq_cfg, flip, self.dtype, precision, has_h0=has_dht,
-                                     reverse=True, transpose=True, **common),
-                        _scan_launch(fwd_cfg, self.shape, self.dtype, precision,
+                rest = (_scan_launch(dq_cfg, flip, self.dtype, precision, dk_roles,
+                                     has_h0=has_dht, reverse=True, transpose=True, **common),
+                        _scan_launch(fwd_cfg, self.shape, self.dtype, precision, dv_roles,
                                      has_h0=has_dht, store_ht=need_dh0, reverse=True,
                                      **common))
         else:
             starts = dict(has_h0=True, h0_dtype=self.state_dtype)
-            dq = _scan_launch(dq_cfg, flip, self.dtype, precision, transpose=True, **starts,
-                              **common)
+            dq = _scan_launch(dq_cfg, flip, self.dtype, precision, dq_roles, transpose=True,
+                              **starts, **common)
             rest = (
-                _scan_launch(fwd_cfg, self.shape, self.dtype, precision, store_ht=True,
-                             reverse=True, state_only=True, **common),
+                _scan_launch(fwd_cfg, self.shape, self.dtype, precision, (qn, qn, don, qn),
+                             store_ht=True, reverse=True, state_only=True, **common),
                 _combine_launch((b, h, d, e), self.combine_segments, has_decay=self.has_decay,
                                 has_h0=has_dht, store_ht=need_dh0, reverse=True,
                                 dtype=self.state_dtype),
-                _scan_launch(dq_cfg, flip, self.dtype, precision, reverse=True,
+                _scan_launch(dq_cfg, flip, self.dtype, precision, dk_roles, reverse=True,
                              transpose=True, **starts, **common),
-                _scan_launch(fwd_cfg, self.shape, self.dtype, precision, reverse=True,
-                             **starts, **common),
+                _scan_launch(fwd_cfg, self.shape, self.dtype, precision, dv_roles,
+                             reverse=True, **starts, **common),
             )
-        spec = self._bwd[(has_dht, need_dh0)] = (dq, *rest)
+        spec = self._bwd[(has_dht, need_dh0, don)] = (dq, *rest)
         return spec
+
+
+def _token_stride(t: torch.Tensor, contiguous_only: bool = False) -> int | None:
+    """Elements between consecutive tokens of a (B, H, N, X) tensor that the scans read and
+    write in place: X (contiguous), or H*X (a (B, N, H, X) tensor seen through
+    ``transpose(1, 2)``, what a model's projections give) while in-head offsets fit int32;
+    None: the call copies it (any other layout; ``contiguous_only`` for the fused scan)."""
+    _, h, n, x = t.shape
+    if t.is_contiguous():
+        return x
+    if (not contiguous_only and t.transpose(1, 2).is_contiguous()
+            and (n + 128) * h * x < MAX_OFFSET):
+        return h * x
+    return None
 
 
 def _states(q, count, e, dtype):
@@ -612,7 +656,11 @@ def _lightning2_bwd(q, k, v, do, decay, h0, starts, dht, need_dh0, launches):
     combine of the segments' own gradient states); or with ``fused`` one anti-causal scan
     that shares dS between them.
     """
-    spec = launches.bwd(dht is not None, need_dh0)
+    don = _token_stride(do, launches.plan[2] is not None)
+    if don is None:
+        do, don = do.contiguous(), do.shape[-1]
+    spec = launches.bwd(dht is not None, need_dh0, don)
+    # empty_like keeps each input's layout: the gradients are written where they lie
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dh0 = None
     b, h, _, d = q.shape
@@ -663,7 +711,7 @@ class Lightning2Function(torch.autograd.Function):
     def backward(ctx, do, dht=None):
         q, k, v, decay, h0, starts = ctx.saved_tensors
         dq, dk, dv, dh0 = _lightning2_bwd(
-            q, k, v, do.contiguous(), decay, h0, starts,
+            q, k, v, do, decay, h0, starts,
             None if dht is None else dht.contiguous(), ctx.need_dh0, ctx.launches,
         )
         return dq, dk, dv, None, dh0, None, None
@@ -703,14 +751,28 @@ def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=
 
     Limits: D and E in [16, 256] (any value); any B, H >= 1, N >= 0 with (N + 128) * max(D, E)
     < 2^31. Accumulation and the running state are fp32; the state is cast to the input dtype
-    for the tensor-core products, as in the official kernels. Non-contiguous inputs are
-    copied. Memory: the forward allocates o (and the final state), the backward dq, dk, dv
-    (and the initial state's gradient): no other buffers.
+    for the tensor-core products, as in the official kernels.
+
+    Layouts: contiguous (B, H, N, X) tensors, and (B, N, H, X) tensors seen through
+    ``transpose(1, 2)`` (what a model's projections give), are read in place; o is made in
+    v's layout and each gradient in its input's layout, so a model needs no copies. Other
+    strides are copied first.
+
+    Sequence split: where B*H*(E/64) programs would not fill the GPU (batch 1, 8 heads),
+    each sequence is cut into segments (``segment_length``), each segment's own state is
+    computed, the states before it are combined (``prefix_states``) and each segment runs
+    from its start; the backward mirrors it. Memory: the forward allocates o (and the final
+    state), the backward dq, dk, dv (and the initial state's gradient); a split call keeps
+    its segments' starts (B, H, S, D, E) between forward and backward, bf16 for bf16 inputs
+    (at most 5% of q, k, v by construction), and while it runs twice that in fp32.
     """
-    # One dictionary lookup when this call's shapes, dtypes and devices were seen before:
-    # they passed validation, and the launch settings (tiles, flags) are kept with them.
+    # One dictionary lookup when this call's shapes, strides, dtypes and devices were seen
+    # before: they passed validation, and the launch settings (tiles, flags, layouts) are
+    # kept with them.
     key = (input_key(q, k, v, decay, initial_state), bool(output_final_state), bool(tf32),
            None if _config is None else tuple(sorted(_config.items())))
+    if key[0] is not None:
+        key = (*key, q.stride(), k.stride(), v.stride())
     launches = _CALLS.get(key)
     if launches is None:
         check_inputs(q, k, v, decay, initial_state, on_cpu=_ON_CPU)
@@ -720,21 +782,26 @@ def lightning_attn2(q, k, v, decay=None, initial_state=None, output_final_state=
         seg = (_config or {}).get("segment")
         if seg is None:
             seg = segment_length(b, h, n, d, e, q.dtype, sm_count(q.device))
-        if plan[2] is not None:  # the fused dk/dv scan runs whole sequences only
+        fused = plan[2] is not None
+        if fused:  # the fused dk/dv scan runs whole, contiguous sequences only
             seg = n
+        tokens = [_token_stride(x, fused) for x in (q, k, v)]
+        copy = tuple(s is None for s in tokens)
+        tokens = tuple(x.shape[-1] if s is None else s for x, s in zip((q, k, v), tokens))
         launches = _Launches(plan, (b, h, n, d, e), q.dtype, decay is not None,
                              initial_state is not None, bool(output_final_state),
-                             max(1, min(int(seg), n)))
+                             max(1, min(int(seg), n)), tokens, copy)
         if key[0] is not None:
             if len(_CALLS) > 4096:
                 _CALLS.clear()
             _CALLS[key] = launches
     check_rates(decay)
-    if not q.is_contiguous():
+    copy_q, copy_k, copy_v = launches.copy
+    if copy_q:
         q = q.contiguous()
-    if not k.is_contiguous():
+    if copy_k:
         k = k.contiguous()
-    if not v.is_contiguous():
+    if copy_v:
         v = v.contiguous()
     if decay is not None:
         if decay.requires_grad:

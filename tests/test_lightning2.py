@@ -281,6 +281,20 @@ def test_bf16_split_batch1_heads8_with_state_against_float64():
 
 
 @pytest.mark.gpu
+def test_bf16_model_layout_equals_contiguous():
+    """bf16, batch 1, heads 8 (split): (B, N, H, D) memory read in place gives the numbers
+    the contiguous inputs give, output and gradients."""
+    q, k, v, do = inputs(1, 8, 32773, 128, 128, torch.bfloat16, "cuda", seed=16)
+    decay = default_decay(8, "cuda")
+    model = [x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v, do)]
+    got = forward_backward(lightning_attn2, *model, decay)
+    ref = forward_backward(lightning_attn2, q, k, v, do, decay)
+    assert got[0].transpose(1, 2).is_contiguous()
+    for name, g, r in zip(("o", "dq", "dk", "dv"), got, ref, strict=True):
+        assert torch.equal(g, r), f"{name}: {rel_err(g, r):.2e}"
+
+
+@pytest.mark.gpu
 def test_tf32_error_is_as_stated():
     """fp32 with tf32=True: TF32 products, error against float64 of order fp16's (< 3e-3),
     well above the IEEE path's (< 1e-5)."""
@@ -321,16 +335,50 @@ def test_many_heads_beyond_the_grid_y_limit():
 # --- small behaviours ----------------------------------------------------------------------
 
 
-def test_noncontiguous_inputs():
-    # (B, N, H, D) storage viewed as (B, H, N, D): strided along H and N.
-    q, k, v, do = (t.transpose(1, 2) for t in inputs(2, 7, 3, 32, 32, torch.float32,
-                                                      KERNEL_DEVICE))
-    assert not q.is_contiguous()
-    decay = default_decay(3, KERNEL_DEVICE)
-    got = forward_backward(lightning_attn2, q, k, v, do, decay)
-    ref = forward_backward(lightning_attn2, *(t.contiguous() for t in (q, k, v, do)), decay)
-    for g, r in zip(got, ref, strict=True):
+LAYOUTS = {  # how q, k, v, do are laid out in memory; "bnhd": (B, N, H, X) seen as (B, H, N, X)
+    "all-bnhd": ("bnhd", "bnhd", "bnhd", "bnhd"),
+    "mixed": ("bhnd", "bhnd", "bnhd", "bnhd"),  # a model's rotary q, k; its strided v
+    "do-bnhd": ("bhnd", "bhnd", "bhnd", "bnhd"),
+    "sliced": ("sliced", "bnhd", "bhnd", "sliced"),  # neither layout: copied
+}
+
+
+def _leaf_and_view(x, layout):
+    """A leaf holding x's values in ``layout`` and the (B, H, N, X) view of it."""
+    if layout == "sliced":  # every other element of a wider tensor
+        leaf = torch.stack([x, torch.full_like(x, float("nan"))], dim=-1).requires_grad_()
+        return leaf, leaf.flatten(-2)[..., ::2]
+    leaf = x.transpose(1, 2).contiguous() if layout == "bnhd" else x.contiguous()
+    leaf.requires_grad_()
+    return leaf, (leaf.transpose(1, 2) if layout == "bnhd" else leaf)
+
+
+@pytest.mark.parametrize("layout,segment", [("all-bnhd", None), ("all-bnhd", 16),
+                                            ("mixed", 16), ("do-bnhd", None),
+                                            ("sliced", None)])
+def test_layouts_read_in_place(layout, segment):
+    """(B, N, H, X) memory (what a model's projections write) is read and written in place:
+    no copy, o made in v's layout, each gradient in its input's layout; other strides are
+    copied. Same numbers as contiguous inputs, whole or split."""
+    q, k, v, do = inputs(1, 2, 40, 32, 48, torch.float32, KERNEL_DEVICE, seed=15)
+    decay = default_decay(2, KERNEL_DEVICE)
+    cfg = None if segment is None else {"segment": segment}
+    pairs = [_leaf_and_view(x, kind) for x, kind in zip((q, k, v, do), LAYOUTS[layout],
+                                                         strict=True)]
+    views = [view for _, view in pairs]
+    o = lightning_attn2(*views[:3], decay, _config=cfg)
+    o.backward(views[3].detach())
+    grads = [leaf.grad.flatten(-2)[..., ::2] if kind == "sliced" else
+             (leaf.grad.transpose(1, 2) if kind == "bnhd" else leaf.grad)
+             for (leaf, _), kind in zip(pairs[:3], LAYOUTS[layout][:3], strict=True)]
+    ref = forward_backward(lambda *a: lightning_attn2(*a, _config=cfg), q, k, v, do, decay)
+    for g, r in zip((o, *grads), ref, strict=True):
         torch.testing.assert_close(g, r)
+    launches = next(c for key, c in lightning2._CALLS.items()
+                    if key[0] is not None and key[-3:] == tuple(x.stride() for x in views[:3])
+                    and key[3] == (None if cfg is None else tuple(cfg.items())))
+    assert launches.copy == tuple(kind == "sliced" for kind in LAYOUTS[layout][:3])
+    assert o.transpose(1, 2).is_contiguous() == (LAYOUTS[layout][2] == "bnhd")
 
 
 def test_strong_decay_stays_finite():
