@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# On the lent GPU (H100 or H200), the runs of the sequence-split Lightning-2 (round three of
+# benchmarks/notes/lightning2.md), by step, each resumable across calls of 10 minutes:
+#   tests    the kernel's and lightning2-sp's GPU tests
+#   small    batch 1 / heads 8, 1 / 16, 2 / 8 at 16k..256k beside peer-fla-chunk (one run
+#            each: FLA autotunes per process, compare only inside a run)
+#   paper    the paper preset over every mechanism (about 10 minutes on an H100: two calls)
+#   tgs      TNL 0.4B with lightning2 and peer-fla-chunk, checkpointing, 1k..128k at 128k
+#            tokens per step (about 7 minutes on an H100: FLA autotunes at every length)
+#   profile  attnbench profile --ncu of lightning2 at 32k, paper shape and batch 1 / heads 8
+# Usage: STEPS="tests small" TAG=h200 bash benchmarks/scripts/lightning2_split_device.sh
+# Run directories go under results/<TAG>-split-* (carried back in $OUT/runs.tgz; a later
+# call resumes them when they are carried again: they live in the working tree).
+set -u
+source benchmarks/scripts/device_setup.sh
+TAG=${TAG:-h100}
+STEPS=${STEPS:-"tests small"}
+R="python3 -m attnbench"
+for step in $STEPS; do
+  SECONDS=0
+  case $step in
+    tests)
+      timeout 200 python3 -m pytest -q -m gpu tests/test_lightning2.py tests/test_sequence_parallel.py \
+        > "$OUT/tests.log" 2>&1; echo "tests: exit $?"; tail -3 "$OUT/tests.log" ;;
+    small)
+      for shape in "1 8" "1 16" "2 8"; do
+        set -- $shape
+        dir=results/$TAG-split-b$1h$2
+        if [ -f "$dir/meta.json" ]; then
+          timeout -s INT 170 $R run --resume "$dir" --no-plot > "$OUT/small-b$1h$2.log" 2>&1
+        else
+          timeout -s INT 170 $R run --preset paper --seq-lens 16k..256k --modes fwd,bwd \
+            --mechanisms lightning2,peer-fla-chunk --batch "$1" --heads "$2" --no-plot \
+            --out "$dir" > "$OUT/small-b$1h$2.log" 2>&1
+        fi
+        echo "small b$1h$2: exit $?"
+      done ;;
+    paper)
+      dir=results/$TAG-split-paper-all
+      if [ -f "$dir/meta.json" ]; then
+        timeout -s INT 540 $R run --resume "$dir" > "$OUT/paper.log" 2>&1
+      else
+        timeout -s INT 540 $R run --preset paper --seq-lens 1k..256k --out "$dir" > "$OUT/paper.log" 2>&1
+      fi
+      echo "paper: exit $?" ;;
+    tgs)
+      dir=results/$TAG-tgs-split
+      if [ -f "$dir/meta.json" ]; then
+        timeout -s INT 540 $R tgs --resume "$dir" > "$OUT/tgs.log" 2>&1
+      else
+        timeout -s INT 540 $R tgs --models tnl --mechanisms lightning2,peer-fla-chunk --size 0.4b \
+          --checkpointing --seq-lens 1k..128k --tokens-per-step 128k --out "$dir" > "$OUT/tgs.log" 2>&1
+      fi
+      echo "tgs: exit $?" ;;
+    profile)
+      for shape in "4 32" "1 8"; do
+        set -- $shape
+        timeout -s INT 100 $R profile --preset paper --seq-lens 32k --modes fwd,bwd --mechanisms lightning2 \
+          --batch "$1" --heads "$2" --ncu --out "results/$TAG-split-profile-b$1h$2" > "$OUT/profile-b$1h$2.log" 2>&1
+        echo "profile b$1h$2: exit $?"
+        $R plot --figure roofline "results/$TAG-split-profile-b$1h$2" --format png >> "$OUT/profile-b$1h$2.log" 2>&1
+      done ;;
+  esac
+  echo "$step: ${SECONDS}s"
+done
+rm -f results/*/run.lock
+tar czf "$OUT/runs.tgz" results/$TAG-*split* results/$TAG-tgs-split 2>/dev/null
