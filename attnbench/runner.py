@@ -44,6 +44,8 @@ class SweepResult:
     counts: dict[str, int]  # status -> records written by this call
     seconds: float
     repaired: list[str] = field(default_factory=list)  # what opening the journal mended
+    # The tables written at the end (None where this process wrote none: a rank but 0)
+    table: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -66,6 +68,40 @@ def resolve(spec: SweepSpec | None, out: Path | str | None,
     if spec is not None and spec != stored:
         raise UsageError(f"{out} holds another sweep; resume it without sweep options")
     return stored, meta
+
+
+def stored_spec(run_dir: Path, device: str) -> SweepSpec:
+    """The sweep a run directory holds, to resume it on ``device`` (UsageError if it ran on
+    another kind of device)."""
+    stored = SweepSpec.from_json(records.read_meta(run_dir)["spec"])
+    if stored.device != device:
+        raise UsageError(f"{run_dir} was run on {stored.device}; this machine runs on {device}")
+    return stored
+
+
+def plan(resume: Path | None, given: bool, out: Path | None, name: str | None, device: str,
+         build: Callable[[], SweepSpec], suffix: str = "",
+         training: bool = False) -> tuple[SweepSpec | None, Path, SweepSpec]:
+    """A new run or the resume of one, as a command line asks: (the spec for ``run_sweep``,
+    None when resuming; the run directory; the spec to show).
+
+    ``given``: a sweep option was given (refused with ``resume``); ``build()`` makes a new
+    spec; the default directory is results/<name>, else results/<time>-<preset>-<device>
+    followed by ``suffix``. ``training``: for ``attnbench tgs``, which resumes only
+    training-step sweeps."""
+    if resume is not None:
+        if given or out or name:
+            raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
+                             "options")
+        stored = stored_spec(resume, device)
+        if training and not stored.models:
+            raise UsageError(f"{resume} is an operator sweep; continue it with attnbench run "
+                             f"--resume {resume}")
+        return None, resume, stored
+    spec = build()
+    if out is None:
+        out = Path("results") / name if name else Path(f"{default_run_dir(spec)}{suffix}")
+    return spec, out, spec
 
 
 def run_sweep(
@@ -149,5 +185,5 @@ def run_sweep(
                 writer.abandoned(case, time.time())
             raise
         finally:
-            ex.finish(out)
-    return SweepResult(out, counts, time.time() - started_at, repaired)
+            table = ex.finish(out, mine)
+    return SweepResult(out, counts, time.time() - started_at, repaired, table)
