@@ -19,7 +19,6 @@ activities, and CUDA where the run is on a GPU). Per case it writes, under ``pro
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import time
 from collections.abc import Callable
@@ -78,10 +77,6 @@ class KernelRow:
 
 
 KERNEL_COLUMNS = KEY_COLUMNS + [f for f in KernelRow.__dataclass_fields__ if f != "case"]
-
-
-def _json_value(v):
-    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def case_stem(case: Case) -> str:
@@ -277,9 +272,11 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
     if not isinstance(calls, int) or calls < 1:
         raise UsageError(f"--calls must be at least 1, not {calls!r}")
     run_dir: list[Path] = []
+    writer: list[records.RunWriter] = []  # kernels.jsonl's, locked and repaired like a journal
 
     def start(path: Path, cases, todo: int) -> None:
         run_dir.append(Path(path))
+        writer.append(records.RunWriter(path, KERNELS_JSONL))
         if on_start is not None:
             on_start(path, cases, todo)
 
@@ -291,9 +288,8 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
         if on_status is not None:
             on_status(f"profiling {rec.case.mechanism} {rec.case.mode} n={rec.case.seq_len}")
         rows = profile_case(rec, run_dir[0], calls, memory_timeline, ncu)
-        with open(run_dir[0] / KERNELS_JSONL, "a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps({k: _json_value(v) for k, v in row.row().items()}) + "\n")
+        for row in rows:
+            writer[0].write_row(row.row())
         if on_kernels is not None:
             on_kernels(rows)
 
@@ -301,6 +297,8 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
         return run_sweep(spec, out, resume=resume, on_record=after, on_status=on_status,
                          on_start=start)
     finally:
+        for w in writer:
+            w.close()
         if run_dir:
             finalize_kernels(run_dir[0])
 
