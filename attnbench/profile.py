@@ -28,8 +28,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from attnbench import measure, records, registry
 from attnbench import ncu as nsight
-from attnbench import records, registry
 from attnbench.case import KEY_COLUMNS, Case
 from attnbench.errors import UsageError, one_line
 from attnbench.prepare import prepare_call
@@ -135,7 +135,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
         prepared = prepare_call(registry.get(case.mechanism), case, device)
         for _ in range(WARMUP_CALLS):
             prepared.call()
-        _sync(device)
+        measure.synchronize(device)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -143,7 +143,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
             for _ in range(calls):
                 with torch.profiler.record_function(CALL_RANGE):
                     prepared.call()
-            _sync(device)
+            measure.synchronize(device)
         prof.export_chrome_trace(str(trace))
         rows, host_ms = kernel_table(prof, calls, device)
         notes = []
@@ -154,7 +154,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
     except Exception as exc:  # an OOM, a mechanism that fails here: said, the sweep goes on
         return [KernelRow(**base, kernel="", note=f"profile failed: {one_line(exc)}")]
     finally:
-        _release(device)
+        measure.free_memory(device)
     seconds = time.perf_counter() - started  # the profile itself; ncu's replays apart
     metrics, why = nsight.kernel_metrics(case, device) if ncu else ({}, "")
     out = []
@@ -166,19 +166,6 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
                              note="; ".join(notes), **(found or {})))
     return out or [KernelRow(**base, kernel="", trace=str(trace.relative_to(run_dir)),
                              note="the profiler saw no kernel in the call")]
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _release(device: str) -> None:
-    if device == "cuda":
-        try:
-            torch.cuda.empty_cache()
-        except Exception:  # a lost context: the sweep's next case says so
-            pass
 
 
 # --- memory over one call --------------------------------------------------------------------
