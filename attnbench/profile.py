@@ -19,7 +19,6 @@ activities, and CUDA where the run is on a GPU). Per case it writes, under ``pro
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import time
 from collections.abc import Callable
@@ -29,13 +28,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from attnbench import measure, records, registry
 from attnbench import ncu as nsight
-from attnbench import records, registry
 from attnbench.case import KEY_COLUMNS, Case
-from attnbench.errors import UsageError
+from attnbench.errors import UsageError, one_line
 from attnbench.prepare import prepare_call
 from attnbench.records import Record
-from attnbench.runner import SweepResult, one_line, run_sweep
+from attnbench.runner import SweepResult, run_sweep
 from attnbench.spec import SweepSpec
 
 KERNELS_JSONL, KERNELS_PARQUET, KERNELS_CSV = "kernels.jsonl", "kernels.parquet", "kernels.csv"
@@ -78,10 +77,6 @@ class KernelRow:
 
 
 KERNEL_COLUMNS = KEY_COLUMNS + [f for f in KernelRow.__dataclass_fields__ if f != "case"]
-
-
-def _json_value(v):
-    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def case_stem(case: Case) -> str:
@@ -140,7 +135,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
         prepared = prepare_call(registry.get(case.mechanism), case, device)
         for _ in range(WARMUP_CALLS):
             prepared.call()
-        _sync(device)
+        measure.synchronize(device)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -148,7 +143,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
             for _ in range(calls):
                 with torch.profiler.record_function(CALL_RANGE):
                     prepared.call()
-            _sync(device)
+            measure.synchronize(device)
         prof.export_chrome_trace(str(trace))
         rows, host_ms = kernel_table(prof, calls, device)
         notes = []
@@ -159,7 +154,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
     except Exception as exc:  # an OOM, a mechanism that fails here: said, the sweep goes on
         return [KernelRow(**base, kernel="", note=f"profile failed: {one_line(exc)}")]
     finally:
-        _release(device)
+        measure.free_memory(device)
     seconds = time.perf_counter() - started  # the profile itself; ncu's replays apart
     metrics, why = nsight.kernel_metrics(case, device) if ncu else ({}, "")
     out = []
@@ -171,19 +166,6 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
                              note="; ".join(notes), **(found or {})))
     return out or [KernelRow(**base, kernel="", trace=str(trace.relative_to(run_dir)),
                              note="the profiler saw no kernel in the call")]
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _release(device: str) -> None:
-    if device == "cuda":
-        try:
-            torch.cuda.empty_cache()
-        except Exception:  # a lost context: the sweep's next case says so
-            pass
 
 
 # --- memory over one call --------------------------------------------------------------------
@@ -277,9 +259,11 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
     if not isinstance(calls, int) or calls < 1:
         raise UsageError(f"--calls must be at least 1, not {calls!r}")
     run_dir: list[Path] = []
+    writer: list[records.RunWriter] = []  # kernels.jsonl's, locked and repaired like a journal
 
     def start(path: Path, cases, todo: int) -> None:
         run_dir.append(Path(path))
+        writer.append(records.RunWriter(path, KERNELS_JSONL))
         if on_start is not None:
             on_start(path, cases, todo)
 
@@ -291,9 +275,8 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
         if on_status is not None:
             on_status(f"profiling {rec.case.mechanism} {rec.case.mode} n={rec.case.seq_len}")
         rows = profile_case(rec, run_dir[0], calls, memory_timeline, ncu)
-        with open(run_dir[0] / KERNELS_JSONL, "a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps({k: _json_value(v) for k, v in row.row().items()}) + "\n")
+        for row in rows:
+            writer[0].write_row(row.row())
         if on_kernels is not None:
             on_kernels(rows)
 
@@ -301,6 +284,8 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
         return run_sweep(spec, out, resume=resume, on_record=after, on_status=on_status,
                          on_start=start)
     finally:
+        for w in writer:
+            w.close()
         if run_dir:
             finalize_kernels(run_dir[0])
 
@@ -381,3 +366,17 @@ def print_kernels(df: pd.DataFrame, console, top: int = 12) -> None:
             cells += ["" if pd.isna(r[c]) else f"{r[c]:.4g}" for c in merged]
             table.add_row(*cells)
         console.print(table)
+
+
+def show_profile(run_dir: Path, console, top: int = 12) -> None:
+    """The end of ``attnbench profile``: kernels.parquet and .csv written, the kernel tables
+    on ``console``, and where the traces and tables are."""
+    from rich.markup import escape
+
+    kernels = finalize_kernels(run_dir)
+    if kernels is None or kernels.empty:
+        console.print("no case measured ok, so none was profiled", highlight=False)
+    else:
+        print_kernels(kernels, console, top=top)
+    console.print(f"traces: {escape(str(run_dir / PROFILES_DIR))}; kernels: "
+                  f"{escape(str(run_dir / KERNELS_PARQUET))}, {KERNELS_CSV}", highlight=False)

@@ -9,7 +9,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from attnbench import modes
 from attnbench.case import FOLLOWS_LENGTH, view_columns
+from attnbench.errors import UsageError
 from attnbench.measure import HOST_BOUND_FRACTION, host_bound
 from attnbench.sizes import format_size
 
@@ -27,13 +29,6 @@ METRICS = {
                       lambda x: f"{100 * x:.2g}%", False),
 }
 ROOFLINE_METRICS = ("bandwidth", "bandwidth-share", "compute-share")
-# What a metric means for a training step (mode train), where it reads otherwise.
-TRAIN_METRICS = {
-    "tokens": ("tokens_per_s", "TGS, tokens per GPU per second (higher is better)",
-               lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.3g}", True),
-    "memory": ("extra_mem_mib", "memory above the model and its optimizer state, MiB",
-               lambda x: f"{x:,.0f}", False),
-}
 STATUS_CELL = {"oom": "[red]OOM[/]", "error": "[red]error[/]", "unsupported": "[dim]n/a[/]",
                "skipped": "[yellow]skip[/]", "timeout": "[yellow]timeout[/]"}
 
@@ -57,8 +52,7 @@ def tables(df: pd.DataFrame, metric: str) -> list[Table]:
     seq_lens = sorted(df["seq_len"].unique())
     out = []
     for mode, part in df.groupby("mode", sort=False):
-        if mode == "train":
-            column, title, fmt, mark_host = TRAIN_METRICS.get(metric, METRICS[metric])
+        column, title, fmt, mark_host = modes.metric(mode, metric, METRICS[metric])
         caption = escape(fixed)
         if mark_host and any(host_bound(r.get("host_ms"), r["time_ms"])
                              for _, r in part.iterrows()):
@@ -105,6 +99,25 @@ def notes(df: pd.DataFrame) -> list[str]:
         lens = ", ".join(format_size(int(n)) for n in sorted(group["seq_len"].unique()))
         lines.append(f"{mech} {mode} {status} at {lens}: {reason}")
     return lines
+
+
+def parse_metrics(metric: str) -> tuple[str, ...]:
+    """The metrics ``attnbench report --metric`` names (``all``: the three); UsageError else."""
+    metrics = ("tokens", "time", "memory") if metric == "all" else (metric,)
+    for m in metrics:
+        if m not in ("tokens", "time", "memory"):
+            raise UsageError(f"unknown metric {m!r}; choose tokens, time, memory or all")
+    return metrics
+
+
+def print_header(run_dir, meta: dict, console: Console) -> None:
+    """Which run: its directory and command, the GPU, torch, triton and commit it ran on."""
+    env = meta.get("environment", {})
+    packages = env.get("packages", {})
+    commit = escape(str(env.get("git_commit")))
+    console.print(f"[bold]{escape(str(run_dir))}[/]: {escape(meta.get('command', ''))}\n"
+                  f"[dim]{escape(env.get('gpu') or 'CPU')}, torch {packages.get('torch')}, "
+                  f"triton {packages.get('triton')}, commit {commit}[/]", highlight=False)
 
 
 def print_report(df: pd.DataFrame, console: Console, metrics=("tokens", "time", "memory")) -> None:

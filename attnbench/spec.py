@@ -72,6 +72,20 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def choose_device(choice: str) -> str:
+    """``auto`` (CUDA if torch sees a GPU, else the CPU), ``cpu`` or ``cuda``; UsageError for
+    another word, or for cuda where torch sees no GPU."""
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {choice!r}; choose auto, cpu or cuda")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA GPU here")
+    return choice
+
+
 def _parse_choices(text: str, allowed, what: str) -> tuple[str, ...]:
     items = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
     if not items:
@@ -82,22 +96,12 @@ def _parse_choices(text: str, allowed, what: str) -> tuple[str, ...]:
     return items
 
 
-def build_spec(
-    preset: str | None,
-    device: str,
-    mechanisms: str | None = None,
-    seq_lens: str | None = None,
-    batch: str | None = None,
-    heads: str | None = None,
-    head_dims: str | None = None,
-    dtypes: str | None = None,
-    modes: str | None = None,
-    decay: bool | None = None,
-    max_case_seconds: float | None = None,
-    value_dims: str | None = None,
-    line_seconds: float | None = None,
-    world_sizes: str | None = None,
-) -> SweepSpec:
+def build_spec(preset: str | None, device: str, mechanisms: str | None = None,
+               seq_lens: str | None = None, batch: str | None = None, heads: str | None = None,
+               head_dims: str | None = None, dtypes: str | None = None,
+               modes: str | None = None, decay: bool | None = None,
+               max_case_seconds: float | None = None, value_dims: str | None = None,
+               line_seconds: float | None = None, world_sizes: str | None = None) -> SweepSpec:
     """A preset's values, overridden by whatever was given explicitly. Raises UsageError."""
     if device not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
@@ -208,18 +212,11 @@ def _train_mechanisms(models, selection: str | None, device: str) -> dict[str, l
     return chosen
 
 
-def build_train_spec(
-    device: str,
-    models: str | None = None,
-    sizes: str | None = None,
-    mechanisms: str | None = None,
-    seq_lens: str | None = None,
-    tokens_per_step: str | None = None,
-    dtype: str | None = None,
-    checkpointing: bool = False,
-    max_case_seconds: float | None = None,
-    line_seconds: float | None = None,
-) -> SweepSpec:
+def build_train_spec(device: str, models: str | None = None, sizes: str | None = None,
+                     mechanisms: str | None = None, seq_lens: str | None = None,
+                     tokens_per_step: str | None = None, dtype: str | None = None,
+                     checkpointing: bool = False, max_case_seconds: float | None = None,
+                     line_seconds: float | None = None) -> SweepSpec:
     """A training-step sweep (``attnbench tgs``): defaults of ``TRAIN_DEFAULTS[device]``,
     overridden by what is given. ``tokens_per_step`` defaults to the longest length, so every
     length trains on the same tokens (batch = longest // length).

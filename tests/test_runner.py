@@ -1,10 +1,11 @@
 import math
+import sys
 
 import pytest
 import torch
 from fakes import error_at, fake, make_case, oom_from, scaled, sleepy
 
-from attnbench import records, runner
+from attnbench import measure, records, runner
 from attnbench.errors import UsageError
 from attnbench.records import Record
 from attnbench.runner import Sweep, predicted_ms
@@ -85,7 +86,7 @@ def test_not_implemented_is_unsupported(install):
     assert rec.status == "unsupported" and "refuses head dim 16" in rec.reason
 
 
-def test_budget_skips_predicted_and_times_out_measured(install):
+def test_budget_skips_predicted_and_times_out_measured(install, fake_clock):
     # One call sleeps 0.05 s at n=128, 0.2 s at 256, 0.8 s at 512; a case costs ~16 calls.
     install(fake("fake-slow", sleepy(0.05)))
     recs = by_len(sweep("fake-slow", seq_lens="128,256,512", max_case_seconds=7.0))
@@ -98,7 +99,7 @@ def test_budget_skips_predicted_and_times_out_measured(install):
     assert recs[1024].status == "skipped" and recs[1024].reason.startswith("not tried")
 
 
-def test_a_line_that_spent_its_budget_skips_its_longer_lengths(install):
+def test_a_line_that_spent_its_budget_skips_its_longer_lengths(install, fake_clock):
     install(fake("fake-slow", sleepy(0.02)))
     recs = by_len(sweep("fake-slow", seq_lens="128,256", line_seconds=0.2,
                         max_case_seconds=100.0))
@@ -138,7 +139,7 @@ def test_inputs_are_random_not_zeros():
 def test_a_case_that_cannot_fit_is_recorded_oom_untried(install, monkeypatch):
     calls = []
     install(fake("fake-big", lambda *a: calls.append(1)))
-    monkeypatch.setattr(runner.measure, "available_bytes", lambda device: 2.0**30)
+    monkeypatch.setattr(measure, "available_bytes", lambda device: 2.0**30)
     rec = sweep("fake-big", seq_lens="128", batch="100000")[0]
     assert rec.status == "oom" and not calls
     assert "not tried: needs at least 6.1 GiB, 1.0 GiB free on cpu" in rec.reason
@@ -154,7 +155,12 @@ def small_spec(**kw):
     return build_spec("cpu", "cpu", **args)
 
 
-def test_run_sweep_writes_a_run_and_calls_back(tmp_path):
+def test_run_sweep_writes_a_run_and_calls_back(tmp_path, monkeypatch):
+    import attnbench
+
+    # A one-process run never enters the sharding code: importing it would fail here.
+    monkeypatch.setitem(sys.modules, "attnbench.sharded", None)
+    monkeypatch.delattr(attnbench, "sharded", raising=False)
     seen, starts = [], []
     result = runner.run_sweep(small_spec(), tmp_path / "run", on_record=seen.append,
                               on_start=lambda d, cases, todo: starts.append(todo))
@@ -163,6 +169,7 @@ def test_run_sweep_writes_a_run_and_calls_back(tmp_path):
     for name in ("meta.json", "records.jsonl", "records.parquet", "records.csv", "run.lock"):
         assert (tmp_path / "run" / name).is_file()
     assert result.frame["seq_len"].tolist() == [64, 128]
+    assert result.table["seq_len"].tolist() == [64, 128]  # the tables written at the end
     meta = records.read_meta(tmp_path / "run")
     assert meta["schema_version"] == records.SCHEMA_VERSION
     assert meta["spec"]["seq_lens"] == [64, 128]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from fakes import make_case
 
-from attnbench import prepare, registry, runner, testing
+from attnbench import modes, registry, runner, testing
 
 
 def test_plant_env_is_read_at_call_time(monkeypatch):
@@ -63,14 +63,26 @@ def test_planted_slowdown_on_cuda_is_one_spin_of_the_fraction(monkeypatch, capsy
     assert "0.2 ms GPU spin" in capsys.readouterr().err
 
 
-def test_planted_slowdown_slows_a_real_call(monkeypatch):
+def test_planted_slowdown_adds_its_matmuls_to_a_real_call(monkeypatch):
+    from torch.overrides import TorchFunctionMode
+
     x = torch.randn(256, 256)
     call = lambda: x @ x
     monkeypatch.setenv(testing.PLANT_ENV, "mech:1.0")
     slowed = testing.planted_slowdown("mech", call, "cpu")
     reps, size = slowed.planted
-    assert reps >= 1 and 32 <= size <= 4096
-    slowed()
+    seen = []
+
+    class Matmuls(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if "matmul" in getattr(func, "__name__", ""):
+                seen.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    with Matmuls():
+        out = slowed()
+    torch.testing.assert_close(out, x @ x)  # the call's own result, unchanged
+    assert seen == [(256, 256)] + [(size, size)] * reps  # then the planted work, every call
 
 
 def test_measure_case_goes_through_the_hook(monkeypatch):
@@ -82,7 +94,7 @@ def test_measure_case_goes_through_the_hook(monkeypatch):
             return call()
         return counted
 
-    monkeypatch.setattr(prepare, "planted_slowdown", spy)
+    monkeypatch.setattr(modes, "planted_slowdown", spy)
     mech = registry.get("linear-masked")
     case = make_case(mech.name, "bwd", 1, 2, 64, 16)
     values = runner.measure_case(mech, mech.callable(), case, "cpu", 10.0)

@@ -17,9 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnbench import registry
-
-from .common import from_native, init_weights, lm_loss, precision, run_layers, to_native
+from .common import Decoder, PreNormBlock, from_native, to_native
 from .config import ModelConfig
 
 
@@ -93,46 +91,31 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))  # [B, N, F] inside, [B, N, C] out
 
 
-class Block(nn.Module):
+class Block(PreNormBlock):
+    PARTS = ("attention_norm", "attention", "ffn_norm", "feed_forward")  # x, cos, sin
+
     def __init__(self, config: ModelConfig, attn_fn, layout: str, device=None):
-        super().__init__()
-        self.attention_norm = RMSNorm(config.dim, config.norm_eps, device)
-        self.attention = Attention(config, attn_fn, layout, device)
-        self.ffn_norm = RMSNorm(config.dim, config.norm_eps, device)
-        self.feed_forward = FeedForward(config.dim, config.ffn_dim, device)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin)  # [B, N, C]
-        return x + self.feed_forward(self.ffn_norm(x))  # [B, N, C]
+        c, eps = config.dim, config.norm_eps
+        super().__init__(RMSNorm(c, eps, device), Attention(config, attn_fn, layout, device),
+                         RMSNorm(c, eps, device), FeedForward(c, config.ffn_dim, device))
 
 
-class LLaMA(nn.Module):
-    def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str,
-                 device=None):
-        super().__init__()
-        self.config, self.mechanism, self.dtype_policy = config, mechanism, dtype_policy
-        attn_fn = mechanism.callable()
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim, device=device)
-        self.layers = nn.ModuleList(Block(config, attn_fn, mechanism.layout, device)
-                                    for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.dim, config.norm_eps, device)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False, device=device)
-        init_weights(self)
+class LLaMA(Decoder):
+    """``LLaMA(config, mechanism, dtype_policy, device)``: see ``common.Decoder``."""
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
-                checkpointing: bool = False, loss_chunk: int | None = None) -> torch.Tensor:
-        """Logits ``(B, N, V)`` of token ids ``(B, N)``; given targets ``(B, N)``, the mean
-        cross-entropy instead (fp32 scalar; ``loss_chunk`` tokens at a time if given, see
-        ``common.lm_loss``). ``checkpointing``: recompute each layer in the backward rather
-        than keep its activations."""
-        with precision(self.dtype_policy, ids.device):
-            cos, sin = rope_tables(ids.shape[1], self.config.head_dim, self.config.rope_base,
-                                   ids.device, self.mechanism.layout)
-            x = self.tok_embeddings(ids)  # [B, N, C]
-            x = run_layers(self.layers, x, [(cos, sin)] * len(self.layers), checkpointing)
-            if targets is None:
-                return self.output(self.norm(x))  # [B, N, V]
-            return lm_loss(self.norm(x), self.output, targets, self.dtype_policy, loss_chunk)
+    NAMES = ("tok_embeddings", "output")
+
+    def block(self, config: ModelConfig, layer: int, attn_fn, layout: str, device) -> Block:
+        return Block(config, attn_fn, layout, device)
+
+    def final_norm(self, config: ModelConfig, device) -> RMSNorm:
+        return RMSNorm(config.dim, config.norm_eps, device)
+
+    def layer_inputs(self, ids: torch.Tensor) -> list[tuple]:
+        """The rotary tables of the length, the same for every layer."""
+        cos, sin = rope_tables(ids.shape[1], self.config.head_dim, self.config.rope_base,
+                               ids.device, self.mechanism.layout)
+        return [(cos, sin)] * len(self.layers)
 
     @staticmethod
     def matmul_params(config: ModelConfig) -> int:

@@ -33,10 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnbench import registry
 from attnbench.kernels import default_decay
 
-from .common import from_native, init_weights, lm_loss, precision, run_layers, to_native
+from .common import Decoder, PreNormBlock, from_native, to_native
 from .config import ModelConfig
 
 
@@ -124,46 +123,23 @@ class SGLU(nn.Module):
         return self.w_o(self.w_v(x) * self.w_u(x))  # [B, N, F] inside, [B, N, C] out
 
 
-class Block(nn.Module):
+class Block(PreNormBlock):
+    PARTS = ("token_norm", "token_mixer", "channel_norm", "channel_mixer")
+
     def __init__(self, config: ModelConfig, layer: int, attn_fn, layout: str, device=None):
-        super().__init__()
-        self.token_norm = SRMSNorm(config.norm_eps)
-        self.token_mixer = GLA(config, layer, attn_fn, layout, device)
-        self.channel_norm = SRMSNorm(config.norm_eps)
-        self.channel_mixer = SGLU(config.dim, config.ffn_dim, device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.token_mixer(self.token_norm(x))  # [B, N, C]
-        return x + self.channel_mixer(self.channel_norm(x))  # [B, N, C]
+        super().__init__(SRMSNorm(config.norm_eps), GLA(config, layer, attn_fn, layout, device),
+                         SRMSNorm(config.norm_eps), SGLU(config.dim, config.ffn_dim, device))
 
 
-class TNL(nn.Module):
-    def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str,
-                 device=None):
-        super().__init__()
-        self.config, self.mechanism, self.dtype_policy = config, mechanism, dtype_policy
-        attn_fn = mechanism.callable()
-        self.embed = nn.Embedding(config.vocab_size, config.dim, device=device)
-        self.layers = nn.ModuleList(Block(config, i, attn_fn, mechanism.layout, device)
-                                    for i in range(config.n_layers))
-        self.norm = SRMSNorm(config.norm_eps)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False, device=device)
-        init_weights(self)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
+class TNL(Decoder):
+    """``TNL(config, mechanism, dtype_policy, device)``: see ``common.Decoder``; the output
+    projection is tied to the embedding (``config.tie_embeddings``)."""
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
-                checkpointing: bool = False, loss_chunk: int | None = None) -> torch.Tensor:
-        """Logits ``(B, N, V)`` of token ids ``(B, N)``; given targets ``(B, N)``, the mean
-        cross-entropy instead (fp32 scalar; ``loss_chunk`` tokens at a time if given, see
-        ``common.lm_loss``). ``checkpointing``: recompute each layer in the backward rather
-        than keep its activations."""
-        with precision(self.dtype_policy, ids.device):
-            x = self.embed(ids)  # [B, N, C]
-            x = run_layers(self.layers, x, [()] * len(self.layers), checkpointing)
-            if targets is None:
-                return self.lm_head(self.norm(x))  # [B, N, V]
-            return lm_loss(self.norm(x), self.lm_head, targets, self.dtype_policy, loss_chunk)
+    NAMES = ("embed", "lm_head")
+    block = Block  # (config, layer, attn_fn, layout, device)
+
+    def final_norm(self, config: ModelConfig, device) -> SRMSNorm:
+        return SRMSNorm(config.norm_eps)
 
     @staticmethod
     def matmul_params(config: ModelConfig) -> int:
