@@ -79,9 +79,9 @@ def _load(run_dir: Path, strict: bool):
                           f"{escape('; '.join(problems[:3]))}" + (" ..." if len(problems) > 3 else ""),
                           highlight=False, soft_wrap=True)
     if df.attrs.get("duplicates"):  # two writers before the lock existed, or joined files
-        err_console.print(f"[yellow]warning:[/] {escape(str(run_dir))}: {df.attrs['duplicates']} "
-                          "record(s) of cases recorded more than once; the last of each is used",
-                          highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(str(run_dir))}: "
+                          f"{escape(records.duplicates_line(df.attrs['duplicated_cases']))} "
+                          "(--strict: exit 2)", highlight=False, soft_wrap=True)
     return df
 
 

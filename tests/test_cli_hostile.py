@@ -1,0 +1,99 @@
+"""Issue 21: the command line under a hostile user: out-of-range numbers, hostile journals,
+duplicates, scheduler environments, signals, bad hook values, full disks and odd options."""
+
+import json
+import math
+
+import pytest
+from fakes import make_case, make_run, run_cli
+
+from attnbench.records import Record
+
+TINY = ["run", "--device", "cpu", "--mechanisms", "linear-masked", "--seq-lens", "64,128",
+        "--heads", "2", "--head-dim", "16", "--max-case-seconds", "60", "--no-plot"]
+
+
+def ok_record(mode="fwd", n=64, t=1.0) -> Record:
+    case = make_case("linear-masked", mode, heads=2, seq_len=n, head_dim=16)
+    return Record(case, "linear", "cpu", "ok", time_ms=t, time_ms_p20=t * 0.99,
+                  time_ms_p80=t * 1.01, reps=10, tokens_per_s=n / (t / 1e3), tflops=1e-3,
+                  max_rel_err=1e-7, check="pass", check_tol=1e-5)
+
+
+def fake_run(path):
+    return make_run(path, [ok_record(mode=m, n=n) for m in ("fwd", "bwd") for n in (64, 128)])
+
+
+def one_line_error(code, out, err, *needles):
+    assert code == 2, (out, err)
+    assert err.startswith("attnbench: error: ") and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in out + err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def views(run_dir, tmp_path):
+    base = tmp_path / "base"
+    if not base.exists():
+        fake_run(base)
+    return {"report": ["report", run_dir],
+            "plot": ["plot", run_dir, "--out", tmp_path / "figs", "--format", "png"],
+            "export": ["export", run_dir],
+            "compare": ["compare", base, run_dir, "--json"]}
+
+
+# --- item 2: numbers out of range ----------------------------------------------------------------
+
+HOSTILE = {
+    "seq_len Infinity": dict(seq_len=math.inf),
+    "rank Infinity": dict(rank=math.inf),
+    "rank 2**70": dict(rank=2**70),
+    "seq_len 2**70": dict(seq_len=2**70),
+    "tokens_per_s Infinity": dict(tokens_per_s=math.inf),
+    "time_ms NaN": dict(time_ms=math.nan),
+    "seq_len 0": dict(seq_len=0),
+    "batch -4": dict(batch=-4),
+    "unknown mode": dict(mode="sideways"),
+    "unknown dtype": dict(dtype="fp8"),
+    "negative time": dict(time_ms=-3.0),
+}
+
+
+@pytest.mark.parametrize("view", ["report", "plot", "export", "compare"])
+@pytest.mark.parametrize("what", list(HOSTILE))
+def test_an_impossible_journal_value_is_a_damaged_line_in_every_view(tmp_path, view, what):
+    run_dir = fake_run(tmp_path / "run")
+    row = ok_record(n=256).row() | HOSTILE[what]
+    with open(run_dir / "records.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    code, out, err = run_cli(*views(run_dir, tmp_path)[view])
+    assert code == 0, err
+    assert "Traceback" not in out + err and "Infinity" not in out
+    assert "line 5:" in " ".join((err + out).split())  # compare --json: in its warnings
+    code, out, err = run_cli(*views(run_dir, tmp_path)[view], "--strict")
+    one_line_error(code, out, err, "1 damaged line(s)", "line 5")
+
+
+# --- item 3: duplicates --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("view", ["report", "plot", "export", "compare"])
+def test_duplicates_are_named_and_strict_fails_on_them(tmp_path, view):
+    run_dir = make_run(tmp_path / "run", [ok_record(), ok_record(t=100.0)])
+    code, out, err = run_cli(*views(run_dir, tmp_path)[view])
+    flat = " ".join((err + out).split())
+    assert code in (0, 1) and "Traceback" not in out + err  # compare: the slowdown fails it
+    assert "1 case(s) recorded more than once" in flat
+    assert "linear-masked fwd b1-h2-n64-d16-fp32-decay (2 records: ok 1 ms, ok 100 ms)" in flat
+    code, out, err = run_cli(*views(run_dir, tmp_path)[view], "--strict")
+    one_line_error(code, out, err, "recorded more than once", "linear-masked fwd b1-h2-n64")
+
+
+@pytest.mark.parametrize("args", [
+    ["--seq-lens", "99999999999999999999"], ["--seq-lens", "1k..2000000m"],
+    ["--batch", "99999999999999999999"], ["--head-dim", "2000000m"],
+])
+def test_a_huge_size_is_refused_with_one_line(tmp_path, args):
+    code, out, err = run_cli(*TINY, *args, "--out", tmp_path / "run")
+    one_line_error(code, out, err, "at most 1048576m")
+    assert not (tmp_path / "run").exists()
