@@ -25,6 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from attnbench import envinfo, records, registry
 from attnbench.errors import UsageError
+from attnbench.interrupts import exit_code, signal_name
 from attnbench.plots import FORMATS
 from attnbench.report import print_report
 from attnbench.runner import CudaContextLost, default_run_dir, run_sweep
@@ -183,7 +184,7 @@ def run(
         try:
             run_sweep(spec, run_dir, resume=resume is not None)
         except (KeyboardInterrupt, CudaContextLost) as exc:
-            raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
+            raise typer.Exit(exit_code(exc) if isinstance(exc, KeyboardInterrupt) else 1) from None
         return
     if ranks is not None:
         console.print(f"sharded over {ranks.world} rank(s) on {dev}: one journal per rank, "
@@ -290,13 +291,13 @@ def _execute(spec: SweepSpec | None, run_dir: Path, resume: bool, plot: bool,
                            on_start=on_start,
                            on_status=lambda text: progress.update(task, description=text))
             progress.update(task, description="done")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             progress.stop()
             _finish(run_dir, plot=False)
-            err_console.print(f"interrupted; records so far are in {escape(str(run_dir))}; "
-                              f"continue with: attnbench {command} --resume {escape(str(run_dir))}",
-                              highlight=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+            err_console.print(f"interrupted ({signal_name(exc)}); records so far are in "
+                              f"{escape(str(run_dir))}; continue with: attnbench {command} "
+                              f"--resume {escape(str(run_dir))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exit_code(exc)) from None
         except CudaContextLost as exc:
             progress.stop()
             _finish(run_dir, plot=False)

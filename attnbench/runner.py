@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from attnbench import check as checking
-from attnbench import envinfo, measure, peaks, records, registry
+from attnbench import envinfo, interrupts, measure, peaks, records, registry
 from attnbench.case import Case
 from attnbench.errors import UsageError
 from attnbench.prepare import call_flops, memory_floor, prepare_call, unsupported_reason
@@ -335,7 +335,16 @@ def run_sweep(
 
     In a process of a sharded run (``attnbench.sharded.init`` joined torchrun's ranks) the
     ranks share the sweep, each with its own journal, merged at the end (attnbench.sharded).
+
+    SIGTERM and SIGHUP (``timeout``, a CI cancel, ``kill``, torchrun) are Ctrl-C here: they
+    raise ``interrupts.Interrupted``, a KeyboardInterrupt (attnbench.interrupts).
     """
+    with interrupts.signals_interrupt():
+        return _run_sweep(spec, out, resume=resume, on_record=on_record, on_status=on_status,
+                          on_start=on_start)
+
+
+def _run_sweep(spec, out, *, resume, on_record, on_status, on_start) -> SweepResult:
     from attnbench import sharded
 
     if sharded.current() is not None:

@@ -28,7 +28,6 @@ import dataclasses
 import functools
 import math
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -96,12 +95,9 @@ def init(device: str) -> Ranks:
     data = dist.new_group(backend="nccl", timeout=TIMEOUT) if device == "cuda" else None
     index = torch.cuda.current_device() if device == "cuda" else -1
     _RANKS.append(Ranks(rank, world, device, index, None, data))
-    signal.signal(signal.SIGTERM, _terminated)  # torchrun stops the others when one fails
+    # torchrun stops the other ranks with SIGTERM when one fails: run_sweep takes it as Ctrl-C
+    # (attnbench.interrupts), so the case in hand is marked abandoned and the tables written
     return _RANKS[0]
-
-
-def _terminated(signum, frame):
-    raise KeyboardInterrupt  # the case in hand is marked abandoned, the tables written
 
 
 def refuse_without_group(cases: list[Case]) -> None:
