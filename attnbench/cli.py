@@ -176,6 +176,10 @@ def run(
         _launch_ranks(gpus, device, resume, sweep_options)
         return
     dev = _device(device)
+    if sharded.environment_note():
+        err_console.print(f"[dim]{escape(sharded.environment_note())}[/]", highlight=False)
+    if sharded.launched() and not sharded.by_torchrun() and sharded.group_from_env()[0] == 0:
+        err_console.print(escape(sharded.joining_line()), highlight=False, soft_wrap=True)
     ranks = sharded.init(dev) if sharded.launched() else None
     spec, run_dir, shown = _spec_and_dir(
         resume, any(v is not None for v in sweep_options.values()), out, name, dev,
@@ -581,13 +585,25 @@ def export(
     err_console.print(f"wrote {escape(str(out))}", highlight=False)
 
 
+def _says_errors() -> bool:
+    """Every process prints its error line but the ranks other than 0 of a sharded run, whose
+    line rank 0 prints (a RANK a scheduler set around one process silences nothing)."""
+    import os
+
+    from attnbench import sharded
+
+    ranks = sharded.current()
+    if ranks is not None:
+        return ranks.rank == 0
+    under_torchrun = sharded.launched() and sharded.by_torchrun()
+    return not under_torchrun or os.environ.get("RANK") == "0"
+
+
 def main() -> None:
     try:
         app()
     except UsageError as exc:
-        import os
-
-        if os.environ.get("RANK", "0") == "0":  # under torchrun the same line once, by rank 0
+        if _says_errors():  # under torchrun the same line once, by rank 0
             err_console.print(f"attnbench: error: {escape(str(exc))}", highlight=False,
                               soft_wrap=True)
         sys.exit(2)

@@ -105,7 +105,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench import measure, records, registry
+from attnbench import measure, records, registry, report
 from attnbench.case import SHAPE_COLUMNS, Case
 from attnbench.errors import UsageError
 
@@ -357,6 +357,8 @@ def compare_dirs(base_dir: Path, new_dir: Path, threshold: float = DEFAULT_THRES
     for run_dir, df in ((base_dir, base), (new_dir, new)):
         for problem in df.attrs.get("problems", []):
             result.warnings.append(f"{run_dir}: {records.JSONL_FILE} {problem} (left out)")
+        if report.planted_line(df):
+            result.warnings.append(f"{run_dir}: {report.planted_line(df)}")
         if df.attrs.get("duplicates"):
             result.warnings.append(
                 f"{run_dir}: {records.duplicates_line(df.attrs['duplicated_cases'])}")

@@ -73,6 +73,9 @@ class Record:
     device_index: int = -1
     seq_len_per_rank: int = 0  # tokens of each sequence one rank held (0: not recorded)
     comm_bytes: float = NAN  # bytes one rank sent to collectives per call (sequence-parallel)
+    # Extra work ATTNBENCH_PLANT_SLOWDOWN added to each timed call, as a fraction of its time
+    # (attnbench.testing: a test hook; 0 in every real measurement).
+    planted: float = 0.0
 
     def __post_init__(self):
         if self.status not in STATUSES:

@@ -107,7 +107,19 @@ def notes(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def planted_line(df: pd.DataFrame) -> str:
+    """A warning for records whose calls ATTNBENCH_PLANT_SLOWDOWN slowed on purpose; ""."""
+    if "planted" not in df or not (df["planted"] > 0).any():
+        return ""
+    which = df[df["planted"] > 0].drop_duplicates("mechanism")
+    names = ", ".join(f"{r.mechanism} +{r.planted:.0%}" for r in which.itertuples())
+    return (f"planted slowdown (ATTNBENCH_PLANT_SLOWDOWN, a test hook): {names}; these times "
+            "are not real measurements")
+
+
 def print_report(df: pd.DataFrame, console: Console, metrics=("tokens", "time", "memory")) -> None:
+    if planted_line(df):
+        console.print(f"[bold red]{escape(planted_line(df))}[/]", highlight=False)
     if df["device"].iloc[0] == "cpu":
         metrics = [m for m in metrics if m != "memory"]  # torch keeps no CPU allocator stats
     for metric in metrics:

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from attnbench import check as checking
-from attnbench import envinfo, interrupts, measure, peaks, records, registry
+from attnbench import envinfo, interrupts, measure, peaks, records, registry, testing
 from attnbench.case import Case
 from attnbench.errors import UsageError
 from attnbench.prepare import call_flops, memory_floor, prepare_call, unsupported_reason
@@ -158,6 +158,7 @@ class Sweep:
         self.on_case = on_case
         self.started = started
         self.state = SweepState()
+        self._planted = testing.planted_fractions()  # the test hook, marked in each record
         self._mechs: dict[str, _MechState] = {}
         self._measuring_s = 0.0  # of the case in hand: its line's budget counts this
 
@@ -192,7 +193,8 @@ class Sweep:
         mech = st.mech
 
         def record(status: str, **values) -> Record:
-            return Record(case, mech.family, device, status, timestamp=time.time(), **values)
+            return Record(case, mech.family, device, status, timestamp=time.time(),
+                          planted=self._planted.get(case.mechanism, 0.0), **values)
 
         if not st.availability:
             return record("unsupported", reason=st.availability.reason)
@@ -347,6 +349,8 @@ def run_sweep(
 def _run_sweep(spec, out, *, resume, on_record, on_status, on_start) -> SweepResult:
     from attnbench import sharded
 
+    plant = testing.check_plant()  # a bad ATTNBENCH_PLANT_SLOWDOWN: UsageError before any work
+
     if sharded.current() is not None:
         return sharded.run_sharded(spec, out, resume=resume, on_record=on_record,
                                    on_status=on_status, on_start=on_start)
@@ -377,7 +381,7 @@ def _run_sweep(spec, out, *, resume, on_record, on_status, on_start) -> SweepRes
             records.write_meta(out, dict(
                 command=shlex.join(["attnbench", *sys.argv[1:]]),
                 started=datetime.now().isoformat(), spec=spec.to_json(),
-                environment=envinfo.environment(), peaks=peaks.device_peaks(device)))
+                environment=envinfo.environment(), peaks=peaks.device_peaks(device), **plant))
         journal = records.read_journal(out)
         repaired = [f"{records.JSONL_FILE} {problem} (left out)" for problem in journal.problems]
         if writer.repaired:

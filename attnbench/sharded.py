@@ -49,10 +49,70 @@ TIMEOUT = timedelta(minutes=30)  # a rank stuck in a collective gives up after t
 CPU_TARGET_S, CUDA_TARGET_S = 0.2, 0.1  # timed repetitions fill about this long
 
 
+# What torchrun (or a scheduler) sets to name a process group; env:// needs all four.
+GROUP_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# How long joining the other ranks may take before it fails with one line: a scheduler's
+# RANK=0 WORLD_SIZE=2 around a single process would otherwise wait for a rank that never comes.
+JOIN_TIMEOUT = timedelta(minutes=5)
+
+
 def launched() -> bool:
-    """True in a process torchrun (torch.distributed.run) started."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or (
-        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ)
+    """True where the environment names a whole process group to join (RANK, WORLD_SIZE,
+    MASTER_ADDR and MASTER_PORT, as torchrun sets them)."""
+    return all(os.environ.get(name) for name in GROUP_ENV)
+
+
+def environment_note() -> str:
+    """A line for an environment that names part of a process group (a scheduler's RANK, a
+    stray TORCHELASTIC_RUN_ID): the run goes on as one process. "" where there is none."""
+    present = [n for n in (*GROUP_ENV, "TORCHELASTIC_RUN_ID") if os.environ.get(n)]
+    if not present or launched():
+        return ""
+    missing = [n for n in GROUP_ENV if not os.environ.get(n)]
+    return (f"{', '.join(present)} set in the environment but not {', '.join(missing)}: not a "
+            "torchrun launch, so this runs as one process")
+
+
+def group_from_env() -> tuple[int, int, str]:
+    """(rank, world size, "addr:port") from the environment; UsageError for values that name
+    no process group."""
+    values = {n: os.environ.get(n, "") for n in GROUP_ENV}
+    try:
+        rank, world, port = (int(values[n]) for n in ("RANK", "WORLD_SIZE", "MASTER_PORT"))
+    except ValueError:
+        raise UsageError("RANK, WORLD_SIZE and MASTER_PORT must be whole numbers, not "
+                         + ", ".join(f"{n}={values[n]!r}" for n in GROUP_ENV[:2] + GROUP_ENV[3:])
+                         ) from None
+    if not (world >= 1 and 0 <= rank < world and 0 < port < 65536):
+        raise UsageError(f"RANK={rank} WORLD_SIZE={world} MASTER_PORT={port} name no process "
+                         "group (0 <= RANK < WORLD_SIZE, a port 1..65535)")
+    return rank, world, f"{values['MASTER_ADDR']}:{port}"
+
+
+def by_torchrun() -> bool:
+    """torchrun started this process (its agent started every rank, and waits for them)."""
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID"))
+
+
+def joining_line() -> str:
+    """What a process started outside torchrun says before it waits for the other ranks."""
+    rank, world, where = group_from_env()
+    return (f"rank {rank} of {world} (RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set "
+            f"in the environment): waiting for the other ranks at {where}, up to "
+            f"{JOIN_TIMEOUT.total_seconds():.0f} s")
+
+
+def _join() -> None:
+    """init_process_group from the environment, bounded by JOIN_TIMEOUT outside torchrun;
+    UsageError if the other ranks do not come."""
+    rank, world, where = group_from_env()
+    try:
+        dist.init_process_group("gloo", timeout=TIMEOUT if by_torchrun() else JOIN_TIMEOUT)
+    except Exception as exc:  # the store's timeout, a refused connection, a taken port
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"rank {rank} could not join the {world} ranks at {where} within "
+                         f"{JOIN_TIMEOUT.total_seconds():.0f} s ({first}); to run as one "
+                         "process, unset RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT") from None
 
 
 @dataclass(frozen=True)
@@ -80,8 +140,9 @@ def init(device: str) -> Ranks:
     ranks see different kinds of device (one CUDA, another the CPU)."""
     if _RANKS:
         return _RANKS[0]
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=TIMEOUT)
+    joined_here = not dist.is_initialized()
+    if joined_here:
+        _join()
     rank, world = dist.get_rank(), dist.get_world_size()
     kinds = [None] * world
     dist.all_gather_object(kinds, device)
@@ -94,7 +155,9 @@ def init(device: str) -> Ranks:
         torch.cuda.set_device(local % torch.cuda.device_count())
     data = dist.new_group(backend="nccl", timeout=TIMEOUT) if device == "cuda" else None
     index = torch.cuda.current_device() if device == "cuda" else -1
-    _RANKS.append(Ranks(rank, world, device, index, None, data))
+    # the harness's messages wait as long as a case may take, not JOIN_TIMEOUT
+    control = dist.new_group(backend="gloo", timeout=TIMEOUT) if joined_here else None
+    _RANKS.append(Ranks(rank, world, device, index, control, data))
     # torchrun stops the other ranks with SIGTERM when one fails: run_sweep takes it as Ctrl-C
     # (attnbench.interrupts), so the case in hand is marked abandoned and the tables written
     return _RANKS[0]
@@ -469,7 +532,7 @@ def run_sharded(spec, out, *, resume=False, on_record=None, on_status=None, on_s
     """``run_sweep`` in one rank of a sharded run (every rank calls it with the same
     arguments). Rank 0 checks and makes the directory; each rank runs its share into its own
     journal; rank 0 merges them at the end. Returns this rank's SweepResult."""
-    from attnbench import envinfo, peaks
+    from attnbench import envinfo, peaks, testing
     from attnbench.runner import SweepResult, _prepare_dir, default_run_dir
     from attnbench.spec import SweepSpec, expand
 
@@ -510,7 +573,8 @@ def run_sharded(spec, out, *, resume=False, on_record=None, on_status=None, on_s
                     world_size=ranks.world,
                     ranks=[dict(rank=r, device_index=i, host=h)
                            for r, (i, h) in enumerate(places)],
-                    environment=envinfo.environment(), peaks=peaks.device_peaks(spec.device)))
+                    environment=envinfo.environment(), peaks=peaks.device_peaks(spec.device),
+                    **testing.check_plant()))
             outcome = ("ok", str(out))
         except UsageError as exc:
             outcome = ("error", str(exc))

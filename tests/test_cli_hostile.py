@@ -97,3 +97,103 @@ def test_a_huge_size_is_refused_with_one_line(tmp_path, args):
     code, out, err = run_cli(*TINY, *args, "--out", tmp_path / "run")
     one_line_error(code, out, err, "at most 1048576m")
     assert not (tmp_path / "run").exists()
+
+
+# --- item 4: a scheduler's RANK, WORLD_SIZE, TORCHELASTIC_RUN_ID --------------------------------
+
+
+@pytest.fixture
+def environ(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK",
+                 "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch.setenv
+
+
+@pytest.mark.parametrize("env", [dict(RANK="1"), dict(RANK="1", WORLD_SIZE="2"),
+                                 dict(TORCHELASTIC_RUN_ID="x", RANK="3")])
+def test_a_stray_rank_does_not_silence_an_error(tmp_path, environ, env):
+    for name, value in env.items():
+        environ(name, value)
+    code, out, err = run_cli(*TINY, "--seq-lens", "0", "--out", tmp_path / "run")
+    assert code == 2 and "attnbench: error: bad size '0'" in err and "Traceback" not in err
+
+
+def test_a_stray_torchelastic_run_id_runs_as_one_process(tmp_path, environ):
+    environ("TORCHELASTIC_RUN_ID", "x")
+    code, out, err = run_cli(*TINY, "--modes", "fwd", "--seq-lens", "64", "--out",
+                             tmp_path / "run")
+    assert code == 0 and "Traceback" not in out + err, err
+    assert "TORCHELASTIC_RUN_ID set in the environment but not RANK" in " ".join(err.split())
+    assert "runs as one process" in err
+
+
+def test_a_group_whose_other_ranks_never_come_says_so_and_gives_up(tmp_path, environ,
+                                                                    monkeypatch):
+    import socket
+    from datetime import timedelta
+
+    from attnbench import sharded
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                            MASTER_PORT=str(port)).items():
+        environ(name, value)
+    monkeypatch.setattr(sharded, "JOIN_TIMEOUT", timedelta(seconds=2))  # rank 1 never comes
+    code, out, err = run_cli(*TINY, "--out", tmp_path / "run")
+    flat = " ".join(err.split())
+    assert code == 2 and "Traceback" not in out + err, err
+    assert f"rank 0 of 2 (RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set in the " \
+           f"environment): waiting for the other ranks at 127.0.0.1:{port}" in flat
+    assert "attnbench: error: rank 0 could not join the 2 ranks" in flat
+    assert "unset RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT" in flat
+
+
+@pytest.mark.parametrize("env, needle", [
+    (dict(RANK="x", WORLD_SIZE="2"), "must be whole numbers"),
+    (dict(RANK="2", WORLD_SIZE="2"), "name no process group"),
+])
+def test_a_group_environment_that_names_no_group_is_one_line(tmp_path, environ, env, needle):
+    for name, value in (dict(MASTER_ADDR="127.0.0.1", MASTER_PORT="29999") | env).items():
+        environ(name, value)
+    code, out, err = run_cli(*TINY, "--out", tmp_path / "run")
+    one_line_error(code, out, err, needle)
+
+
+# --- item 7: the planted-slowdown hook ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("linear-masked", "NAME:FRACTION"), ("linear-masked:x", "NAME:FRACTION"),
+    ("linear-masked:nan", "NAME:FRACTION"), ("linear-masked:inf", "NAME:FRACTION"),
+    ("linear-masked:-1", "NAME:FRACTION"), ("linear-masked:1e9", "at most 10"),
+    ("nosuch:0.1", "unknown mechanism 'nosuch'"),
+])
+def test_a_bad_plant_value_is_one_line_and_exit_2(tmp_path, monkeypatch, value, needle):
+    monkeypatch.setenv("ATTNBENCH_PLANT_SLOWDOWN", value)
+    code, out, err = run_cli(*TINY, "--out", tmp_path / "run")
+    one_line_error(code, out, err, "ATTNBENCH_PLANT_SLOWDOWN" if ":" in needle else needle,
+                   needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_planted_run_is_marked_in_meta_records_report_and_compare(tmp_path, monkeypatch):
+    base = tmp_path / "base"
+    code, _, err = run_cli(*TINY, "--modes", "fwd", "--seq-lens", "64", "--out", base)
+    assert code == 0, err
+    monkeypatch.setenv("ATTNBENCH_PLANT_SLOWDOWN", "linear-masked:0.5")
+    slow = tmp_path / "slow"
+    code, out, err = run_cli(*TINY, "--modes", "fwd", "--seq-lens", "64", "--out", slow)
+    assert code == 0, err
+    meta = json.loads((slow / "meta.json").read_text())
+    assert meta["planted_slowdown"] == {"linear-masked": 0.5}
+    row = json.loads((slow / "records.jsonl").read_text().splitlines()[-1])
+    assert row["planted"] == 0.5 and row["status"] == "ok"
+    assert "planted slowdown (ATTNBENCH_PLANT_SLOWDOWN" in " ".join(out.split())
+    monkeypatch.delenv("ATTNBENCH_PLANT_SLOWDOWN")
+    assert "planted_slowdown" not in json.loads((base / "meta.json").read_text())
+    code, out, err = run_cli("compare", base, slow)
+    assert "planted slowdown" in " ".join(err.split()) and "linear-masked +50%" in err
+
