@@ -408,7 +408,13 @@ def profile(
     """Profile a sweep: each case is timed as by run, then profiled (torch.profiler): a Perfetto trace and a per-kernel table per case."""
     from functools import partial
 
-    from attnbench.profile import finalize_kernels, print_kernels, profile_sweep, unavailable_notes
+    from attnbench.profile import (
+        finalize_kernels,
+        print_kernels,
+        profile_sweep,
+        refuse_unless_profile,
+        unavailable_notes,
+    )
 
     sweep_options = dict(preset=preset, mechanisms=mechanisms, seq_lens=seq_lens, batch=batch,
                          heads=heads, head_dims=head_dim, value_dims=value_dim, dtypes=dtype,
@@ -416,10 +422,14 @@ def profile(
                          line_seconds=line_seconds)
     if calls < 1:
         raise UsageError(f"--calls must be at least 1, not {calls}")
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, not {top}")
     dev = _device(device)
     spec, run_dir, _ = _spec_and_dir(
         resume, any(v is not None for v in sweep_options.values()), out, name, dev,
         lambda: build_spec(device=dev, **sweep_options), suffix="-profile")
+    if resume is not None:
+        refuse_unless_profile(resume)
     for line in unavailable_notes(dev, memory_timeline, ncu):
         console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     _execute(spec, run_dir, resume is not None, False, "profile",
@@ -429,8 +439,9 @@ def profile(
         console.print("no case measured ok, so none was profiled", highlight=False)
     else:
         print_kernels(kernels, console, top=top)
-    console.print(f"traces: {escape(str(run_dir / 'profiles'))}; kernels: "
-                  f"{escape(str(run_dir / 'kernels.parquet'))}, kernels.csv", highlight=False)
+    if (run_dir / "profiles").is_dir():  # name only folders that exist
+        console.print(f"traces: {escape(str(run_dir / 'profiles'))}; kernels: "
+                      f"{escape(str(run_dir / 'kernels.parquet'))}, kernels.csv", highlight=False)
 
 
 STRICT = Annotated[bool, typer.Option("--strict", help="Exit 2 if records.jsonl has a damaged line, instead of warning.")]

@@ -23,7 +23,7 @@ import math
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -276,10 +276,14 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
     """
     if not isinstance(calls, int) or calls < 1:
         raise UsageError(f"--calls must be at least 1, not {calls!r}")
+    if resume and out is not None:
+        refuse_unless_profile(Path(out))
     run_dir: list[Path] = []
+    budget_s: list[float] = []
 
     def start(path: Path, cases, todo: int) -> None:
         run_dir.append(Path(path))
+        budget_s.append(SweepSpec.from_json(records.read_meta(path)["spec"]).max_case_seconds)
         if on_start is not None:
             on_start(path, cases, todo)
 
@@ -290,7 +294,10 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
             return
         if on_status is not None:
             on_status(f"profiling {rec.case.mechanism} {rec.case.mode} n={rec.case.seq_len}")
-        rows = profile_case(rec, run_dir[0], calls, memory_timeline, ncu)
+        n, note = calls_within(calls, rec.time_ms, budget_s[0])
+        rows = profile_case(rec, run_dir[0], n, memory_timeline, ncu)
+        if note:
+            rows = [replace(r, note="; ".join(filter(None, [note, r.note]))) for r in rows]
         with open(run_dir[0] / KERNELS_JSONL, "a", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps({k: _json_value(v) for k, v in row.row().items()}) + "\n")
@@ -303,6 +310,31 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
     finally:
         if run_dir:
             finalize_kernels(run_dir[0])
+
+
+def calls_within(calls: int, time_ms: float, max_case_seconds: float) -> tuple[int, str]:
+    """(the calls to profile of a case whose timed call takes ``time_ms``, a note if fewer
+    than ``calls``): warm-up and profiled calls together stay within --max-case-seconds, one
+    call at least."""
+    fit = int(max_case_seconds * 1e3 / time_ms) - WARMUP_CALLS if time_ms > 0 else calls
+    n = max(1, min(calls, fit))
+    if n == calls:
+        return n, ""
+    return n, (f"profiled {n} of --calls {calls}: {calls} calls of {time_ms:.3g} ms would "
+               f"exceed --max-case-seconds {max_case_seconds:g}")
+
+
+def refuse_unless_profile(run_dir: Path) -> None:
+    """UsageError for ``profile --resume`` of a run directory ``run`` or ``tgs`` made: it has
+    no profile to continue."""
+    command = str(records.read_meta(run_dir).get("command", ""))
+    words = command.split()
+    if "profile" in words or (run_dir / KERNELS_JSONL).is_file():
+        return
+    made_by = " ".join(words[:2]) or "another command"
+    raise UsageError(f"{run_dir} was made by {made_by}, not attnbench profile: there is no "
+                     "profile to continue; profile its sweep in a new directory with "
+                     "attnbench profile and the same sweep options")
 
 
 def load_kernels(run_dir: Path) -> pd.DataFrame:

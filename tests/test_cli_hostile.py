@@ -197,3 +197,43 @@ def test_a_planted_run_is_marked_in_meta_records_report_and_compare(tmp_path, mo
     code, out, err = run_cli("compare", base, slow)
     assert "planted slowdown" in " ".join(err.split()) and "linear-masked +50%" in err
 
+
+# --- item 6: profile -----------------------------------------------------------------------------
+
+
+def test_profile_resume_of_a_run_directory_is_refused_with_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(*TINY, "--modes", "fwd", "--seq-lens", "64", "--out", run_dir)
+    assert code == 0, err
+    code, out, err = run_cli("profile", "--resume", run_dir, "--device", "cpu")
+    one_line_error(code, out, err, "was made by attnbench run, not attnbench profile")
+    assert not (run_dir / "profiles").exists()
+
+
+@pytest.mark.parametrize("top", ["0", "-5"])
+def test_profile_top_below_1_is_refused(tmp_path, top):
+    code, out, err = run_cli("profile", "--device", "cpu", "--mechanisms", "linear-masked",
+                             "--seq-lens", "64", "--top", top, "--out", tmp_path / "run")
+    one_line_error(code, out, err, f"--top must be at least 1, not {top}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_profile_calls_are_bounded_by_max_case_seconds():
+    from attnbench.profile import calls_within
+
+    assert calls_within(3, 1.0, 10.0) == (3, "")
+    n, note = calls_within(100_000, 20.0, 1.0)  # 1 s holds 50 calls of 20 ms, 2 to warm up
+    assert n == 48 and "profiled 48 of --calls 100000" in note and "--max-case-seconds 1" in note
+    assert calls_within(5, 5000.0, 1.0)[0] == 1  # one call at least
+
+
+def test_profile_says_when_it_profiles_fewer_calls_than_asked(tmp_path, install):
+    from fakes import fake, sleepy
+
+    install(fake("fake-slow", sleepy(0.02)))
+    code, out, err = run_cli("profile", "--device", "cpu", "--mechanisms", "fake-slow",
+                             "--seq-lens", "128", "--heads", "2", "--head-dim", "16", "--modes",
+                             "fwd", "--calls", "100000", "--max-case-seconds", "1", "--out",
+                             tmp_path / "run")
+    assert code == 0, err
+    assert "of --calls 100000: 100000 calls of" in " ".join(out.split())
