@@ -9,6 +9,7 @@ same dtype (the family's DTYPE_BASELINE), with a floor per dtype for TF32 and ro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -90,38 +91,63 @@ def _outputs(mech: Mechanism, fn, qkv64, do64, decay64, dtype, device, backward)
 
 
 def check_case(case: Case) -> Case:
-    """The short odd-length case that checks ``case``'s mechanism, shape, dtype and decay.
-
-    A training step (mode ``train``) checks the attention inside its model: the model's heads,
-    head dims, precision and decay, at batch 1 (its batch follows the length)."""
-    small = case.with_(mode="fwdbwd", seq_len=CHECK_SEQ_LEN)
-    if case.mode == "train":
-        small = small.with_(batch=1, model="", size="", checkpointing=False)
-    return small
+    """The short odd-length case that checks ``case``'s mechanism, shape, dtype and decay (a
+    sequence-parallel case: a length its ranks share evenly). A mode may check another case
+    (``attnbench.modes``: a training step checks the attention inside its model)."""
+    w = case.world_size
+    return case.with_(mode="fwdbwd", seq_len=w * math.ceil(CHECK_SEQ_LEN / w))
 
 
-def check(mech: Mechanism, case: Case, device: str) -> CheckResult:
-    """Compare ``mech`` (output and, where it has a backward, gradients) with its oracle on
-    fresh float64 inputs of ``check_case(case)``'s shape."""
+@dataclass(frozen=True)
+class CheckPart:
+    """What one process measured of a check: per output and gradient, the squared error of
+    its piece and the squared norm of the oracle's piece; and the dtype baseline's error."""
+
+    squares: list[tuple[float, float]]
+    baseline_err: float
+
+
+def check_part(mech: Mechanism, case: Case, device: str, fn=None,
+               piece: slice = slice(None)) -> CheckPart:
+    """Run ``mech`` (``fn``: its callable, bound to a process group where it needs one) on
+    ``piece`` of the sequence of ``check_case(case)``'s float64 inputs; compare with the
+    oracle's output and gradients over the whole sequence, restricted to that piece."""
     oracle = registry.get(mech.oracle)
     baseline = registry.get(registry.DTYPE_BASELINE[mech.family])
     gen = torch.Generator().manual_seed(1234)
     small = check_case(case)
     shape = (small.batch, small.heads, small.seq_len)
-    q64, k64, v64 = (torch.randn((*shape, dim), generator=gen, dtype=torch.float64)
-                     for dim in (small.head_dim, small.head_dim, small.value_dim))
-    qkv64 = [q64, k64, v64]
+    qkv64 = [torch.randn((*shape, dim), generator=gen, dtype=torch.float64)
+             for dim in (small.head_dim, small.head_dim, small.value_dim)]
     do64 = torch.randn((*shape, small.value_dim), generator=gen, dtype=torch.float64)
-    dtype, decay = case.dtype, case.decay
-    rates = decay_rates(mech, decay, small.heads, "cpu")
+    rates = decay_rates(mech, case.decay, small.heads, "cpu")
     decay64 = rates.double() if rates is not None else None
     backward = mech.backward
-    torch_dtype = registry.DTYPES[dtype]
+    dtype = registry.DTYPES[case.dtype]
 
     ref = _outputs(oracle, oracle.callable(), qkv64, do64, decay64, torch.float64, "cpu", backward)
-    got = _outputs(mech, mech.callable(), qkv64, do64, decay64, torch_dtype, device, backward)
-    base = _outputs(baseline, baseline.callable(), qkv64, do64, decay64, torch_dtype, device,
-                    backward)
-    err = max(rel_err(g, r) for g, r in zip(got, ref))
+    base = _outputs(baseline, baseline.callable(), qkv64, do64, decay64, dtype, device, backward)
+    got = _outputs(mech, fn if fn is not None else mech.callable(),
+                   [x[:, :, piece] for x in qkv64], do64[:, :, piece], decay64, dtype, device,
+                   backward)
     base_err = max(rel_err(g, r) for g, r in zip(base, ref))
+    ref = [r.detach()[:, :, piece] for r in ref]
+    squares = [(float((g.detach().cpu().double() - r).norm() ** 2),
+                float(r.norm() ** 2)) for g, r in zip(got, ref)]
+    return CheckPart(squares, base_err)
+
+
+def combine(parts: list[CheckPart], dtype: str) -> CheckResult:
+    """The check of the whole sequence from the parts of its pieces: the worst relative error
+    of output and gradients against the tolerance of ``dtype``."""
+    err = max(math.sqrt(sum(p.squares[i][0] for p in parts)
+                        / max(1e-300, sum(p.squares[i][1] for p in parts)))
+              for i in range(len(parts[0].squares)))
+    base_err = parts[0].baseline_err
     return CheckResult(err, max(2.0 * base_err, TOL_FLOOR[dtype]), base_err)
+
+
+def check(mech: Mechanism, case: Case, device: str) -> CheckResult:
+    """Compare ``mech`` (output and, where it has a backward, gradients) with its oracle on
+    fresh float64 inputs of ``check_case(case)``'s shape."""
+    return combine([check_part(mech, case, device)], case.dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -181,12 +182,13 @@ def run(
     if sharded.launched() and not sharded.by_torchrun() and sharded.group_from_env()[0] == 0:
         err_console.print(escape(sharded.joining_line()), highlight=False, soft_wrap=True)
     ranks = sharded.init(dev) if sharded.launched() else None
+    executor = sharded.ShardedExecutor(ranks) if ranks is not None else None
     spec, run_dir, shown = _spec_and_dir(
         resume, any(v is not None for v in sweep_options.values()), out, name, dev,
         lambda: build_spec(device=dev, **sweep_options))
     if ranks is not None and ranks.rank != 0:  # one display: rank 0's
         try:
-            run_sweep(spec, run_dir, resume=resume is not None)
+            run_sweep(spec, run_dir, resume=resume is not None, executor=executor)
         except (KeyboardInterrupt, CudaContextLost) as exc:
             raise typer.Exit(exit_code(exc) if isinstance(exc, KeyboardInterrupt) else 1) from None
         return
@@ -203,7 +205,8 @@ def run(
             console.print(f"[dim]not CPU-capable, not run: {', '.join(skipped)}[/]")
 
     _execute(spec, run_dir, resume is not None, plot,
-             "run" if ranks is None else f"run --gpus {ranks.world}")
+             "run" if ranks is None else f"run --gpus {ranks.world}",
+             sweep=partial(run_sweep, executor=executor))
 
 
 def _launch_ranks(gpus: int, device: str, resume: Path | None, sweep_options: dict) -> None:
@@ -406,8 +409,6 @@ def profile(
     resume: Annotated[Path | None, typer.Option(help="Continue the profile in this directory; its sweep is kept, the cases it had not reached are timed and profiled.")] = None,
 ) -> None:
     """Profile a sweep: each case is timed as by run, then profiled (torch.profiler): a Perfetto trace and a per-kernel table per case."""
-    from functools import partial
-
     from attnbench.profile import (
         finalize_kernels,
         print_kernels,

@@ -12,6 +12,7 @@ the host's (Python, launch work), which changes with the CPU and from process to
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -40,6 +41,16 @@ class Timing:
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def free_memory(device: str) -> None:
+    """Drop what the last case left: Python garbage, and the allocator's cached blocks."""
+    gc.collect()
+    if device == "cuda":
+        try:
+            torch.cuda.empty_cache()
+        except Exception:  # a lost context: the case's record says so, then the sweep stops
+            pass
 
 
 def first_call_seconds(fn: Callable[[], object], device: str) -> float:

@@ -32,10 +32,10 @@ import torch
 from attnbench import ncu as nsight
 from attnbench import records, registry
 from attnbench.case import KEY_COLUMNS, Case
-from attnbench.errors import UsageError
+from attnbench.errors import UsageError, one_line
 from attnbench.prepare import prepare_call
 from attnbench.records import Record
-from attnbench.runner import SweepResult, one_line, run_sweep
+from attnbench.runner import SweepResult, run_sweep
 from attnbench.spec import SweepSpec
 
 KERNELS_JSONL, KERNELS_PARQUET, KERNELS_CSV = "kernels.jsonl", "kernels.parquet", "kernels.csv"

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from attnbench import modes
 from attnbench.case import FOLLOWS_LENGTH, view_columns
 from attnbench.measure import HOST_BOUND_FRACTION, host_bound
 from attnbench.sizes import format_size
@@ -27,13 +28,6 @@ METRICS = {
                       lambda x: f"{100 * x:.2g}%", False),
 }
 ROOFLINE_METRICS = ("bandwidth", "bandwidth-share", "compute-share")
-# What a metric means for a training step (mode train), where it reads otherwise.
-TRAIN_METRICS = {
-    "tokens": ("tokens_per_s", "TGS, tokens per GPU per second (higher is better)",
-               lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.3g}", True),
-    "memory": ("extra_mem_mib", "memory above the model and its optimizer state, MiB",
-               lambda x: f"{x:,.0f}", False),
-}
 STATUS_CELL = {"oom": "[red]OOM[/]", "error": "[red]error[/]", "unsupported": "[dim]n/a[/]",
                "skipped": "[yellow]skip[/]", "timeout": "[yellow]timeout[/]"}
 
@@ -57,8 +51,7 @@ def tables(df: pd.DataFrame, metric: str) -> list[Table]:
     seq_lens = sorted(df["seq_len"].unique())
     out = []
     for mode, part in df.groupby("mode", sort=False):
-        if mode == "train":
-            column, title, fmt, mark_host = TRAIN_METRICS.get(metric, METRICS[metric])
+        column, title, fmt, mark_host = modes.metric(mode, metric, METRICS[metric])
         caption = escape(fixed)
         if mark_host and any(host_bound(r.get("host_ms"), r["time_ms"])
                              for _, r in part.iterrows()):

@@ -24,9 +24,7 @@ journal, so nothing recorded is run again. Each record says its ``rank`` and
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 import os
 import sys
 import time
@@ -41,9 +39,11 @@ import torch.distributed as dist
 from attnbench import check as checking
 from attnbench import measure, records, registry
 from attnbench.case import Case
-from attnbench.errors import UsageError
+from attnbench.errors import UsageError, one_line
 from attnbench.prepare import call_flops, prepare_call
 from attnbench.records import Record
+from attnbench.spec import SweepSpec, expand
+from attnbench.sweep import LocalExecutor, Sweep, default_run_dir, prepare_dir, stamp, too_slow
 
 TIMEOUT = timedelta(minutes=30)  # a rank stuck in a collective gives up after this
 CPU_TARGET_S, CUDA_TARGET_S = 0.2, 0.1  # timed repetitions fill about this long
@@ -163,16 +163,6 @@ def init(device: str) -> Ranks:
     return _RANKS[0]
 
 
-def refuse_without_group(cases: list[Case]) -> None:
-    """UsageError if a sequence-parallel mechanism is asked for outside a sharded run."""
-    named = sorted({c.mechanism for c in cases if registry.get(c.mechanism).sequence_parallel})
-    if named:
-        problem = registry.get(named[0]).available().reason
-        problem = problem or ("runs in a sharded run: call attnbench.sharded.init(device) in "
-                              "each rank first")
-        raise UsageError(f"{', '.join(named)} {problem}")
-
-
 def with_world(cases: list[Case], world: int, sizes: tuple[int, ...] = ()) -> list[Case]:
     """The sweep's cases, each sequence-parallel one split over each of ``sizes`` ranks (the
     first ranks of the run; default all ``world``), its lines kept together. UsageError for a
@@ -264,59 +254,26 @@ class _Idle(Exception):
     """This rank holds no piece of the case (its world size is smaller than the run's)."""
 
 
-def _one_line(exc: BaseException) -> str:
-    from attnbench.runner import one_line
-
-    return one_line(exc)
-
-
 def sp_check(mech: registry.Mechanism, case: Case, ranks: Ranks) -> checking.CheckResult | str:
-    """Every rank checks its piece of ``check_case(case)`` against the float64 oracle of the
-    whole sequence; the error is the whole output's and gradients' (squared sums reduced).
-    A string: the first rank's exception."""
+    """``check.check`` over the ranks: every rank of the case runs its piece of
+    ``check_case(case)``'s sequence against the float64 oracle of the whole; the squared sums
+    are added up. A string: the first rank's exception."""
     w = case.world_size
-    small = checking.check_case(case)
-    n = w * math.ceil(checking.CHECK_SEQ_LEN / w)
-    small = small.with_(seq_len=n)
-    local = n // w
-    piece = slice(ranks.rank * local, (ranks.rank + 1) * local)
+    local = checking.check_case(case).seq_len // w
     try:
         if ranks.rank >= w:  # not one of the case's ranks: it only joins the messages
             raise _Idle
-        oracle = registry.get(mech.oracle)
-        baseline = registry.get(registry.DTYPE_BASELINE[mech.family])
-        gen = torch.Generator().manual_seed(1234)
-        shape = (small.batch, small.heads, n)
-        qkv64 = [torch.randn((*shape, dim), generator=gen, dtype=torch.float64)
-                 for dim in (small.head_dim, small.head_dim, small.value_dim)]
-        do64 = torch.randn((*shape, small.value_dim), generator=gen, dtype=torch.float64)
-        rates = checking.decay_rates(mech, case.decay, small.heads, "cpu")
-        dec64 = rates.double() if rates is not None else None
-        dtype = registry.DTYPES[case.dtype]
-        out = checking._outputs
-        ref = out(oracle, oracle.callable(), qkv64, do64, dec64, torch.float64, "cpu", True)
-        base = out(baseline, baseline.callable(), qkv64, do64, dec64, dtype, ranks.device, True)
-        base_err = max(checking.rel_err(g, r) for g, r in zip(base, ref))
-        mine = out(mech, _bound(mech, ranks, w), [x[:, :, piece] for x in qkv64],
-                   do64[:, :, piece], dec64, dtype, ranks.device, True)
-        sums = [(float((g.detach().cpu().double() - r[:, :, piece]).norm() ** 2),
-                 float(r[:, :, piece].norm() ** 2)) for g, r in zip(mine, ref)]
-        outcome = (sums, base_err)
+        outcome = checking.check_part(mech, case, ranks.device, _bound(mech, ranks, w),
+                                      slice(ranks.rank * local, (ranks.rank + 1) * local))
     except _Idle:
         outcome = None
     except Exception as exc:
-        outcome = _one_line(exc)
+        outcome = one_line(exc)
     outcomes = _gather(outcome, ranks)
     failure = _first_failure(outcomes)
     if failure:
         return failure
-    outcomes = [o for o in outcomes if o is not None]
-    err = max(math.sqrt(sum(o[0][i][0] for o in outcomes)
-                        / max(1e-300, sum(o[0][i][1] for o in outcomes)))
-              for i in range(len(outcomes[0][0])))
-    base_err = outcomes[0][1]
-    return checking.CheckResult(err, max(2.0 * base_err, checking.TOL_FLOOR[case.dtype]),
-                                base_err)
+    return checking.combine([o for o in outcomes if o is not None], case.dtype)
 
 
 def _timed(call: Callable, device: str) -> float:
@@ -349,7 +306,7 @@ def sp_measure(mech: registry.Mechanism, case: Case, ranks: Ranks,
         try:
             outcome = step()
         except Exception as exc:
-            outcome = _one_line(exc) or "error"
+            outcome = one_line(exc) or "error"
         outcomes = _gather(outcome, ranks)
         failure = _first_failure(outcomes)
         if failure:
@@ -366,10 +323,9 @@ def sp_measure(mech: registry.Mechanism, case: Case, ranks: Ranks,
     compile_s = max(agree(each(lambda: _timed(call, device))))
     estimate_s = max(agree(each(lambda: _timed(call, device))))
     values = dict(compile_s=compile_s)
-    if estimate_s * (measure.MIN_REPS + 6) > max_case_seconds:
-        return dict(values, status="timeout",
-                    reason=f"one call took {estimate_s:.2f} s; measuring would exceed "
-                           f"--max-case-seconds {max_case_seconds:g}")
+    late = too_slow(estimate_s, max_case_seconds)
+    if late:
+        return dict(values, status="timeout", reason=late)
     target = CUDA_TARGET_S if device == "cuda" else CPU_TARGET_S
     reps = max(measure.MIN_REPS, min(200, int(target / max(estimate_s, 1e-6))))
 
@@ -418,15 +374,7 @@ def serve(ranks: Ranks, max_case_seconds: float) -> None:
             except _RankFailed:
                 pass
             finally:
-                _free(ranks.device)
-
-
-def _free(device: str) -> None:
-    import gc
-
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+                measure.free_memory(ranks.device)
 
 
 def lead_check(mech, case, ranks):
@@ -442,28 +390,11 @@ def lead_measure(mech, case, ranks, max_case_seconds):
         text = str(exc)
         return dict(status="oom" if "out of memory" in text.lower() else "error", reason=text)
     finally:
-        _free(ranks.device)
+        measure.free_memory(ranks.device)
 
 
 def end_service(ranks: Ranks) -> None:
     _send(("end", None), ranks)
-
-
-def stamp(rec: Record, ranks: Ranks | None) -> Record:
-    """Where a record ran: rank, device index, tokens per rank, bytes sent per call."""
-    mech = registry.get(rec.case.mechanism)
-    comm = mech.comm(rec.case) if mech.comm is not None and rec.status == "ok" else math.nan
-    if ranks is None:  # one process: its current GPU
-        index = -1
-        if rec.device == "cuda":
-            try:
-                index = torch.cuda.current_device()
-            except Exception:  # a lost context: the record still gets written
-                pass
-        return dataclasses.replace(rec, device_index=index,
-                                   seq_len_per_rank=rec.case.seq_len_per_rank, comm_bytes=comm)
-    return dataclasses.replace(rec, rank=ranks.rank, device_index=ranks.device_index,
-                               seq_len_per_rank=rec.case.seq_len_per_rank, comm_bytes=comm)
 
 
 # --- the run directory -----------------------------------------------------------------------
@@ -495,151 +426,124 @@ def merge(run_dir: Path, world: int) -> int:
 # --- the sweep -------------------------------------------------------------------------------
 
 
-def _sweep_class():
-    from attnbench.runner import Sweep
+class ShardedSweep(Sweep):
+    """Sweep of one rank; on rank 0 the sequence-parallel cases' check and measurement are
+    collective steps the other ranks (in ``serve``) join."""
 
-    class ShardedSweep(Sweep):
-        """Sweep of one rank; on rank 0 the sequence-parallel cases' check and measurement
-        are collective steps the other ranks (in ``serve``) join."""
+    def __init__(self, spec, emit, ranks: Ranks, **callbacks):
+        super().__init__(spec, emit, **callbacks)
+        self.ranks = ranks
 
-        def __init__(self, spec, emit, ranks: Ranks, **callbacks):
-            super().__init__(spec, emit, **callbacks)
-            self.ranks = ranks
+    def _check(self, st, case):
+        if not st.mech.sequence_parallel:
+            return super()._check(st, case)
+        key = checking.check_case(case)
+        if key not in st.checks:
+            self.on_case(f"checking {st.mech.name} {case.dtype} over {self.ranks.world} "
+                         "ranks vs float64")
+            st.checks[key] = lead_check(st.mech, case, self.ranks)
+        return st.checks[key]
 
-        def _check(self, st, case):
-            if not st.mech.sequence_parallel:
-                return super()._check(st, case)
-            key = checking.check_case(case)
-            if key not in st.checks:
-                self.on_case(f"checking {st.mech.name} {case.dtype} over {self.ranks.world} "
-                             "ranks vs float64")
-                st.checks[key] = lead_check(st.mech, case, self.ranks)
-            return st.checks[key]
-
-        def _measure(self, mech, fn, case):
-            # one rank: nothing to wait for, so timed as every one-process case is (do_bench
-            # on a GPU): the world-size-1 overhead is measured against lightning2 like for like
-            if not mech.sequence_parallel:
-                return super()._measure(mech, fn, case)
-            if case.world_size == 1:
-                return super()._measure(mech, _bound(mech, self.ranks, 1), case)
-            return lead_measure(mech, case, self.ranks, self.spec.max_case_seconds)
-
-    return ShardedSweep
+    def _measure(self, mech, fn, case):
+        # one rank: nothing to wait for, so timed as every one-process case is (do_bench on a
+        # GPU): the world-size-1 overhead is measured against lightning2 like for like
+        if not mech.sequence_parallel:
+            return super()._measure(mech, fn, case)
+        if case.world_size == 1:
+            return super()._measure(mech, _bound(mech, self.ranks, 1), case)
+        return lead_measure(mech, case, self.ranks, self.spec.max_case_seconds)
 
 
-def run_sharded(spec, out, *, resume=False, on_record=None, on_status=None, on_start=None):
-    """``run_sweep`` in one rank of a sharded run (every rank calls it with the same
-    arguments). Rank 0 checks and makes the directory; each rank runs its share into its own
-    journal; rank 0 merges them at the end. Returns this rank's SweepResult."""
-    from attnbench import envinfo, peaks, testing
-    from attnbench.runner import SweepResult, _prepare_dir, default_run_dir
-    from attnbench.spec import SweepSpec, expand
+class ShardedExecutor(LocalExecutor):
+    """``run_sweep``'s cases run by the ranks of a sharded run (every rank calls run_sweep
+    with the same arguments and its own executor). Rank 0 checks and makes the directory;
+    sequence-parallel cases run on rank 0's lead with the others serving; the other cases
+    are dealt to the ranks by whole lines; each rank writes its own journal; rank 0 merges
+    them at the end."""
 
-    ranks = current()
-    started_at = time.time()
-    if resume:
-        if out is None:
-            raise UsageError("resume needs the run directory to continue")
-        meta = records.read_meta(Path(out))
-        stored = SweepSpec.from_json(meta["spec"])
-        if spec is not None and spec != stored:
-            raise UsageError(f"{out} holds another sweep; resume it without sweep options")
-        if meta.get("world_size", 1) != ranks.world:
+    def __init__(self, ranks: Ranks):
+        self.ranks = ranks
+        self.journal = records.rank_journal(ranks.rank)
+        self.leads = ranks.rank == 0
+        self.torn_note = f"{self.journal}: a last line cut off by a crash was moved aside"
+        self._places: list = []
+
+    def admit(self, spec: SweepSpec, meta: dict | None, out: Path | None) -> None:
+        world = self.ranks.world
+        if meta is not None and meta.get("world_size", 1) != world:
             raise UsageError(f"{out} was run on {meta.get('world_size', 1)} rank(s); resume it "
-                             f"with --nproc-per-node {meta.get('world_size', 1)}, not "
-                             f"{ranks.world}")
-        spec = stored
-    elif spec is None:
-        raise UsageError("a new run needs a sweep spec")
-    if spec.device != ranks.device:
-        raise UsageError(f"this is a {spec.device} sweep and the ranks run on {ranks.device}")
-    # the same UsageError on every rank
-    cases = with_world(expand(spec), ranks.world, getattr(spec, "world_sizes", ()))
-    make_groups({c.world_size for c in cases if c.world_size > 1 or
-                 registry.get(c.mechanism).sequence_parallel}, ranks)
-    # rank 0 names and makes the directory; the others follow its word
-    outcome = None
-    if ranks.rank == 0:
-        try:
-            out = Path(out) if out is not None else default_run_dir(spec)
-            _prepare_dir(out, resume)
-            if not resume:
-                places = _gather((ranks.device_index, os.uname().nodename), ranks)
-                records.write_meta(out, dict(
-                    command="torchrun --nproc-per-node "
-                            f"{ranks.world} -m attnbench {' '.join(sys.argv[1:])}",
-                    started=time.strftime("%Y-%m-%dT%H:%M:%S"), spec=spec.to_json(),
-                    world_size=ranks.world,
+                             f"with --nproc-per-node {meta.get('world_size', 1)}, not {world}")
+        if spec.device != self.ranks.device:
+            raise UsageError(f"this is a {spec.device} sweep and the ranks run on "
+                             f"{self.ranks.device}")
+
+    def cases(self, spec: SweepSpec) -> list[Case]:
+        # the same UsageError on every rank
+        cases = with_world(expand(spec), self.ranks.world, spec.world_sizes)
+        make_groups({c.world_size for c in cases if c.world_size > 1 or
+                     registry.get(c.mechanism).sequence_parallel}, self.ranks)
+        return cases
+
+    def run_dir(self, out: Path | None, spec: SweepSpec, resume: bool) -> Path:
+        """Rank 0 names and makes the directory; the others follow its word."""
+        ranks, outcome = self.ranks, None
+        if ranks.rank == 0:
+            try:
+                out = Path(out) if out is not None else default_run_dir(spec)
+                prepare_dir(out, resume)
+                if not resume:
+                    self._places = _gather((ranks.device_index, os.uname().nodename), ranks)
+                outcome = ("ok", str(out))
+            except UsageError as exc:
+                outcome = ("error", str(exc))
+        elif not resume:
+            _gather((ranks.device_index, os.uname().nodename), ranks)
+        outcome = _send(outcome, ranks)
+        if outcome[0] == "error":
+            raise UsageError(outcome[1])
+        return Path(outcome[1])
+
+    def meta(self) -> dict:
+        return dict(command=f"torchrun --nproc-per-node {self.ranks.world} -m attnbench "
+                            f"{' '.join(sys.argv[1:])}",
+                    world_size=self.ranks.world,
                     ranks=[dict(rank=r, device_index=i, host=h)
-                           for r, (i, h) in enumerate(places)],
-                    environment=envinfo.environment(), peaks=peaks.device_peaks(spec.device),
-                    **testing.check_plant()))
-            outcome = ("ok", str(out))
-        except UsageError as exc:
-            outcome = ("error", str(exc))
-    elif not resume:
-        _gather((ranks.device_index, os.uname().nodename), ranks)
-    outcome = _send(outcome, ranks)
-    if outcome[0] == "error":
-        raise UsageError(outcome[1])
-    out = Path(outcome[1])
+                           for r, (i, h) in enumerate(self._places)])
 
-    counts: dict[str, int] = {}
-    repaired: list[str] = []
-    with records.RunWriter(out, records.rank_journal(ranks.rank)) as writer:
-        mine = records.read_journal(out, records.rank_journal(ranks.rank))
-        current_case: list[Case] = []
+    def after_repair(self, out: Path, mine: list[Record]) -> list[Record]:
+        dist.barrier(group=self.ranks.control)  # every journal repaired before anyone reads
+        others = [records.read_journal(out, records.rank_journal(r)).records
+                  for r in range(self.ranks.world) if r != self.ranks.rank]
+        return list(records.read_journal(out).records) + mine + [r for o in others for r in o]
 
-        def emit(rec: Record) -> None:
-            current_case.clear()
-            rec = stamp(rec, ranks)
-            writer.write(rec)
-            counts[rec.status] = counts.get(rec.status, 0) + 1
-            if on_record is not None:
-                on_record(rec)
+    def _parallel(self, cases: list[Case]) -> list[Case]:
+        return [c for c in cases if registry.get(c.mechanism).sequence_parallel]
 
-        if writer.repaired:
-            repaired.append(f"{records.rank_journal(ranks.rank)}: a last line cut off by a crash "
-                            f"was moved aside")
-        for case in mine.unfinished:  # this rank died inside it: an error, not tried again
-            if writer.repaired and case == mine.last_started:
-                continue
-            emit(Record(case, registry.get(case.mechanism).family, spec.device, "error",
-                        timestamp=time.time(), reason="process killed while measuring this "
-                        "case (out of memory, or killed by the system); not tried again"))
-        dist.barrier(group=ranks.control)  # every journal repaired before anyone reads them
-        done = all_records(out, ranks.world)
-        parallel = [c for c in cases if registry.get(c.mechanism).sequence_parallel]
-        alone = deal([c for c in cases if not registry.get(c.mechanism).sequence_parallel],
-                     ranks.world)[ranks.rank]
-        keys = {r.case.key() for r in done}
-        if on_start is not None:
-            todo = {c.key() for c in alone + (parallel if ranks.rank == 0 else [])} - keys
-            on_start(out, cases, len(todo))
+    def _alone(self, cases: list[Case]) -> list[Case]:
+        return deal([c for c in cases if not registry.get(c.mechanism).sequence_parallel],
+                    self.ranks.world)[self.ranks.rank]
 
-        def started(case: Case) -> None:
-            current_case[:] = [case]
-            writer.started(case, time.time())
+    def share(self, cases: list[Case]) -> list[Case]:
+        return self._alone(cases) + (self._parallel(cases) if self.ranks.rank == 0 else [])
 
-        sweep = _sweep_class()(spec, emit, ranks, on_case=on_status or (lambda text: None),
-                               started=started)
-        try:
-            if ranks.rank == 0:
-                try:
-                    sweep.run(parallel, done)
-                finally:
-                    end_service(ranks)
-            else:
-                serve(ranks, spec.max_case_seconds)
-            sweep.run(alone, done)
-            dist.barrier(group=ranks.control)  # every rank's journal complete
-        except KeyboardInterrupt:
-            for case in current_case:
-                writer.abandoned(case, time.time())
-            raise
-        finally:
-            if ranks.rank == 0:
-                merge(out, ranks.world)
-                records.finalize(out)
-    return SweepResult(out, counts, time.time() - started_at, repaired)
+    def sweep(self, spec: SweepSpec, emit, **callbacks) -> Sweep:
+        return ShardedSweep(spec, emit, self.ranks, **callbacks)
+
+    def run(self, sweep: Sweep, cases: list[Case], done: list[Record]) -> None:
+        if self.ranks.rank == 0:
+            try:
+                sweep.run(self._parallel(cases), done)
+            finally:
+                end_service(self.ranks)
+        else:
+            serve(self.ranks, sweep.spec.max_case_seconds)
+        sweep.run(self._alone(cases), done)
+        dist.barrier(group=self.ranks.control)  # every rank's journal complete
+
+    def stamp(self, rec: Record) -> Record:
+        return stamp(rec, self.ranks.rank, self.ranks.device_index)
+
+    def finish(self, out: Path) -> None:
+        if self.ranks.rank == 0:
+            merge(out, self.ranks.world)
+            records.finalize(out)

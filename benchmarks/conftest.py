@@ -15,9 +15,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnbench import check, registry
+from attnbench import check, measure, modes, registry
 from attnbench.case import Case
-from attnbench.prepare import PreparedCall, prepare_call
+from attnbench.prepare import PreparedCall, prepare_call, unsupported_reason
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -67,9 +67,9 @@ def correctness():
     cache = {}
 
     def get(mech: registry.Mechanism, case: Case):
-        key = check.check_case(case)
+        key = modes.of(case).check_case(case)  # the sweep's check of the case
         if key not in cache:
-            cache[key] = check.check(mech, case, DEVICE)
+            cache[key] = check.check(mech, key, DEVICE)
         return cache[key]
 
     return get
@@ -85,7 +85,7 @@ def timed_call(correctness):
         avail = mech.available(DEVICE)
         if not avail:
             pytest.skip(avail.reason)
-        reason = mech.unsupported_reason(case)
+        reason = unsupported_reason(mech, case)  # the sweep's gate: the mode's limits
         if reason:
             pytest.skip(reason)
         result = correctness(mech, case)
@@ -97,5 +97,4 @@ def timed_call(correctness):
 
     yield build
     made.clear()
-    if DEVICE == "cuda":
-        torch.cuda.empty_cache()
+    measure.free_memory(DEVICE)

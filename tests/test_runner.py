@@ -4,7 +4,7 @@ import pytest
 import torch
 from fakes import error_at, fake, make_case, oom_from, scaled, sleepy
 
-from attnbench import records, runner
+from attnbench import measure, records, runner
 from attnbench.errors import UsageError
 from attnbench.records import Record
 from attnbench.runner import Sweep, predicted_ms
@@ -138,7 +138,7 @@ def test_inputs_are_random_not_zeros():
 def test_a_case_that_cannot_fit_is_recorded_oom_untried(install, monkeypatch):
     calls = []
     install(fake("fake-big", lambda *a: calls.append(1)))
-    monkeypatch.setattr(runner.measure, "available_bytes", lambda device: 2.0**30)
+    monkeypatch.setattr(measure, "available_bytes", lambda device: 2.0**30)
     rec = sweep("fake-big", seq_lens="128", batch="100000")[0]
     assert rec.status == "oom" and not calls
     assert "not tried: needs at least 6.1 GiB, 1.0 GiB free on cpu" in rec.reason

@@ -6,7 +6,7 @@ import pytest
 import torch
 from fakes import make_case
 
-from attnbench import prepare, registry, runner, testing
+from attnbench import modes, registry, runner, testing
 
 
 def test_plant_env_is_read_at_call_time(monkeypatch):
@@ -82,7 +82,7 @@ def test_measure_case_goes_through_the_hook(monkeypatch):
             return call()
         return counted
 
-    monkeypatch.setattr(prepare, "planted_slowdown", spy)
+    monkeypatch.setattr(modes, "planted_slowdown", spy)
     mech = registry.get("linear-masked")
     case = make_case(mech.name, "bwd", 1, 2, 64, 16)
     values = runner.measure_case(mech, mech.callable(), case, "cpu", 10.0)

@@ -39,10 +39,11 @@ def official_figure(df: pd.DataFrame, title: str = ""):
         ax.text(0.5, 0.5, textwrap.fill(nothing, 44), transform=ax.transAxes, ha="center",
                 va="center", fontsize=10, color="0.25")
     else:
+        dashes = {"fwd": "-", "bwd": "--"}  # the panels' modes: forward solid, backward dashed
         for (mech, mode), rows in table.groupby(["mechanism", "mode"], sort=False):
             st = style[mech]
             ax.plot(rows["seq_len"], rows["ratio"], color=st["color"], marker=st["marker"],
-                    linestyle="-" if mode == "fwd" else "--", markersize=5)
+                    linestyle=dashes.get(mode, "--"), markersize=5)
         finish_axis(ax, seq_lens, table["ratio"])
         ax.axhline(1.0, color="0.3", linewidth=0.8)
         ax.set_title("ours / official: forward solid, backward dashed\n(below 1: ours faster)",

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.case import DEFAULTS, SHAPE_COLUMNS
+from attnbench.modes import OPERATOR_MODES
 from attnbench.plots import shape_text
 from attnbench.sizes import format_size
 
@@ -18,7 +19,7 @@ PAPER_NAMES = {"lightning1": "Lightning-1", "flash2": "FlashAttention-2",
 PAPER_SHAPE = {"batch": 4, "heads": 32, "head_dim": 128, "value_dim": 128, "dtype": "bf16"}
 # A figure's shape: every shape column but decay, which belongs to each mechanism.
 SHAPE_KEYS = [c for c in SHAPE_COLUMNS if c != "decay"]
-MODE_WORDS = {"fwd": "forward", "bwd": "backward", "fwdbwd": "forward+backward"}
+MODE_WORDS = {m.name: m.words for m in OPERATOR_MODES}
 
 
 def label(mech: str) -> str:

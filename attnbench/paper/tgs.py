@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from attnbench import modes
 from attnbench.paper.selection import lengths
 from attnbench.plots import draw_panel, finish_axis, legend_below, number, plt, styles, suptitle
 from attnbench.sizes import format_size
@@ -64,7 +65,7 @@ def paper_table1() -> pd.DataFrame:
 def our_lines(df: pd.DataFrame) -> pd.DataFrame:
     """The run's training-step records as lines (``COLUMNS``; source "ours"; tgs = tokens/s
     of one GPU where the status is ok, else NaN)."""
-    train = df[df["mode"] == "train"]
+    train = modes.rows(df, modes.TRAIN)
     lines = pd.DataFrame(dict(
         source="ours", model=train["model"], size=train["size"], mechanism=train["mechanism"],
         seq_len=train["seq_len"].astype(int), status=train["status"],
@@ -94,7 +95,7 @@ def tgs_figure(df: pd.DataFrame, title: str = ""):
     """Per size of the run: TGS relative to each line's shortest length, ours (solid) beside
     the paper's (dashed); and our absolute TGS (log axes; out of memory and skipped lengths
     marked at the top edge)."""
-    train = df[df["mode"] == "train"]
+    train = modes.rows(df, modes.TRAIN)
     if train.empty:
         raise ValueError("no training-step records (mode train): run attnbench tgs")
     ours, paper = our_lines(df), paper_table1()
