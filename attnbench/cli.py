@@ -256,10 +256,19 @@ def _spec_and_dir(resume: Path | None, given: bool, out: Path | None, name: str 
             raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
                              "options")
         return None, resume, _stored_spec(resume, dev)
+    if name is not None:
+        _check_run_name(name)
     spec = build()
     if out is None:
         out = Path("results") / name if name else Path(f"{default_run_dir(spec)}{suffix}")
     return spec, out, spec
+
+
+def _check_run_name(name: str) -> None:
+    """UsageError unless ``name`` is one plain directory name (under results/)."""
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        raise UsageError(f"--name {name!r}: a run name is one plain directory name under "
+                         "results/ (no '/', not '..'); to write elsewhere use --out DIR")
 
 
 def _stored_spec(run_dir: Path, dev: str) -> SweepSpec:
@@ -282,7 +291,9 @@ def _execute(spec: SweepSpec | None, run_dir: Path, resume: bool, plot: bool,
         def on_start(path: Path, cases, todo: int) -> None:
             progress.console.print(f"{len(cases)} cases ({todo} to run) -> {escape(str(path))}",
                                    highlight=False)
-            progress.update(task, total=todo)
+            # records written before this (cases a killed process left, recorded as errors)
+            # are not among the todo cases: the bar counts from here
+            progress.update(task, total=todo, completed=0)
 
         def on_record(rec: records.Record) -> None:
             counts[rec.status] = counts.get(rec.status, 0) + 1

@@ -292,9 +292,13 @@ class RunWriter:
             raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
 
     def _append(self, row: dict) -> None:
-        self._file.write(json.dumps(row, allow_nan=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(json.dumps(row, allow_nan=False) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:  # a full disk, a lost mount: what was appended before is kept
+            raise UsageError(f"cannot write {self.path}: {exc.strerror or exc}; "
+                             f"{resume_hint(self.run_dir)}") from None
 
     def started(self, case: Case, timestamp: float) -> None:
         """Mark ``case`` as begun: if the process dies inside it, resume records that."""
@@ -459,13 +463,37 @@ def duplicates_line(twice: list[str], shown: int = 3) -> str:
             f"{'; '.join(twice[:shown])}{more}")
 
 
-def write_tables(df: pd.DataFrame, run_dir: Path, parquet: str, csv: str) -> None:
-    """A tidy frame as parquet and CSV in the run directory; UsageError if it cannot be."""
+def resume_hint(run_dir: Path) -> str:
+    """What to do after a write failed: the journal keeps every record written before."""
+    return (f"every record written before is kept in {JSONL_FILE}: make room, then continue "
+            f"with --resume {run_dir}")
+
+
+def write_whole(path: Path, write) -> None:
+    """``write(partial)`` to a file beside ``path``, then rename it onto ``path``: a failure (a
+    full disk) leaves no empty or partial file, and an older whole one in place. Exceptions
+    propagate after the partial file is removed."""
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        df.to_parquet(Path(run_dir) / parquet, index=False)
-        df.to_csv(Path(run_dir) / csv, index=False)
-    except OSError as exc:
-        raise UsageError(f"cannot write {parquet} and {csv} in {run_dir}: {exc.strerror}") from None
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_tables(df: pd.DataFrame, run_dir: Path, parquet: str, csv: str) -> None:
+    """A tidy frame as parquet and CSV in the run directory, each whole or not at all;
+    UsageError naming the file if one cannot be written."""
+    for name, write in ((parquet, lambda p: df.to_parquet(p, index=False)),
+                        (csv, lambda p: df.to_csv(p, index=False))):
+        path = Path(run_dir) / name
+        try:
+            write_whole(path, write)
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}; "
+                             f"{resume_hint(run_dir)}") from None
 
 
 def finalize(run_dir: Path) -> pd.DataFrame | None:

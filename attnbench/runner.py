@@ -10,6 +10,7 @@ which the CLI hands in).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,5 +160,17 @@ def _run_sweep(spec, out, *, resume, on_record, on_status, on_start, executor) -
                 writer.abandoned(case, time.time())
             raise
         finally:
-            ex.finish(out)
+            _finish_tables(ex, out)
     return SweepResult(out, counts, time.time() - started_at, repaired)
+
+
+def _finish_tables(ex: LocalExecutor, out: Path) -> None:
+    """The executor's tables at the end of a run; while an error is on its way out (a full
+    disk writing the journal) a failure here does not hide that error, which said it first."""
+    if sys.exc_info()[1] is None:
+        ex.finish(out)
+        return
+    try:
+        ex.finish(out)
+    except UsageError:
+        pass

@@ -99,6 +99,9 @@ def build_spec(
     world_sizes: str | None = None,
 ) -> SweepSpec:
     """A preset's values, overridden by whatever was given explicitly. Raises UsageError."""
+    refuse_empty(mechanisms=mechanisms, seq_lens=seq_lens, batch=batch, heads=heads,
+                 head_dim=head_dims, dtype=dtypes, modes=modes, value_dim=value_dims,
+                 world_sizes=world_sizes)
     if device not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
     preset = preset or ("quick" if device == "cuda" else "cpu")
@@ -126,8 +129,21 @@ def build_spec(
         world_sizes=parse_sizes(world_sizes) if world_sizes else (),
     )
     _check_budgets(spec)
-    registry.select(spec.mechanisms, device)  # unknown names fail here, before any work
+    chosen = registry.select(spec.mechanisms, device)  # unknown names fail here, before any work
+    if spec.world_sizes and not any(m.sequence_parallel for m in chosen):
+        parallel = ", ".join(m.name for m in registry.MECHANISMS if m.sequence_parallel)
+        raise UsageError(f"--world-sizes applies to sequence-parallel mechanisms ({parallel}) "
+                         f"and --mechanisms {spec.mechanisms} names none")
     return spec
+
+
+def refuse_empty(**options: str | None) -> None:
+    """UsageError for a list option given as an empty string (``--mechanisms ""``): an empty
+    list is a mistake (an unset shell variable), never a way to ask for the default."""
+    for name, value in options.items():
+        if value is not None and not str(value).replace(",", "").strip():
+            raise UsageError(f"empty --{name.replace('_', '-')} list; leave the option out for "
+                             "its default")
 
 
 def _check_budgets(spec: SweepSpec) -> None:
@@ -229,6 +245,8 @@ def build_train_spec(
     """
     from attnbench import models as model_lib
 
+    refuse_empty(models=models, size=sizes, mechanisms=mechanisms, seq_lens=seq_lens,
+                 tokens_per_step=tokens_per_step, dtype=dtype)
     if device not in TRAIN_DEFAULTS:
         raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
     base = TRAIN_DEFAULTS[device]

@@ -65,7 +65,7 @@ def test_help_shows_no_type_after_flags(monkeypatch, capsys, command):
     (["--seq-lens", "0"], "positive"),
     (["--seq-lens", "-1"], "bad size"),
     (["--seq-lens", "4k..1k"], "larger than"),
-    (["--seq-lens", ""], "empty size list"),
+    (["--seq-lens", ""], "empty --seq-lens list"),
     (["--batch", "0"], "positive"),
     (["--mechanisms", "nosuch"], "unknown mechanism or family 'nosuch'"),
     (["--dtype", "fp8"], "unknown dtype"),

@@ -237,3 +237,128 @@ def test_profile_says_when_it_profiles_fewer_calls_than_asked(tmp_path, install)
                              tmp_path / "run")
     assert code == 0, err
     assert "of --calls 100000: 100000 calls of" in " ".join(out.split())
+
+
+# --- item 8: a full disk --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``fill(after)``: from the ``after``-th journal append on, and for every table and figure,
+    the disk is full (the tables and figures leave the empty file a real full disk leaves)."""
+    import errno
+    import os
+
+    import matplotlib.figure
+    import pandas as pd
+
+    from attnbench import records
+
+    def enospc(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def empty_then_full(self, path, *args, **kwargs):
+        open(path, "wb").close()
+        enospc()
+
+    def fill(after: int):
+        syncs = []
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            syncs.append(fd)
+            if len(syncs) > after:
+                enospc()
+            real_fsync(fd)
+
+        monkeypatch.setattr(records.os, "fsync", fsync)
+        for owner, name in ((pd.DataFrame, "to_parquet"), (pd.DataFrame, "to_csv"),
+                            (matplotlib.figure.Figure, "savefig")):
+            monkeypatch.setattr(owner, name, empty_then_full)
+
+    yield fill
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("after, full", [(3, "records.jsonl"), (1000, "records.parquet")])
+def test_a_full_disk_names_the_file_gives_the_resume_hint_and_leaves_no_empty_file(
+        tmp_path, full_disk, monkeypatch, after, full):
+    run_dir = tmp_path / "run"
+    full_disk(after)
+    code, out, err = run_cli(*TINY[:-1], "--out", run_dir)  # with plots
+    one_line_error(code, out, err, f"cannot write {run_dir / full}: No space left on device",
+                   f"continue with --resume {run_dir}")
+    left = sorted(p.name for p in run_dir.iterdir())
+    for name in ("records.parquet", "records.csv", "sweep.png", "sweep.svg"):
+        assert name not in left, left
+    assert not [name for name in left if "partial" in name], left
+    monkeypatch.undo()  # room made: the hint works
+    code, out, err = run_cli("run", "--resume", run_dir)
+    assert code == 0, err
+    assert {"records.parquet", "records.csv", "sweep.png"} <= {p.name for p in run_dir.iterdir()}
+
+
+# --- item 8: names, empty lists, --world-sizes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", "/tmp/x", ""])
+def test_a_run_name_that_is_a_path_is_refused(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(*TINY, "--name", name)
+    one_line_error(code, out, err, "--name", "use --out DIR")
+    assert not (tmp_path / "results").exists() and not (tmp_path.parent / "x").exists()
+
+
+@pytest.mark.parametrize("command, option", [
+    ("run", "--mechanisms"), ("run", "--seq-lens"), ("run", "--value-dim"),
+    ("run", "--world-sizes"), ("run", "--dtype"), ("tgs", "--size"), ("tgs", "--models"),
+    ("tgs", "--mechanisms"), ("tgs", "--tokens-per-step"), ("profile", "--mechanisms"),
+])
+def test_every_empty_list_option_is_an_error(tmp_path, command, option):
+    args = ["--device", "cpu", "--out", tmp_path / "run"]
+    for value in ("", " , "):
+        code, out, err = run_cli(command, *args, option, value)
+        one_line_error(code, out, err, f"empty {option} list")
+    assert not (tmp_path / "run").exists()
+
+
+def test_world_sizes_without_a_sequence_parallel_mechanism_is_refused(tmp_path):
+    code, out, err = run_cli(*TINY, "--world-sizes", "1,2", "--out", tmp_path / "run")
+    one_line_error(code, out, err, "--world-sizes applies to sequence-parallel mechanisms",
+                   "lightning2-sp")
+
+
+def test_the_resume_progress_bar_counts_only_the_cases_it_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(*TINY, "--modes", "fwd,bwd", "--seq-lens", "64,128,256", "--out",
+                           run_dir)
+    assert code == 0, err
+    lines = (run_dir / "records.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines if '"status"' in line]
+    killed = {k: recs[2][k] for k in ("mechanism", "mode", "batch", "heads", "seq_len",
+                                      "head_dim", "value_dim", "dtype", "decay")}
+    (run_dir / "records.jsonl").write_text("\n".join(
+        [json.dumps(r) for r in recs[:2]] + [json.dumps({"started": killed})]) + "\n")
+    code, out, err = run_cli("run", "--resume", run_dir, "--no-plot")
+    assert code == 0, err
+    assert "6 cases (3 to run)" in out and " 3/3 " in out and "4/3" not in out
+
+
+def test_a_median_of_a_wide_spread_is_marked_in_tables(tmp_path):
+    steady, noisy = ok_record(n=64), ok_record(n=128)
+    noisy = Record(noisy.case, "linear", "cpu", "ok", time_ms=2.0, time_ms_p20=0.5,
+                   time_ms_p80=5.5, reps=10, tokens_per_s=64e3)  # p20..p80 spans 11x
+    run_dir = make_run(tmp_path / "run", [steady, noisy])
+    code, out, err = run_cli("report", run_dir, "--metric", "time")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.lstrip("│ ").startswith("linear-masked"))
+    assert "2~" in row and "1~" not in row
+    assert "~ wide spread" in out
+
+
+def test_the_readme_says_the_journal_holds_marker_lines_too():
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert "`records.jsonl`: one line per case" not in text
+    assert "a `started` line before each measured case" in text and "`abandoned` line" in text

@@ -31,7 +31,7 @@ def test_explicit_options_override_preset():
     (dict(seq_lens="1k.."), "bad range"),
     (dict(batch="0"), "positive"),
     (dict(heads="abc"), "bad size"),
-    (dict(dtypes=","), "empty dtype list"),
+    (dict(dtypes=","), "empty --dtype list"),
     (dict(max_case_seconds=0), "must be a positive number"),
     (dict(max_case_seconds=float("nan")), "must be a positive number, not nan"),
     (dict(line_seconds=-1), "--line-seconds must be a number >= 0"),
