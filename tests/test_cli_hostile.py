@@ -298,7 +298,7 @@ def test_a_full_disk_names_the_file_gives_the_resume_hint_and_leaves_no_empty_fi
     assert {"records.parquet", "records.csv", "sweep.png"} <= {p.name for p in run_dir.iterdir()}
 
 
-# --- item 8: names, empty lists, --world-sizes ------------------------------------------------------
+# --- item 8: names, empty lists, --world-sizes ------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["../../x", "a/b", "..", "/tmp/x", ""])
