@@ -222,8 +222,15 @@ def _launch_ranks(gpus: int, device: str, resume: Path | None, sweep_options: di
     dev = _device(device)
     if dev == "cuda" and gpus > torch.cuda.device_count():
         raise UsageError(f"--gpus {gpus}: torch sees {torch.cuda.device_count()} GPU(s)")
+    cores = sharded.cpu_cores()
+    if dev == "cpu" and gpus > cores:
+        raise UsageError(f"--gpus {gpus} on the CPU starts {gpus} processes and this machine "
+                         f"gives {cores} core(s); ask for at most {cores}")
     spec = _stored_spec(resume, dev) if resume is not None else build_spec(device=dev, **sweep_options)
     sharded.with_world(expand(spec), gpus, spec.world_sizes)  # bad sizes or lengths: exit 2 here
+    if dev == "cpu":
+        console.print(f"[bold yellow]No GPU in use:[/] --gpus {gpus} starts {gpus} CPU "
+                      "process(es) joined by gloo; times are CPU times", highlight=False)
     argv, skip = [], False
     for arg in sys.argv[1:]:
         if skip:
@@ -284,7 +291,6 @@ def _execute(spec: SweepSpec | None, run_dir: Path, resume: bool, plot: bool,
     """run_sweep with a progress bar, then the tables and plots (``command``: what to tell a
     user to type to continue an interrupted run; ``sweep``: run_sweep, or a function of its
     signature that does more per case, as ``attnbench.profile.profile_sweep``)."""
-    counts: dict[str, int] = {}
     with _progress() as progress:
         task = progress.add_task("starting", total=None)
 
@@ -296,7 +302,6 @@ def _execute(spec: SweepSpec | None, run_dir: Path, resume: bool, plot: bool,
             progress.update(task, total=todo, completed=0)
 
         def on_record(rec: records.Record) -> None:
-            counts[rec.status] = counts.get(rec.status, 0) + 1
             progress.advance(task)
             if rec.status in ("oom", "error", "timeout") or rec.check == "fail":
                 c = rec.case
@@ -326,7 +331,7 @@ def _execute(spec: SweepSpec | None, run_dir: Path, resume: bool, plot: bool,
             raise typer.Exit(1) from None
     for line in result.repaired:
         err_console.print(f"[yellow]repaired:[/] {escape(line)}", highlight=False, soft_wrap=True)
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))  # every rank's
     console.print(f"finished in {result.seconds:.0f} s: {summary or 'nothing to run'}")
     _finish(run_dir, plot=plot)
 
@@ -629,6 +634,9 @@ def main() -> None:
         if _says_errors():  # under torchrun the same line once, by rank 0
             err_console.print(f"attnbench: error: {escape(str(exc))}", highlight=False,
                               soft_wrap=True)
+        from attnbench import sharded
+
+        sharded.settle()  # the ranks leave together, after rank 0 said why
         sys.exit(2)
     except OSError as exc:  # a filesystem failure no command foresaw: still one line
         where = f"{exc.filename}: " if exc.filename else ""

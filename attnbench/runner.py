@@ -161,7 +161,7 @@ def _run_sweep(spec, out, *, resume, on_record, on_status, on_start, executor) -
             raise
         finally:
             _finish_tables(ex, out)
-    return SweepResult(out, counts, time.time() - started_at, repaired)
+    return SweepResult(out, ex.total_counts(counts), time.time() - started_at, repaired)
 
 
 def _finish_tables(ex: LocalExecutor, out: Path) -> None:

@@ -140,6 +140,8 @@ def init(device: str) -> Ranks:
     ranks see different kinds of device (one CUDA, another the CPU)."""
     if _RANKS:
         return _RANKS[0]
+    if device == "cpu":  # lightning2-sp's kernels on the CPU: Triton's interpreter
+        interpret_triton_on_cpu()
     joined_here = not dist.is_initialized()
     if joined_here:
         _join()
@@ -161,6 +163,46 @@ def init(device: str) -> Ranks:
     # torchrun stops the other ranks with SIGTERM when one fails: run_sweep takes it as Ctrl-C
     # (attnbench.interrupts), so the case in hand is marked abandoned and the tables written
     return _RANKS[0]
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or taskset sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def settle(timeout: timedelta = timedelta(seconds=30)) -> None:
+    """After an error every rank of the group raised (the same bad input): wait, up to
+    ``timeout``, until every rank is here; then rank 0, which has said why, leaves first and
+    the others after it (torchrun stops every rank the moment one exits, so a rank leaving
+    first could cut rank 0 off before its line). Nothing outside a group."""
+    ranks = current()
+    if ranks is None:
+        return
+    try:
+        dist.monitored_barrier(group=ranks.control, timeout=timeout, wait_all_ranks=True)
+    except Exception:  # a rank that never comes, a group that has no monitored barrier
+        return
+    if ranks.rank == 0:
+        return  # rank 0 has said why: it exits first, the root cause torchrun reports
+    try:  # the others wait until rank 0 has gone (its connection closes) or torchrun stops them
+        dist.recv(torch.zeros(1), src=0, group=ranks.control)
+    except Exception:
+        pass
+
+
+def interpret_triton_on_cpu() -> None:
+    """TRITON_INTERPRET=1 unless the user chose otherwise: Triton reads it when a kernel is
+    decorated, so it is set before attnbench.kernels is imported (UsageError if it was
+    already, without it: its kernels would look for a GPU driver)."""
+    import sys
+
+    if "attnbench.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UsageError("a CPU sharded run needs TRITON_INTERPRET=1 for lightning2-sp, and "
+                         "attnbench.kernels was imported without it; set it before importing")
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def with_world(cases: list[Case], world: int, sizes: tuple[int, ...] = ()) -> list[Case]:
@@ -542,6 +584,14 @@ class ShardedExecutor(LocalExecutor):
 
     def stamp(self, rec: Record) -> Record:
         return stamp(rec, self.ranks.rank, self.ranks.device_index)
+
+    def total_counts(self, counts: dict[str, int]) -> dict[str, int]:
+        """Every rank's records of this run, by status (each rank calls this at the end)."""
+        total: dict[str, int] = {}
+        for part in _gather(counts, self.ranks):
+            for status, n in part.items():
+                total[status] = total.get(status, 0) + n
+        return total
 
     def finish(self, out: Path) -> None:
         if self.ranks.rank == 0:

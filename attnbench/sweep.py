@@ -313,7 +313,7 @@ class LocalExecutor:
     ``run_sweep`` calls its methods in this order: ``admit`` (may the sweep run here),
     ``cases``, ``run_dir`` (the directory made ready), ``meta`` (what meta.json adds),
     ``after_repair`` (the journals mended, the earlier records), ``share`` (what this process
-    runs), ``sweep`` and ``run``, ``stamp`` for each record, ``finish``.
+    runs), ``sweep`` and ``run``, ``stamp`` for each record, ``finish``, ``total_counts``.
     """
 
     journal = records.JSONL_FILE
@@ -359,6 +359,10 @@ class LocalExecutor:
 
     def stamp(self, rec: Record) -> Record:
         return stamp(rec)
+
+    def total_counts(self, counts: dict[str, int]) -> dict[str, int]:
+        """The records of this run by status, every process's (here, this one's)."""
+        return counts
 
     def finish(self, out: Path) -> None:
         records.finalize(out)
