@@ -125,7 +125,7 @@ def _progress() -> Progress:
 
 # The sweep options of `run`, declared once: `profile` takes the same.
 _Preset = Annotated[str | None, typer.Option(help=f"One of {', '.join(PRESETS)}; default: quick on a GPU, cpu without.")]
-_Mechanisms = Annotated[str | None, typer.Option(help="Names or families (softmax, linear), comma separated; default all that run on the device.")]
+_Mechanisms = Annotated[str | None, typer.Option(help="Names or families (softmax, linear), comma separated, or all (every one that runs on the device); default the preset's: quick runs lightning2, lightning1, flash2, sdpa-cudnn and linear-cumsum, the others all.")]
 _SeqLens = Annotated[str | None, typer.Option(help="e.g. 1k..256k (doubling) or 1k,3k,8192.")]
 _Batch = Annotated[str | None, typer.Option(help="Batch sizes, e.g. 1,4.")]
 _Heads = Annotated[str | None, typer.Option(help="Head counts, e.g. 16,32.")]
@@ -207,6 +207,20 @@ def run(
     _execute(spec, run_dir, resume is not None, plot,
              "run" if ranks is None else f"run --gpus {ranks.world}",
              sweep=partial(run_sweep, executor=executor))
+    _say_left_out(shown)
+
+
+def _say_left_out(spec: SweepSpec) -> None:
+    """After a run of a preset's own mechanisms, which mechanisms it left out and how to get
+    them (the quick preset on a GPU: the peers and the slow references)."""
+    from attnbench.spec import left_out
+
+    missing = left_out(spec)
+    if missing:
+        console.print(f"not in the {escape(spec.preset)} preset (slow to start on a fresh "
+                      f"machine, or slow references): {escape(', '.join(missing))}; run them "
+                      "with --mechanisms all (or --preset full), or name them with "
+                      "--mechanisms", highlight=False, soft_wrap=True)
 
 
 def _launch_ranks(gpus: int, device: str, resume: Path | None, sweep_options: dict) -> None:

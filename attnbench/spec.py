@@ -57,19 +57,43 @@ class SweepSpec:
         return cls(**values)
 
 
+# What a plain `attnbench run` on a GPU (the quick preset) runs: our kernels beside
+# FlashAttention-2, cuDNN and the naive cumsum reference, the comparison a newcomer came for,
+# inside a minute on a fresh machine. Left to --mechanisms all or --preset full: the peers
+# that are slow to start there (FLA autotunes every new shape, 142 s on a fresh H100; the
+# official lightning-attn recompiles for every length) and the other references.
+QUICK_MECHANISMS = "lightning2,lightning1,flash2,sdpa-cudnn,linear-cumsum"
+_QUICK_GRID = dict(seq_lens="1k..16k", batch="2", heads="16", head_dims="128", dtypes="bf16",
+                   modes="fwd,bwd", decay=True, max_case_seconds=2.0, line_seconds=3.0)
+
 PRESETS: dict[str, dict] = {
     # Finishes in well under a minute on 2 CPU cores, over every CPU-capable mechanism.
-    "cpu": dict(seq_lens="128..1k", batch="1", heads="4", head_dims="32", dtypes="fp32",
-                modes="fwd,bwd", decay=True, max_case_seconds=10.0, line_seconds=0.0),
-    # The first GPU run and the CI regression grid: about a minute on one GPU. The slow
+    "cpu": dict(mechanisms="all", seq_lens="128..1k", batch="1", heads="4", head_dims="32",
+                dtypes="fp32", modes="fwd,bwd", decay=True, max_case_seconds=10.0,
+                line_seconds=0.0),
+    # The first GPU run and the CI regression grid: a minute on one fresh GPU. The slow
     # references (one Python step per token, n x n matrices) say what they can in a few
     # seconds a line; the kernels are far below these budgets.
-    "quick": dict(seq_lens="1k..16k", batch="2", heads="16", head_dims="128", dtypes="bf16",
-                  modes="fwd,bwd", decay=True, max_case_seconds=2.0, line_seconds=3.0),
+    "quick": dict(mechanisms=QUICK_MECHANISMS, **_QUICK_GRID),
+    # The quick grid over every mechanism that runs on the device: the peers and the slow
+    # references too (minutes on a fresh GPU: their first calls compile and autotune).
+    "full": dict(mechanisms="all", **_QUICK_GRID),
     # The official Lightning Attention-2 benchmark's shape.
-    "paper": dict(seq_lens="1k..128k", batch="4", heads="32", head_dims="128", dtypes="bf16",
-                  modes="fwd,bwd", decay=True, max_case_seconds=30.0, line_seconds=60.0),
+    "paper": dict(mechanisms="all", seq_lens="1k..128k", batch="4", heads="32",
+                  head_dims="128", dtypes="bf16", modes="fwd,bwd", decay=True,
+                  max_case_seconds=30.0, line_seconds=60.0),
 }
+
+
+def left_out(spec: SweepSpec) -> list[str]:
+    """The mechanisms that run on the spec's device and its preset's default left out (the
+    quick preset's peers and slow references), where the mechanisms are the preset's own:
+    what `--mechanisms all` would add."""
+    if spec.models or spec.preset not in PRESETS or (
+            spec.mechanisms != PRESETS[spec.preset]["mechanisms"]):
+        return []
+    chosen = {m.name for m in registry.select(spec.mechanisms, spec.device)}
+    return [m.name for m in registry.select("all", spec.device) if m.name not in chosen]
 
 
 def _parse_choices(text: str, allowed, what: str) -> tuple[str, ...]:
@@ -113,7 +137,7 @@ def build_spec(
         return base[key] if value is None else value
 
     spec = SweepSpec(
-        mechanisms=mechanisms or "all",
+        mechanisms=pick(mechanisms, "mechanisms"),
         seq_lens=parse_sizes(pick(seq_lens, "seq_lens")),
         batch=parse_sizes(pick(batch, "batch")),
         heads=parse_sizes(pick(heads, "heads")),

@@ -79,3 +79,20 @@ def test_specs_of_schema_1_runs_still_read():
            if k not in ("value_dims", "line_seconds")}
     spec = SweepSpec.from_json(old)
     assert spec.value_dims == () and spec.line_seconds == 0.0
+
+
+def test_plain_run_on_a_gpu_is_our_kernels_beside_flash2_cudnn_and_the_cumsum_reference():
+    """Issue 21, the first minute on a GPU: the quick preset leaves the slow starters out."""
+    from attnbench.spec import left_out
+
+    spec = build_spec(None, "cuda")
+    assert spec.preset == "quick"
+    names = {c.mechanism for c in expand(spec)}
+    assert names == {"lightning2", "lightning1", "flash2", "sdpa-cudnn", "linear-cumsum"}
+    assert {"peer-fla-chunk", "peer-lightning-attn"} <= set(left_out(spec))
+    assert not set(left_out(spec)) & names
+    full = build_spec("full", "cuda")
+    assert {"peer-fla-chunk", "peer-lightning-attn"} <= {c.mechanism for c in expand(full)}
+    assert (full.seq_lens, full.batch, full.heads) == (spec.seq_lens, spec.batch, spec.heads)
+    assert left_out(full) == [] and left_out(build_spec("quick", "cuda", mechanisms="all")) == []
+    assert left_out(build_spec(None, "cpu")) == []  # the cpu preset runs every CPU mechanism
