@@ -441,3 +441,17 @@ def failure_lines(result: Comparison) -> list[str]:
 def not_gated_lines(result: Comparison) -> list[str]:
     return [f"{c.case.mechanism} {c.case.mode} n={c.case.seq_len}: {c.verdict}: {c.why}"
             for c in result.cases if c.not_gated]
+
+
+def print_result(result: Comparison, console, err_console) -> None:
+    """The comparison's table and counts; warnings, cases not gated and failures on stderr."""
+    from rich.markup import escape
+
+    console.print(table(result))
+    counts = ", ".join(f"{n} {v}" for v, n in sorted(result.counts().items()))
+    console.print(f"{len(result.cases)} cases: {counts}", highlight=False)
+    for prefix, lines in (("[yellow]warning:[/]", result.warnings),
+                          ("[yellow]not gated[/]", not_gated_lines(result)),
+                          ("[red]FAIL[/]", failure_lines(result))):
+        for line in lines:
+            err_console.print(f"{prefix} {escape(line)}", highlight=False, soft_wrap=True)

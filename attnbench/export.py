@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -95,3 +96,11 @@ def export(df: pd.DataFrame, fmt: str) -> tuple[str, int]:
         raise UsageError("the run has no measured (ok) records to export")
     data = github_action_benchmark(rows) if fmt == "github-action-benchmark" else bencher(rows)
     return json.dumps(data, indent=2, allow_nan=False) + "\n", dropped
+
+
+def write_file(path, text: str) -> None:
+    """Write the export to ``path``; UsageError if it cannot be written."""
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None

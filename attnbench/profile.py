@@ -413,3 +413,19 @@ def print_kernels(df: pd.DataFrame, console, top: int = 12) -> None:
             cells += ["" if pd.isna(r[c]) else f"{r[c]:.4g}" for c in merged]
             table.add_row(*cells)
         console.print(table)
+
+
+def show_profile(run_dir: Path, console, top: int = 12) -> None:
+    """The end of ``attnbench profile``: kernels.parquet and .csv written, the kernel tables
+    on ``console``, and where the traces and tables are."""
+    from rich.markup import escape
+
+    kernels = finalize_kernels(run_dir)
+    if kernels is None or kernels.empty:
+        console.print("no case measured ok, so none was profiled", highlight=False)
+    else:
+        print_kernels(kernels, console, top=top)
+    if (run_dir / PROFILES_DIR).is_dir():  # name only folders that exist
+        console.print(f"traces: {escape(str(run_dir / PROFILES_DIR))}; kernels: "
+                      f"{escape(str(run_dir / KERNELS_PARQUET))}, {KERNELS_CSV}",
+                      highlight=False)

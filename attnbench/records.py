@@ -428,14 +428,21 @@ def load(run_dir: Path, strict: bool = False) -> pd.DataFrame:
                          f"line(s): {'; '.join(journal.problems[:5])}")
     if not journal.records:
         raise UsageError(f"{str(run_dir)!r} holds no records ({JSONL_FILE} is missing or empty)")
-    latest = {r.case.key(): r for r in journal.records}
     twice = duplicated_cases(journal.records)
     if twice and strict:
         raise UsageError(f"{Path(run_dir) / JSONL_FILE}: {duplicates_line(twice)}")
-    df = to_frame(list(latest.values()))
+    df = latest_frame(journal.records)
     df.attrs["problems"] = journal.problems
-    df.attrs["duplicates"] = len(journal.records) - len(latest)
     df.attrs["duplicated_cases"] = twice
+    return df
+
+
+def latest_frame(recs: list[Record]) -> pd.DataFrame:
+    """Records as a tidy frame, one row per case: the last record of each case wins
+    (``attrs["duplicates"]``: how many earlier ones were left out)."""
+    latest = {r.case.key(): r for r in recs}
+    df = to_frame(list(latest.values()))
+    df.attrs["duplicates"] = len(recs) - len(latest)
     return df
 
 

@@ -577,3 +577,16 @@ def select(selection: str | None, device: str | None) -> list[Mechanism]:
     if not chosen:
         raise UsageError(f"no mechanism selected by {selection!r} on {device}")
     return chosen
+
+
+def listing(device: str | None) -> list[dict]:
+    """Every mechanism as a dict (``attnbench list --json``): what it is, what it takes, and
+    whether it runs on ``device`` here, with the reason."""
+    rows = []
+    for m in MECHANISMS:
+        avail = m.available(device)
+        rows.append(dict(name=m.name, family=m.family, available=avail.ok, reason=avail.reason,
+                         devices=list(m.devices), dtypes=list(m.dtypes),
+                         head_dims=list(m.head_dims), decay=m.decay, backward=m.backward,
+                         layout=m.layout, package=m.package, oracle=m.oracle, summary=m.summary))
+    return rows

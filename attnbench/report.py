@@ -11,6 +11,7 @@ from rich.table import Table
 
 from attnbench import modes
 from attnbench.case import FOLLOWS_LENGTH, view_columns
+from attnbench.errors import UsageError
 from attnbench.measure import HOST_BOUND_FRACTION, host_bound
 from attnbench.sizes import format_size
 
@@ -116,6 +117,25 @@ def notes(df: pd.DataFrame) -> list[str]:
         lens = ", ".join(format_size(int(n)) for n in sorted(group["seq_len"].unique()))
         lines.append(f"{mech} {mode} {status} at {lens}: {reason}")
     return lines
+
+
+def parse_metrics(metric: str) -> tuple[str, ...]:
+    """The metrics ``attnbench report --metric`` names (``all``: the three); UsageError else."""
+    metrics = ("tokens", "time", "memory") if metric == "all" else (metric,)
+    for m in metrics:
+        if m not in ("tokens", "time", "memory"):
+            raise UsageError(f"unknown metric {m!r}; choose tokens, time, memory or all")
+    return metrics
+
+
+def print_header(run_dir, meta: dict, console: Console) -> None:
+    """Which run: its directory and command, the GPU, torch, triton and commit it ran on."""
+    env = meta.get("environment", {})
+    packages = env.get("packages", {})
+    commit = escape(str(env.get("git_commit")))
+    console.print(f"[bold]{escape(str(run_dir))}[/]: {escape(meta.get('command', ''))}\n"
+                  f"[dim]{escape(env.get('gpu') or 'CPU')}, torch {packages.get('torch')}, "
+                  f"triton {packages.get('triton')}, commit {commit}[/]", highlight=False)
 
 
 def planted_line(df: pd.DataFrame) -> str:

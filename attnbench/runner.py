@@ -45,6 +45,8 @@ class SweepResult:
     counts: dict[str, int]  # status -> records written by this call
     seconds: float
     repaired: list[str] = field(default_factory=list)  # what opening the journal mended
+    # The tables written at the end (None where this process wrote none: a rank but 0)
+    table: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -67,6 +69,49 @@ def resolve(spec: SweepSpec | None, out: Path | str | None,
     if spec is not None and spec != stored:
         raise UsageError(f"{out} holds another sweep; resume it without sweep options")
     return stored, meta
+
+
+def stored_spec(run_dir: Path, device: str) -> SweepSpec:
+    """The sweep a run directory holds, to resume it on ``device`` (UsageError if it ran on
+    another kind of device)."""
+    stored = SweepSpec.from_json(records.read_meta(run_dir)["spec"])
+    if stored.device != device:
+        raise UsageError(f"{run_dir} was run on {stored.device}; this machine runs on {device}")
+    return stored
+
+
+def plan(resume: Path | None, given: bool, out: Path | None, name: str | None, device: str,
+         build: Callable[[], SweepSpec], suffix: str = "",
+         training: bool = False) -> tuple[SweepSpec | None, Path, SweepSpec]:
+    """A new run or the resume of one, as a command line asks: (the spec for ``run_sweep``,
+    None when resuming; the run directory; the spec to show).
+
+    ``given``: a sweep option was given (refused with ``resume``); ``build()`` makes a new
+    spec; the default directory is results/<name>, else results/<time>-<preset>-<device>
+    followed by ``suffix``. ``training``: for ``attnbench tgs``, which resumes only
+    training-step sweeps."""
+    if resume is not None:
+        if given or out or name:
+            raise UsageError("--resume takes the sweep from DIR/meta.json; give no other sweep "
+                             "options")
+        stored = stored_spec(resume, device)
+        if training and not stored.models:
+            raise UsageError(f"{resume} is an operator sweep; continue it with attnbench run "
+                             f"--resume {resume}")
+        return None, resume, stored
+    if name is not None:
+        check_run_name(name)
+    spec = build()
+    if out is None:
+        out = Path("results") / name if name else Path(f"{default_run_dir(spec)}{suffix}")
+    return spec, out, spec
+
+
+def check_run_name(name: str) -> None:
+    """UsageError unless ``name`` is one plain directory name (under results/)."""
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        raise UsageError(f"--name {name!r}: a run name is one plain directory name under "
+                         "results/ (no '/', not '..'); to write elsewhere use --out DIR")
 
 
 def run_sweep(
@@ -160,17 +205,17 @@ def _run_sweep(spec, out, *, resume, on_record, on_status, on_start, executor) -
                 writer.abandoned(case, time.time())
             raise
         finally:
-            _finish_tables(ex, out)
-    return SweepResult(out, ex.total_counts(counts), time.time() - started_at, repaired)
+            table = _finish_tables(ex, out, mine)
+    return SweepResult(out, ex.total_counts(counts), time.time() - started_at, repaired, table)
 
 
-def _finish_tables(ex: LocalExecutor, out: Path) -> None:
-    """The executor's tables at the end of a run; while an error is on its way out (a full
-    disk writing the journal) a failure here does not hide that error, which said it first."""
+def _finish_tables(ex: LocalExecutor, out: Path, mine: list[Record]):
+    """The executor's tables at the end of a run (its ``finish``); while an error is on its
+    way out (a full disk writing the journal) a failure here does not hide that error, which
+    said it first."""
     if sys.exc_info()[1] is None:
-        ex.finish(out)
-        return
+        return ex.finish(out, mine)
     try:
-        ex.finish(out)
+        return ex.finish(out, mine)
     except UsageError:
-        pass
+        return None

@@ -56,6 +56,44 @@ GROUP_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 JOIN_TIMEOUT = timedelta(minutes=5)
 
 
+def launch(gpus: int, device: str, build: Callable[[], SweepSpec], argv: list[str]) -> int:
+    """``attnbench run --gpus N``: check the input here (``build()``: the sweep), then start N
+    ranks of ``attnbench <argv less --gpus>`` through torch.distributed.run; their exit
+    status (2 where every failed rank exited 2, as for bad input)."""
+    if launched():
+        raise UsageError("--gpus starts the ranks itself; under torchrun leave it out")
+    if gpus < 1:
+        raise UsageError(f"--gpus must be at least 1, not {gpus}")
+    if device == "cuda" and gpus > torch.cuda.device_count():
+        raise UsageError(f"--gpus {gpus}: torch sees {torch.cuda.device_count()} GPU(s)")
+    cores = cpu_cores()
+    if device == "cpu" and gpus > cores:
+        raise UsageError(f"--gpus {gpus} on the CPU starts {gpus} processes and this machine "
+                         f"gives {cores} core(s); ask for at most {cores}")
+    spec = build()
+    with_world(expand(spec), gpus, spec.world_sizes)  # bad sizes or lengths: refused here
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            rest.append(arg)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as run_ranks
+
+    args = get_args_parser().parse_args(
+        ["--standalone", "--nproc-per-node", str(gpus), "-m", "attnbench", *rest])
+    try:
+        run_ranks(args)
+    except ChildFailedError as exc:
+        codes = {f.exitcode for f in exc.failures.values()}
+        return 2 if codes == {2} else 1
+    return 0
+
+
 def launched() -> bool:
     """True where the environment names a whole process group to join (RANK, WORLD_SIZE,
     MASTER_ADDR and MASTER_PORT, as torchrun sets them)."""
@@ -593,7 +631,8 @@ class ShardedExecutor(LocalExecutor):
                 total[status] = total.get(status, 0) + n
         return total
 
-    def finish(self, out: Path) -> None:
+    def finish(self, out: Path, mine: list[Record]):
         if self.ranks.rank == 0:
             merge(out, self.ranks.world)
-            records.finalize(out)
+            return records.finalize(out)
+        return None

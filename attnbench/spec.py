@@ -96,6 +96,20 @@ def left_out(spec: SweepSpec) -> list[str]:
     return [m.name for m in registry.select("all", spec.device) if m.name not in chosen]
 
 
+def choose_device(choice: str) -> str:
+    """``auto`` (CUDA if torch sees a GPU, else the CPU), ``cpu`` or ``cuda``; UsageError for
+    another word, or for cuda where torch sees no GPU."""
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {choice!r}; choose auto, cpu or cuda")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA GPU here")
+    return choice
+
+
 def _parse_choices(text: str, allowed, what: str) -> tuple[str, ...]:
     items = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
     if not items:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from attnbench import check as checking
@@ -228,7 +229,7 @@ class Sweep:
 
         self.on_case(f"{mech.name} {case.mode} n={case.seq_len}")
         self.started(case)
-        start = time.perf_counter()
+        start = measure.clock()
         try:
             values = self._measure(mech, st.fn, case)
         except NotImplementedError as exc:
@@ -237,7 +238,7 @@ class Sweep:
             return record("oom" if measure.is_oom(exc) else "error", reason=one_line(exc),
                           **checked)
         finally:
-            self._measuring_s = time.perf_counter() - start
+            self._measuring_s = measure.clock() - start
             measure.free_memory(device)
         if mech.impl_of is not None:
             values["impl"] = mech.impl_of(case)
@@ -364,5 +365,11 @@ class LocalExecutor:
         """The records of this run by status, every process's (here, this one's)."""
         return counts
 
-    def finish(self, out: Path) -> None:
-        records.finalize(out)
+    def finish(self, out: Path, mine: list[Record]) -> pd.DataFrame | None:
+        """Write the tables of the run (``mine``: its records, read and written by this
+        process); the frame, or None if nothing was recorded."""
+        if not mine:
+            return None
+        df = records.latest_frame(mine)
+        records.write_tables(df, out, records.PARQUET_FILE, records.CSV_FILE)
+        return df

@@ -57,6 +57,19 @@ def install(monkeypatch):
     return add
 
 
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Time as the fake calls of fakes.py (``sleepy``) say they take it: ``measure.clock``
+    moves only when they sleep, so a budget's verdict does not depend on the machine."""
+    from fakes import FakeClock
+
+    from attnbench import measure
+
+    clock = FakeClock()
+    monkeypatch.setattr(measure, "clock", clock)
+    return clock
+
+
 # --- what the model tests (tests/models) share: token batches, loss-and-gradient probes ---
 
 
@@ -77,8 +90,10 @@ def make_tokens(vocab: int, batch: int, n: int, seed: int = 0) -> tuple[torch.Te
 
 def loss_and_grads(model, ids, targets, checkpointing=False):
     """The loss and a {name: grad} dict of one forward and backward (grads cleared after)."""
+    from attnbench.models.train import lm_step_loss
+
     model.zero_grad(set_to_none=True)
-    loss = model(ids, targets, checkpointing=checkpointing)
+    loss = lm_step_loss(model, ids, targets, checkpointing)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)

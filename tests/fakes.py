@@ -12,7 +12,7 @@ import time
 import torch
 from attnbench.baselines.linear import linear_masked
 
-from attnbench import records, registry
+from attnbench import measure, records, registry
 from attnbench.case import Case
 
 
@@ -45,10 +45,32 @@ def scaled(factor: float):
     return fn
 
 
+class FakeClock:
+    """A clock that moves only when a fake call says it took time (``sleep``): a sweep timed
+    on it (``measure.clock``) decides its budgets the same way however busy the machine is."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def sleep(seconds: float) -> None:
+    """Take ``seconds``: on the fake clock where one is installed, else for real."""
+    if isinstance(measure.clock, FakeClock):
+        measure.clock.sleep(seconds)
+    else:
+        time.sleep(seconds)
+
+
 def sleepy(seconds_at_128: float):
     """A call whose time grows like n² (as the quadratic FLOP model predicts)."""
     def fn(q, k, v, decay=None):
-        time.sleep(seconds_at_128 * (q.shape[2] / 128) ** 2)
+        sleep(seconds_at_128 * (q.shape[2] / 128) ** 2)
         return linear_masked(q, k, v, decay)
     return fn
 

@@ -40,11 +40,18 @@ def test_list_json(monkeypatch, capsys):
         assert r["available"] or r["reason"]
 
 
-COMMANDS = ("list", "run", "report", "plot", "env", "compare", "export")
+COMMANDS = ("list", "run", "tgs", "profile", "report", "plot", "env", "compare", "export")
 
 
 def test_help_on_every_command(monkeypatch, capsys):
+    from attnbench.cli import app
+
+    registered = {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert registered == set(COMMANDS)  # a new command is added here, and to the docstring
+    listed = sys.modules[main.__module__].__doc__.splitlines()[0]  # cli.py's first line
+    _, top, _ = cli(monkeypatch, capsys, "--help")
     for command in COMMANDS:
+        assert f" {command} " in top and f" {command} " in listed.replace("``", " ")
         code, out, _ = cli(monkeypatch, capsys, command, "--help")
         assert code == 0 and "Usage" in out
 
@@ -369,7 +376,7 @@ def test_a_non_empty_directory_that_is_not_a_run_is_refused_with_its_own_message
 
 
 def test_skipped_records_carry_no_time_and_notes_name_the_mode(monkeypatch, capsys, tmp_path,
-                                                               install):
+                                                               install, fake_clock):
     install(fake("fake-slow", sleepy(0.05)))
     code, out, _ = cli(monkeypatch, capsys, "run", "--device", "cpu", "--mechanisms",
                        "fake-slow", "--seq-lens", "128,1k", "--heads", "2", "--head-dim", "16",

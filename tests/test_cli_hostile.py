@@ -368,12 +368,12 @@ def test_the_readme_says_the_journal_holds_marker_lines_too():
 
 
 def test_a_quick_run_says_how_to_get_the_mechanisms_it_left_out(capsys):
-    from attnbench.cli import _say_left_out
+    from attnbench.console import left_out_note
     from attnbench.spec import build_spec
 
-    _say_left_out(build_spec(None, "cuda"))
+    left_out_note(build_spec(None, "cuda"))
     out = " ".join(capsys.readouterr().out.split())
     assert "not in the quick preset" in out and "peer-fla-chunk" in out
     assert "--mechanisms all (or --preset full)" in out
-    _say_left_out(build_spec("full", "cuda"))
+    left_out_note(build_spec("full", "cuda"))
     assert capsys.readouterr().out == ""

@@ -49,25 +49,26 @@ def child(*args, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    """Wait for a child that ends by itself, however long a busy machine makes it take (one
+    that ran into the hanging case would end after its 600 s sleep, and fail the test)."""
+    out, err = proc.communicate()
     return proc.returncode, out, err
 
 
-def wait_for_started(run_dir: Path, seq_len: int, proc: subprocess.Popen, timeout: float = 90):
-    """Until the journal holds a started marker for ``seq_len`` (the child is in that case)."""
+def wait_for_started(run_dir: Path, seq_len: int, proc: subprocess.Popen):
+    """Until the journal holds a started marker for ``seq_len`` (the child is in that case):
+    no deadline, the child either gets there or ends (its sweep has no other way out)."""
     path = run_dir / records.JSONL_FILE
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, finish(proc)
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the child ended before the case at {seq_len}: {finish(proc)}")
         if path.is_file():
             for line in path.read_text().splitlines():
                 row = json.loads(line)
                 if "started" in row and row["started"]["seq_len"] == seq_len:
                     return
         time.sleep(0.2)
-    proc.kill()
-    pytest.fail(f"the child never started the case at {seq_len}: {finish(proc)}")
 
 
 def records_per_case(run_dir: Path) -> collections.Counter:
@@ -91,7 +92,7 @@ def test_a_second_writer_is_refused_and_a_killed_case_is_recorded_on_resume(monk
     finally:
         # Item 4: the system kills the run inside a case (as the OOM killer would).
         first.send_signal(signal.SIGKILL)
-        first.communicate(timeout=30)
+        first.communicate()
     assert first.returncode == -signal.SIGKILL
     assert (run_dir / records.LOCK_FILE).read_text().startswith(f"attnbench pid {first.pid}")
 

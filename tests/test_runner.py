@@ -85,7 +85,7 @@ def test_not_implemented_is_unsupported(install):
     assert rec.status == "unsupported" and "refuses head dim 16" in rec.reason
 
 
-def test_budget_skips_predicted_and_times_out_measured(install):
+def test_budget_skips_predicted_and_times_out_measured(install, fake_clock):
     # One call sleeps 0.05 s at n=128, 0.2 s at 256, 0.8 s at 512; a case costs ~16 calls.
     install(fake("fake-slow", sleepy(0.05)))
     recs = by_len(sweep("fake-slow", seq_lens="128,256,512", max_case_seconds=7.0))
@@ -98,7 +98,7 @@ def test_budget_skips_predicted_and_times_out_measured(install):
     assert recs[1024].status == "skipped" and recs[1024].reason.startswith("not tried")
 
 
-def test_a_line_that_spent_its_budget_skips_its_longer_lengths(install):
+def test_a_line_that_spent_its_budget_skips_its_longer_lengths(install, fake_clock):
     install(fake("fake-slow", sleepy(0.02)))
     recs = by_len(sweep("fake-slow", seq_lens="128,256", line_seconds=0.2,
                         max_case_seconds=100.0))

@@ -60,9 +60,25 @@ def test_spec_json_round_trip():
     assert SweepSpec.from_json(spec.to_json()) == spec
 
 
-def test_every_preset_builds():
-    for name in PRESETS:
-        build_spec(name, "cpu")
+@pytest.mark.parametrize("name, device", [("cpu", "cpu"), ("quick", "cuda"), ("full", "cuda"),
+                                          ("paper", "cuda")])
+def test_every_preset_expands_to_its_lengths_on_its_device(name, device):
+    spec = build_spec(name, device)
+    cases = expand(spec)
+    assert spec.preset == name and cases
+    assert sorted({c.seq_len for c in cases}) == list(spec.seq_lens)
+    assert {c.mode for c in cases} == set(spec.modes)
+    assert set(PRESETS) == {"cpu", "quick", "full", "paper"}  # a new preset gets a line above
+
+
+def test_the_paper_preset_is_the_shape_the_paper_figures_draw():
+    from attnbench.paper.selection import PAPER_SHAPE
+
+    spec = build_spec("paper", "cuda")
+    assert (spec.batch, spec.heads, spec.head_dims, spec.dtypes) == (
+        (PAPER_SHAPE["batch"],), (PAPER_SHAPE["heads"],), (PAPER_SHAPE["head_dim"],),
+        (PAPER_SHAPE["dtype"],))
+    assert (spec.seq_lens[0], spec.seq_lens[-1]) == (1024, 128 * 1024)  # the README's 1k..128k
 
 
 def test_value_dims_default_to_the_head_dim_and_multiply_the_grid():

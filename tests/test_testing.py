@@ -63,14 +63,26 @@ def test_planted_slowdown_on_cuda_is_one_spin_of_the_fraction(monkeypatch, capsy
     assert "0.2 ms GPU spin" in capsys.readouterr().err
 
 
-def test_planted_slowdown_slows_a_real_call(monkeypatch):
+def test_planted_slowdown_adds_its_matmuls_to_a_real_call(monkeypatch):
+    from torch.overrides import TorchFunctionMode
+
     x = torch.randn(256, 256)
     call = lambda: x @ x
     monkeypatch.setenv(testing.PLANT_ENV, "mech:1.0")
     slowed = testing.planted_slowdown("mech", call, "cpu")
     reps, size = slowed.planted
-    assert reps >= 1 and 32 <= size <= 4096
-    slowed()
+    seen = []
+
+    class Matmuls(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if "matmul" in getattr(func, "__name__", ""):
+                seen.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    with Matmuls():
+        out = slowed()
+    torch.testing.assert_close(out, x @ x)  # the call's own result, unchanged
+    assert seen == [(256, 256)] + [(size, size)] * reps  # then the planted work, every call
 
 
 def test_measure_case_goes_through_the_hook(monkeypatch):

@@ -1,5 +1,6 @@
-"""What both model families share: the mechanism check, the layouts, the precision policy,
-the layer loop with optional activation checkpointing, and the weight init.
+"""What both model families share: the decoder skeleton (``Decoder``, ``PreNormBlock``), the
+mechanism check, the layouts, the precision policy, the layer loop with optional activation
+checkpointing, and the weight init.
 
 Shape letters as everywhere in attnbench: B batch, N sequence length, H heads, D q/k head dim,
 E v/o head dim, C = H * D the model width.
@@ -87,6 +88,53 @@ def run_layers(layers: nn.ModuleList, x: torch.Tensor, extras: list[tuple],
         else:
             x = layer(x, *extra)
     return x
+
+
+class PreNormBlock(nn.Module):
+    """The block of both decoders: x + mixer(mixer_norm(x), *extra), then
+    x + mlp(mlp_norm(x)). A family names the four parts as its paper does (``PARTS``)."""
+
+    PARTS = ("mixer_norm", "mixer", "mlp_norm", "mlp")
+
+    def forward(self, x: torch.Tensor, *extra) -> torch.Tensor:
+        mixer_norm, mixer, mlp_norm, mlp = (getattr(self, name) for name in self.PARTS)
+        x = x + mixer(mixer_norm(x), *extra)  # [B, N, C]
+        return x + mlp(mlp_norm(x))  # [B, N, C]
+
+
+class Decoder(nn.Module):
+    """A decoder-only language model: token embedding, ``layers``, a final ``norm``, an output
+    projection. ``forward(ids)`` is the model alone (logits); the training step
+    (``train.lm_step_loss``) owns the loss, activation checkpointing and the precision policy.
+
+    A family sets ``layers`` and ``norm`` and names its embedding and output projection
+    (``token_embedding``, ``head``); ``layer_inputs`` gives each layer's extra inputs."""
+
+    def __init__(self, config, mechanism: registry.Mechanism, dtype_policy: str):
+        super().__init__()
+        self.config, self.mechanism, self.dtype_policy = config, mechanism, dtype_policy
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        raise NotImplementedError
+
+    @property
+    def head(self) -> nn.Linear:
+        raise NotImplementedError
+
+    def layer_inputs(self, ids: torch.Tensor) -> list[tuple]:
+        return [()] * len(self.layers)
+
+    def hidden(self, ids: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
+        """The final normed hidden states ``(B, N, C)`` of token ids ``(B, N)``;
+        ``checkpointing``: each layer recomputed in the backward rather than kept."""
+        x = self.token_embedding(ids)  # [B, N, C]
+        x = run_layers(self.layers, x, self.layer_inputs(ids), checkpointing)
+        return self.norm(x)  # [B, N, C]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, N, V)`` of token ids ``(B, N)``."""
+        return self.head(self.hidden(ids))
 
 
 def compute_dtype(dtype_policy: str) -> torch.dtype:

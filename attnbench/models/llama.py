@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from attnbench import registry
 
-from .common import from_native, init_weights, lm_loss, precision, run_layers, to_native
+from .common import Decoder, PreNormBlock, from_native, init_weights, to_native
 from .config import ModelConfig
 
 
@@ -93,7 +93,9 @@ class FeedForward(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))  # [B, N, F] inside, [B, N, C] out
 
 
-class Block(nn.Module):
+class Block(PreNormBlock):
+    PARTS = ("attention_norm", "attention", "ffn_norm", "feed_forward")  # x, cos, sin
+
     def __init__(self, config: ModelConfig, attn_fn, layout: str, device=None):
         super().__init__()
         self.attention_norm = RMSNorm(config.dim, config.norm_eps, device)
@@ -101,16 +103,11 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps, device)
         self.feed_forward = FeedForward(config.dim, config.ffn_dim, device)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin)  # [B, N, C]
-        return x + self.feed_forward(self.ffn_norm(x))  # [B, N, C]
 
-
-class LLaMA(nn.Module):
+class LLaMA(Decoder):
     def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str,
                  device=None):
-        super().__init__()
-        self.config, self.mechanism, self.dtype_policy = config, mechanism, dtype_policy
+        super().__init__(config, mechanism, dtype_policy)
         attn_fn = mechanism.callable()
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim, device=device)
         self.layers = nn.ModuleList(Block(config, attn_fn, mechanism.layout, device)
@@ -119,20 +116,19 @@ class LLaMA(nn.Module):
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False, device=device)
         init_weights(self)
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
-                checkpointing: bool = False, loss_chunk: int | None = None) -> torch.Tensor:
-        """Logits ``(B, N, V)`` of token ids ``(B, N)``; given targets ``(B, N)``, the mean
-        cross-entropy instead (fp32 scalar; ``loss_chunk`` tokens at a time if given, see
-        ``common.lm_loss``). ``checkpointing``: recompute each layer in the backward rather
-        than keep its activations."""
-        with precision(self.dtype_policy, ids.device):
-            cos, sin = rope_tables(ids.shape[1], self.config.head_dim, self.config.rope_base,
-                                   ids.device, self.mechanism.layout)
-            x = self.tok_embeddings(ids)  # [B, N, C]
-            x = run_layers(self.layers, x, [(cos, sin)] * len(self.layers), checkpointing)
-            if targets is None:
-                return self.output(self.norm(x))  # [B, N, V]
-            return lm_loss(self.norm(x), self.output, targets, self.dtype_policy, loss_chunk)
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.tok_embeddings
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.output
+
+    def layer_inputs(self, ids: torch.Tensor) -> list[tuple]:
+        """The rotary tables of the length, the same for every layer."""
+        cos, sin = rope_tables(ids.shape[1], self.config.head_dim, self.config.rope_base,
+                               ids.device, self.mechanism.layout)
+        return [(cos, sin)] * len(self.layers)
 
     @staticmethod
     def matmul_params(config: ModelConfig) -> int:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from attnbench import registry
 from attnbench.kernels import default_decay
 
-from .common import from_native, init_weights, lm_loss, precision, run_layers, to_native
+from .common import Decoder, PreNormBlock, from_native, init_weights, to_native
 from .config import ModelConfig
 
 
@@ -124,7 +124,9 @@ class SGLU(nn.Module):
         return self.w_o(self.w_v(x) * self.w_u(x))  # [B, N, F] inside, [B, N, C] out
 
 
-class Block(nn.Module):
+class Block(PreNormBlock):
+    PARTS = ("token_norm", "token_mixer", "channel_norm", "channel_mixer")
+
     def __init__(self, config: ModelConfig, layer: int, attn_fn, layout: str, device=None):
         super().__init__()
         self.token_norm = SRMSNorm(config.norm_eps)
@@ -132,16 +134,11 @@ class Block(nn.Module):
         self.channel_norm = SRMSNorm(config.norm_eps)
         self.channel_mixer = SGLU(config.dim, config.ffn_dim, device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.token_mixer(self.token_norm(x))  # [B, N, C]
-        return x + self.channel_mixer(self.channel_norm(x))  # [B, N, C]
 
-
-class TNL(nn.Module):
+class TNL(Decoder):
     def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str,
                  device=None):
-        super().__init__()
-        self.config, self.mechanism, self.dtype_policy = config, mechanism, dtype_policy
+        super().__init__(config, mechanism, dtype_policy)
         attn_fn = mechanism.callable()
         self.embed = nn.Embedding(config.vocab_size, config.dim, device=device)
         self.layers = nn.ModuleList(Block(config, i, attn_fn, mechanism.layout, device)
@@ -152,18 +149,13 @@ class TNL(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None,
-                checkpointing: bool = False, loss_chunk: int | None = None) -> torch.Tensor:
-        """Logits ``(B, N, V)`` of token ids ``(B, N)``; given targets ``(B, N)``, the mean
-        cross-entropy instead (fp32 scalar; ``loss_chunk`` tokens at a time if given, see
-        ``common.lm_loss``). ``checkpointing``: recompute each layer in the backward rather
-        than keep its activations."""
-        with precision(self.dtype_policy, ids.device):
-            x = self.embed(ids)  # [B, N, C]
-            x = run_layers(self.layers, x, [()] * len(self.layers), checkpointing)
-            if targets is None:
-                return self.lm_head(self.norm(x))  # [B, N, V]
-            return lm_loss(self.norm(x), self.lm_head, targets, self.dtype_policy, loss_chunk)
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.embed
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.lm_head
 
     @staticmethod
     def matmul_params(config: ModelConfig) -> int:

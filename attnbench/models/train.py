@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .common import lm_loss, precision
 from .config import ModelConfig
 
 
@@ -63,6 +64,18 @@ def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     return 6.0 * matmul_params(config) + 3.0 * attention_flops_per_token(config, seq_len)
 
 
+def lm_step_loss(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor,
+                 checkpointing: bool = False, loss_chunk: int | None = None) -> torch.Tensor:
+    """The forward of a training step: mean next-token cross-entropy (fp32 scalar) of
+    ``model`` (a ``common.Decoder``) on token ids ``(B, N)`` against targets ``(B, N)``, under
+    the model's precision policy (bf16 autocast, or fp32). ``checkpointing``: each layer is
+    recomputed in the backward rather than kept; ``loss_chunk``: the loss walks that many
+    tokens at a time (``common.lm_loss``), None for all at once."""
+    with precision(model.dtype_policy, ids.device):
+        h = model.hidden(ids, checkpointing)  # [B, N, C]
+        return lm_loss(h, model.head, targets, model.dtype_policy, loss_chunk)
+
+
 @dataclass
 class TrainStep:
     """A zero-argument callable: one training step on a fixed random batch.
@@ -93,8 +106,8 @@ class TrainStep:
         return self.inputs.numel()
 
     def __call__(self) -> torch.Tensor:
-        loss = self.model(self.inputs, self.targets, checkpointing=self.checkpointing,
-                          loss_chunk=self.loss_chunk)
+        loss = lm_step_loss(self.model, self.inputs, self.targets, self.checkpointing,
+                            self.loss_chunk)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

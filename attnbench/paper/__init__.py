@@ -14,7 +14,15 @@ Every function takes the tidy frame of ``attnbench.records.load``; notebooks and
 """
 
 from attnbench.paper.comparison_figure import official_figure
-from attnbench.paper.files import FIGURES, figure_findings, run_title, save_figure
+from attnbench.paper.files import (
+    FIGURES,
+    draw,
+    figure_findings,
+    plot_formats,
+    run_figures,
+    run_title,
+    save_figure,
+)
 from attnbench.paper.kernel_figure import paper_kernels
 from attnbench.paper.official import official_operator_ms, official_summary, official_table
 from attnbench.paper.selection import PAPER_MECHANISMS, label, one_shape
@@ -24,6 +32,7 @@ from attnbench.paper.tokens_figure import tokens_per_second
 
 __all__ = ["FIGURES", "PAPER_MECHANISMS", "findings", "findings_by_panel", "label",
            "official_figure", "official_operator_ms", "official_summary", "official_table",
-           "one_shape", "paper_kernels", "run_title", "save_figure", "figure_findings",
+           "one_shape", "paper_kernels", "run_title", "save_figure", "figure_findings", "draw",
+           "run_figures", "plot_formats",
            "tokens_findings", "tokens_per_second", "paper_table1", "tgs_figure",
            "tgs_findings", "tgs_table"]

@@ -52,6 +52,61 @@ def save_figure(df: pd.DataFrame, figure: str, out_dir: Path, formats=DEFAULT_FO
     return paths
 
 
+def plot_formats(fmt: str, figure: str) -> tuple[str, ...]:
+    """``attnbench plot --format``'s formats, once ``figure`` is known; UsageError else."""
+    from attnbench.errors import UsageError
+    from attnbench.plots import FORMATS
+
+    formats = tuple(f.strip() for f in fmt.split(",") if f.strip())
+    if not formats or any(f not in FORMATS for f in formats):
+        raise UsageError(f"bad --format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if figure not in ("sweep", "roofline") and figure not in FIGURES:
+        raise UsageError(f"unknown figure {figure!r}; choose from sweep, roofline, "
+                         f"{', '.join(FIGURES)}")
+    return formats
+
+
+def draw(df: pd.DataFrame, figure: str, run_dir: Path, out_dir: Path,
+         formats=DEFAULT_FORMATS) -> tuple[list[Path], list[str]]:
+    """``attnbench plot``: one figure of a run (``sweep``, ``roofline`` or one of
+    ``FIGURES``) into ``out_dir``; the paths written and what the figure's data say."""
+    from attnbench.errors import UsageError
+    from attnbench.plots import plot_run
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {out_dir}: {exc.strerror}") from None
+    if figure == "sweep":
+        return plot_run(df, out_dir, title=f"attnbench run {run_dir.name}", formats=formats), []
+    if figure == "roofline":
+        from attnbench import roofline
+        from attnbench.records import read_meta
+
+        meta = read_meta(run_dir)
+        paths = roofline.save_roofline(df, meta, out_dir, formats, run_title(run_dir))
+        return paths, roofline.findings(roofline.roofline_frame(df, meta), meta)
+    paths = save_figure(df, figure, out_dir, formats, title=run_title(run_dir))
+    return paths, figure_findings(df, figure)
+
+
+def run_figures(df: pd.DataFrame, run_dir: Path) -> tuple[list[Path], list[str]]:
+    """What the end of a run draws into its directory: the sweep plots, then each figure its
+    modes ask for (``Mode.figures``: a training-step run, TGS beside the paper's Table 1);
+    the paths written and the figures' findings."""
+    from attnbench import modes
+    from attnbench.plots import plot_run
+
+    run_dir = Path(run_dir)
+    paths = plot_run(df, run_dir, title=f"attnbench run {run_dir.name}")
+    found = []
+    for figure in modes.figures(df["mode"].unique()):
+        paths += save_figure(df, figure, run_dir, title=run_title(run_dir))
+        found += figure_findings(df, figure)
+    return paths, found
+
+
 def figure_findings(df: pd.DataFrame, figure: str) -> list[str]:
     """What the data of one of ``FIGURES`` say, computed from the records."""
     return _known(figure)[2](df)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from attnbench.models import build_model, make_train_step
+from attnbench.models.train import lm_step_loss
 
 MODELS = [("llama", "sdpa-math"), ("llama", "softmax-naive"),
           ("tnl", "linear-masked"), ("tnl", "linear-recurrent")]
@@ -58,11 +59,15 @@ def test_the_batch_is_made_once_and_seeded():
 def test_bf16_policy_keeps_fp32_master_weights_and_adam_state(family, mechanism):
     model = build_model(family, "tiny", mechanism, "cpu", "bf16")
     step = make_train_step(model, batch=2, seq_len=16, device="cpu", lr=3e-3)
+    computed = []
+    first = model.layers[0].PARTS[1]  # the first attention (token mixer)
+    hook = getattr(model.layers[0], first).register_forward_hook(
+        lambda module, args, out: computed.append(out.dtype))
     losses = [step() for _ in range(3)]
+    hook.remove()
     assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
-    with torch.no_grad():
-        assert model(step.inputs).dtype == torch.bfloat16  # the compute ran in bf16
+    assert computed == [torch.bfloat16] * 3  # the step ran the model in bf16
     assert all(p.dtype == torch.float32 for p in model.parameters())
     for state in step.optimizer.state.values():
         assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
@@ -82,7 +87,7 @@ def test_chunked_loss_matches_the_plain_cross_entropy(family, mechanism, chunk, 
     ids, targets = tokens(512, 2, 24)
     plain_loss, plain = grads(model, ids, targets)
     model.zero_grad(set_to_none=True)
-    loss = model(ids, targets, loss_chunk=chunk)
+    loss = lm_step_loss(model, ids, targets, loss_chunk=chunk)
     loss.backward()
     torch.testing.assert_close(loss.detach(), plain_loss)
     for name, p in model.named_parameters():
@@ -92,7 +97,7 @@ def test_chunked_loss_matches_the_plain_cross_entropy(family, mechanism, chunk, 
 def test_chunked_loss_in_bf16_is_close_to_the_plain_one(tokens):
     model = build_model("tnl", "tiny", "linear-masked", "cpu", "bf16")
     ids, targets = tokens(512, 2, 24)
-    plain = model(ids, targets)
-    chunked = model(ids, targets, loss_chunk=16)
+    plain = lm_step_loss(model, ids, targets)
+    chunked = lm_step_loss(model, ids, targets, loss_chunk=16)
     assert chunked.dtype == torch.float32
     torch.testing.assert_close(chunked, plain, rtol=1e-2, atol=1e-2)
