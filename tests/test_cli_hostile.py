@@ -111,6 +111,7 @@ def environ(monkeypatch):
 
 
 @pytest.mark.parametrize("env", [dict(RANK="1"), dict(RANK="1", WORLD_SIZE="2"),
+                                 dict(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1"),
                                  dict(TORCHELASTIC_RUN_ID="x", RANK="3")])
 def test_a_stray_rank_does_not_silence_an_error(tmp_path, environ, env):
     for name, value in env.items():
