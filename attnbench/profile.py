@@ -36,7 +36,7 @@ from attnbench.errors import UsageError, one_line
 from attnbench.prepare import prepare_call
 from attnbench.records import Record
 from attnbench.runner import SweepResult, run_sweep
-from attnbench.spec import SweepSpec
+from attnbench.spec import SweepSpec, spec_of_run
 
 KERNELS_JSONL, KERNELS_PARQUET, KERNELS_CSV = "kernels.jsonl", "kernels.parquet", "kernels.csv"
 PROFILES_DIR = "profiles"
@@ -283,7 +283,7 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
 
     def start(path: Path, cases, todo: int) -> None:
         run_dir.append(Path(path))
-        budget_s.append(SweepSpec.from_json(records.read_meta(path)["spec"]).max_case_seconds)
+        budget_s.append(spec_of_run(records.read_meta(path), path).max_case_seconds)
         if on_start is not None:
             on_start(path, cases, todo)
 

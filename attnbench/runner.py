@@ -23,7 +23,7 @@ from attnbench import envinfo, interrupts, peaks, records, registry, testing
 from attnbench.case import Case
 from attnbench.errors import UsageError, one_line  # noqa: F401 (one_line: kept importable here)
 from attnbench.records import Record
-from attnbench.spec import SweepSpec
+from attnbench.spec import SweepSpec, spec_of_run
 from attnbench.sweep import (  # noqa: F401 (importable from here, as before)
     CALLS_PER_CASE,
     CudaContextLost,
@@ -65,7 +65,7 @@ def resolve(spec: SweepSpec | None, out: Path | str | None,
     if out is None:
         raise UsageError("resume needs the run directory to continue")
     meta = records.read_meta(Path(out))
-    stored = SweepSpec.from_json(meta["spec"])
+    stored = spec_of_run(meta, out)
     if spec is not None and spec != stored:
         raise UsageError(f"{out} holds another sweep; resume it without sweep options")
     return stored, meta
@@ -74,7 +74,7 @@ def resolve(spec: SweepSpec | None, out: Path | str | None,
 def stored_spec(run_dir: Path, device: str) -> SweepSpec:
     """The sweep a run directory holds, to resume it on ``device`` (UsageError if it ran on
     another kind of device)."""
-    stored = SweepSpec.from_json(records.read_meta(run_dir)["spec"])
+    stored = spec_of_run(records.read_meta(run_dir), run_dir)
     if stored.device != device:
         raise UsageError(f"{run_dir} was run on {stored.device}; this machine runs on {device}")
     return stored

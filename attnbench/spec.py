@@ -52,9 +52,18 @@ class SweepSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> SweepSpec:
+        """The spec a run's meta.json stores, read as untrusted: UsageError for one this
+        attnbench could not have written (a field missing, of another type, out of range)."""
+        if not isinstance(data, dict):
+            raise UsageError("no sweep spec (its 'spec' is not an object)")
         known = {f.name for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-        return cls(**values)
+        try:
+            spec = cls(**values)
+        except TypeError as exc:  # a field without a default is missing
+            raise UsageError(f"an incomplete sweep spec ({exc})") from None
+        _check_stored(spec)
+        return spec
 
 
 # What a plain `attnbench run` on a GPU (the quick preset) runs: our kernels beside
@@ -182,6 +191,51 @@ def refuse_empty(**options: str | None) -> None:
         if value is not None and not str(value).replace(",", "").strip():
             raise UsageError(f"empty --{name.replace('_', '-')} list; leave the option out for "
                              "its default")
+
+
+def spec_of_run(meta: dict, run_dir) -> SweepSpec:
+    """The sweep a run directory's meta.json holds; UsageError naming the file if it holds
+    none this attnbench could have written."""
+    try:
+        return SweepSpec.from_json(meta.get("spec") if isinstance(meta, dict) else None)
+    except UsageError as exc:
+        raise UsageError(f"{run_dir}/meta.json: {exc}; it cannot be resumed") from None
+
+
+def _check_stored(spec: SweepSpec) -> None:
+    """UsageError for a stored spec's value of the wrong type or out of range."""
+    from attnbench.sizes import MAX_SIZE
+
+    def fail(name: str) -> None:
+        raise UsageError(f"sweep spec field {name} is {getattr(spec, name)!r}")
+
+    for name in ("seq_lens", "batch", "heads", "head_dims", "value_dims", "world_sizes"):
+        value = getattr(spec, name)
+        if not isinstance(value, tuple) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE
+                for v in value):
+            fail(name)
+    if not spec.seq_lens:
+        fail("seq_lens")
+    for name in ("dtypes", "modes", "models", "sizes"):
+        value = getattr(spec, name)
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            fail(name)
+    for name in ("mechanisms", "preset"):
+        if not isinstance(getattr(spec, name), str):
+            fail(name)
+    if spec.device not in ("cpu", "cuda"):
+        fail("device")
+    for name in ("decay", "checkpointing"):
+        if not isinstance(getattr(spec, name), bool):
+            fail(name)
+    if not (isinstance(spec.tokens_per_step, int) and 0 <= spec.tokens_per_step <= MAX_SIZE):
+        fail("tokens_per_step")
+    for name in ("max_case_seconds", "line_seconds"):
+        if isinstance(getattr(spec, name), bool) or not isinstance(getattr(spec, name),
+                                                                   (int, float)):
+            fail(name)
+    _check_budgets(spec)
 
 
 def _check_budgets(spec: SweepSpec) -> None:

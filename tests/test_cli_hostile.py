@@ -378,3 +378,26 @@ def test_a_quick_run_says_how_to_get_the_mechanisms_it_left_out(capsys):
     assert "--mechanisms all (or --preset full)" in out
     left_out_note(build_spec("full", "cuda"))
     assert capsys.readouterr().out == ""
+
+
+# --- beyond the list: meta.json read as untrusted too ---------------------------------------------
+
+
+@pytest.mark.parametrize("damage", [
+    lambda m: m.pop("spec"), lambda m: m.update(spec=5),
+    lambda m: m["spec"].update(seq_lens=[2**70]), lambda m: m["spec"].update(seq_lens="64"),
+    lambda m: m["spec"].update(max_case_seconds=None), lambda m: m["spec"].pop("device"),
+    lambda m: m["spec"].update(device="tpu"), lambda m: m["spec"].update(batch=[0]),
+], ids=["no spec", "spec 5", "seq_len 2**70", "seq_lens a string", "budget null",
+        "no device", "device tpu", "batch 0"])
+def test_resume_of_a_damaged_meta_spec_is_one_line(tmp_path, damage):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(*TINY, "--modes", "fwd", "--seq-lens", "64", "--out", run_dir)
+    assert code == 0, err
+    meta = json.loads((run_dir / "meta.json").read_text())
+    damage(meta)
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    code, out, err = run_cli("run", "--resume", run_dir)
+    one_line_error(code, out, err, f"{run_dir}/meta.json:", "cannot be resumed")
+    code, out, err = run_cli("report", run_dir)  # the records still read
+    assert code == 0 and "linear-masked" in out, err
