@@ -337,17 +337,43 @@ def refuse_unless_profile(run_dir: Path) -> None:
                      "attnbench profile and the same sweep options")
 
 
+_TEXT_COLUMNS = ("kernel", "device", "trace", "ncu", "note")
+
+
+def kernel_row(row) -> dict:
+    """A line of kernels.jsonl checked as the journal's lines are; ValueError if it is not a
+    kernel row this attnbench could have written."""
+    case = records.case_from_row(row)  # a dict with a possible case, or ValueError
+    out = case.to_row()
+    for name in (c for c in KERNEL_COLUMNS if c not in KEY_COLUMNS):
+        value = row.get(name)
+        if name in _TEXT_COLUMNS:
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} is {value!r}, not a string")
+            out[name] = value or ""
+        elif value is None:
+            out[name] = NAN
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} is {value!r}, not a finite number >= 0")
+        else:
+            out[name] = float(value)
+    return out
+
+
 def load_kernels(run_dir: Path) -> pd.DataFrame:
-    """The kernel rows of a profiled run, tidy: one per kernel and case. A line that does
-    not parse (cut off by a crash) is left out and counted in ``attrs["damaged"]``."""
+    """The kernel rows of a profiled run, tidy: one per kernel and case. A line that is not
+    a kernel row (cut off by a crash, not UTF-8, a value of another type, an impossible case
+    or a number that is infinite or negative) is left out and counted in
+    ``attrs["damaged"]``."""
     path = Path(run_dir) / KERNELS_JSONL
     if not path.is_file():
         raise UsageError(f"{str(run_dir)!r} holds no profile ({KERNELS_JSONL} is missing)")
     rows, damaged = [], 0
-    for line in filter(str.strip, path.read_text().splitlines()):
+    for line in filter(bytes.strip, path.read_bytes().splitlines()):
         try:
-            rows.append(json.loads(line))
-        except ValueError:
+            rows.append(kernel_row(json.loads(line.decode("utf-8"))))
+        except (ValueError, TypeError, OverflowError):  # UnicodeDecodeError is a ValueError
             damaged += 1
     df = pd.DataFrame(rows, columns=KERNEL_COLUMNS)
     df.attrs["damaged"] = damaged

@@ -401,3 +401,27 @@ def test_resume_of_a_damaged_meta_spec_is_one_line(tmp_path, damage):
     one_line_error(code, out, err, f"{run_dir}/meta.json:", "cannot be resumed")
     code, out, err = run_cli("report", run_dir)  # the records still read
     assert code == 0 and "linear-masked" in out, err
+
+
+def test_impossible_kernel_rows_are_counted_damaged_and_show_no_traceback(tmp_path):
+    from attnbench import profile
+
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli("profile", "--device", "cpu", "--mechanisms", "linear-masked",
+                             "--seq-lens", "64", "--heads", "2", "--head-dim", "16", "--modes",
+                             "fwd", "--calls", "1", "--out", run_dir)
+    assert code == 0, err
+    good = (run_dir / profile.KERNELS_JSONL).read_text().splitlines()
+    row = json.loads(good[0])
+    bad = [json.dumps(row | dict(device_ms_per_call=math.inf)),
+           json.dumps(row | dict(seq_len=0)), json.dumps(row | dict(kernel=5)), "null",
+           json.dumps(row | dict(share=-1.0))]
+    with open(run_dir / profile.KERNELS_JSONL, "ab") as f:
+        f.write(("\n".join(bad) + "\n").encode() + b'{"kernel": "\xff"}\n')
+    df = profile.load_kernels(run_dir)
+    assert df.attrs["damaged"] == len(bad) + 1 and len(df) == len(good)
+    from rich.console import Console
+
+    with open(tmp_path / "shown.txt", "w") as shown:
+        profile.show_profile(run_dir, Console(file=shown), top=3)
+    assert "linear-masked-fwd" in (tmp_path / "shown.txt").read_text()
