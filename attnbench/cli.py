@@ -31,7 +31,7 @@ app = typer.Typer(
 # Options several commands take, declared once: name -> (annotation, default).
 SWEEP = {  # run and profile: what the sweep covers (build_spec's arguments)
     "preset": (opt(str | None, f"One of {', '.join(PRESETS)}; default: quick on a GPU, cpu without."), None),
-    "mechanisms": (opt(str | None, "Names or families (softmax, linear), comma separated; default all that run on the device."), None),
+    "mechanisms": (opt(str | None, "Names or families (softmax, linear), comma separated, or all (every one that runs on the device); default the preset's: quick runs lightning2, lightning1, flash2, sdpa-cudnn and linear-cumsum, the others all."), None),
     "seq_lens": (opt(str | None, "e.g. 1k..256k (doubling) or 1k,3k,8192."), None),
     "batch": (opt(str | None, "Batch sizes, e.g. 1,4."), None),
     "heads": (opt(str | None, "Head counts, e.g. 16,32."), None),
@@ -103,7 +103,14 @@ def run(
     build, given = _sweep_spec(o, dev, world_sizes=world_sizes)
     if gpus is not None:
         stored = (lambda: runner.stored_spec(o["resume"], dev)) if o["resume"] else build
+        if dev == "cpu":
+            screen.say(f"[bold yellow]No GPU in use:[/] --gpus {gpus} starts {gpus} CPU "
+                       "process(es) joined by gloo; times are CPU times")
         raise typer.Exit(sharded.launch(gpus, dev, stored, sys.argv[1:]))
+    if sharded.environment_note():
+        screen.warn(f"[dim]{escape(sharded.environment_note())}[/]")
+    if sharded.launched() and not sharded.by_torchrun() and sharded.group_from_env()[0] == 0:
+        screen.warn(escape(sharded.joining_line()))
     ranks = sharded.init(dev) if sharded.launched() else None
     executor = sharded.ShardedExecutor(ranks) if ranks is not None else None
     spec, run_dir, shown = runner.plan(o["resume"], given, o["out"], o["name"], dev, build)
@@ -115,6 +122,8 @@ def run(
     screen.execute(spec, run_dir, o["resume"] is not None, o["plot"],
                    "run" if ranks is None else f"run --gpus {ranks.world}",
                    functools.partial(runner.run_sweep, executor=executor), quiet=quiet)
+    if not quiet:
+        screen.left_out_note(shown)
 
 
 @command(..., WHERE, KEEP)
@@ -162,15 +171,24 @@ def profile(
     shared: dict = None,
 ) -> None:
     """Profile a sweep: each case is timed as by run, then profiled (torch.profiler): a Perfetto trace and a per-kernel table per case."""
-    from attnbench.profile import profile_sweep, show_profile, unavailable_notes
+    from attnbench.profile import (
+        profile_sweep,
+        refuse_unless_profile,
+        show_profile,
+        unavailable_notes,
+    )
 
     o = shared
     if calls < 1:
         raise UsageError(f"--calls must be at least 1, not {calls}")
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, not {top}")
     dev = choose_device(o["device"])
     build, given = _sweep_spec(o, dev)
     spec, run_dir, _ = runner.plan(resume, given, o["out"], o["name"], dev, build,
                                    suffix="-profile")
+    if resume is not None:
+        refuse_unless_profile(resume)
     for line in unavailable_notes(dev, memory_timeline, ncu):
         screen.say(f"[yellow]{escape(line)}[/]")
     screen.execute(spec, run_dir, resume is not None, False, "profile",
@@ -279,16 +297,31 @@ def export(
         screen.warn(f"wrote {escape(str(out))}")
 
 
+def _says_errors() -> bool:
+    """Every process prints its error line but the ranks other than 0 of a sharded run, whose
+    line rank 0 prints (a RANK a scheduler set around one process silences nothing)."""
+    import os
+
+    from attnbench import sharded
+
+    ranks = sharded.current()
+    if ranks is not None:
+        return ranks.rank == 0
+    under_torchrun = sharded.launched() and sharded.by_torchrun()
+    return not under_torchrun or os.environ.get("RANK") == "0"
+
+
 def main() -> None:
     try:
         app()
     except screen.Stopped as stop:  # said on screen
         sys.exit(stop.code)
     except UsageError as exc:
-        import os
+        from attnbench import sharded
 
-        if os.environ.get("RANK", "0") == "0":  # under torchrun the same line once, by rank 0
+        if _says_errors():  # under torchrun the same line once, by rank 0
             screen.warn(f"attnbench: error: {escape(str(exc))}")
+        sharded.settle()  # the ranks leave together, after rank 0 said why
         sys.exit(2)
     except OSError as exc:  # a filesystem failure no command foresaw: still one line
         where = f"{exc.filename}: " if exc.filename else ""

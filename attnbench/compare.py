@@ -105,7 +105,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench import measure, records, registry
+from attnbench import measure, records, registry, report
 from attnbench.case import SHAPE_COLUMNS, Case
 from attnbench.errors import UsageError
 
@@ -357,9 +357,11 @@ def compare_dirs(base_dir: Path, new_dir: Path, threshold: float = DEFAULT_THRES
     for run_dir, df in ((base_dir, base), (new_dir, new)):
         for problem in df.attrs.get("problems", []):
             result.warnings.append(f"{run_dir}: {records.JSONL_FILE} {problem} (left out)")
+        if report.planted_line(df):
+            result.warnings.append(f"{run_dir}: {report.planted_line(df)}")
         if df.attrs.get("duplicates"):
-            result.warnings.append(f"{run_dir}: {df.attrs['duplicates']} record(s) of cases "
-                                   "recorded more than once; the last of each is used")
+            result.warnings.append(
+                f"{run_dir}: {records.duplicates_line(df.attrs['duplicated_cases'])}")
     gpus = [records.read_meta(d).get("environment", {}).get("gpu") for d in (base_dir, new_dir)]
     if gpus[0] != gpus[1]:
         result.warnings.append(f"base ran on {gpus[0] or 'CPU'}, new on {gpus[1] or 'CPU'}: "

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from attnbench import records
 from attnbench.errors import UsageError
+from attnbench.interrupts import exit_code, signal_name
 from attnbench.report import print_report
 from attnbench.runner import CudaContextLost, run_sweep
 
@@ -35,8 +36,8 @@ err_console = Console(stderr=True)
 
 
 class Stopped(Exception):
-    """A sweep stopped early (Ctrl-C, a lost CUDA context): said on screen; ``code`` is the
-    exit status (130 for an interrupt, 1 otherwise)."""
+    """A sweep stopped early (Ctrl-C, SIGTERM, SIGHUP, a lost CUDA context): said on screen;
+    ``code`` is the exit status (128 + the signal for an interrupt, 1 otherwise)."""
 
     def __init__(self, code: int):
         super().__init__(code)
@@ -61,8 +62,8 @@ def load(run_dir: Path, strict: bool) -> pd.DataFrame:
              f"{records.JSONL_FILE} left out: {escape('; '.join(problems[:3]))}"
              + (" ..." if len(problems) > 3 else ""))
     if df.attrs.get("duplicates"):  # two writers before the lock existed, or joined files
-        warn(f"[yellow]warning:[/] {escape(str(run_dir))}: {df.attrs['duplicates']} record(s) "
-             "of cases recorded more than once; the last of each is used")
+        warn(f"[yellow]warning:[/] {escape(str(run_dir))}: "
+             f"{escape(records.duplicates_line(df.attrs['duplicated_cases']))} (--strict: exit 2)")
     return df
 
 
@@ -99,6 +100,19 @@ def cpu_note(spec, what: str = "running") -> None:
         console.print(f"[dim]not CPU-capable, not run: {', '.join(skipped)}[/]")
 
 
+def left_out_note(spec) -> None:
+    """After a run of a preset's own mechanisms, which mechanisms it left out and how to get
+    them (the quick preset on a GPU: the peers and the slow references)."""
+    from attnbench.spec import left_out
+
+    missing = left_out(spec)
+    if missing:
+        console.print(f"not in the {escape(spec.preset)} preset (slow to start on a fresh "
+                      f"machine, or slow references): {escape(', '.join(missing))}; run them "
+                      "with --mechanisms all (or --preset full), or name them with "
+                      "--mechanisms", highlight=False, soft_wrap=True)
+
+
 def print_env(info: dict) -> None:
     """``envinfo.environment()``, one line per key."""
     for key, value in info.items():
@@ -125,19 +139,19 @@ def execute(spec, run_dir: Path, resume: bool = False, plot: bool = True,
         try:
             sweep(spec, run_dir, resume=resume)
         except (KeyboardInterrupt, CudaContextLost) as exc:
-            raise Stopped(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
+            raise Stopped(exit_code(exc) if isinstance(exc, KeyboardInterrupt) else 1) from None
         return
-    counts: dict[str, int] = {}
     with _progress() as progress:
         task = progress.add_task("starting", total=None)
 
         def on_start(path: Path, cases, todo: int) -> None:
             progress.console.print(f"{len(cases)} cases ({todo} to run) -> {escape(str(path))}",
                                    highlight=False)
-            progress.update(task, total=todo)
+            # records written before this (cases a killed process left, recorded as errors)
+            # are not among the todo cases: the bar counts from here
+            progress.update(task, total=todo, completed=0)
 
         def on_record(rec: records.Record) -> None:
-            counts[rec.status] = counts.get(rec.status, 0) + 1
             progress.advance(task)
             if rec.status in ("oom", "error", "timeout") or rec.check == "fail":
                 c = rec.case
@@ -156,12 +170,13 @@ def execute(spec, run_dir: Path, resume: bool = False, plot: bool = True,
             lost = isinstance(exc, CudaContextLost)
             what = (f"the CUDA context is lost ({escape(str(exc))}); records so far are in "
                     f"{escape(str(run_dir))}; continue in a new process:" if lost else
-                    f"interrupted; records so far are in {escape(str(run_dir))}; continue with:")
+                    f"interrupted ({signal_name(exc)}); records so far are in "
+                    f"{escape(str(run_dir))}; continue with:")
             warn(f"{what} attnbench {command} --resume {escape(str(run_dir))}")
-            raise Stopped(1 if lost else 130) from None
+            raise Stopped(1 if lost else exit_code(exc)) from None
     for line in result.repaired:
         warn(f"[yellow]repaired:[/] {escape(line)}")
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))  # every rank's
     console.print(f"finished in {result.seconds:.0f} s: {summary or 'nothing to run'}")
     finish(run_dir, plot=plot, df=result.table)
 

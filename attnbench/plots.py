@@ -25,6 +25,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from attnbench.case import DEFAULTS, FOLLOWS_LENGTH, SHAPE_COLUMNS, view_columns  # noqa: E402
+from attnbench.errors import UsageError  # noqa: E402
+from attnbench.records import write_whole  # noqa: E402
 from attnbench.sizes import format_size  # noqa: E402
 
 # The file formats every figure can be written in (the CLI validates --format against these).
@@ -217,9 +219,14 @@ def save(fig, out_dir: Path, stem: str, formats=DEFAULT_FORMATS) -> list[Path]:
     if bad:
         raise ValueError(f"unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}")
     paths = [Path(out_dir) / f"{stem}.{fmt}" for fmt in formats]
-    for path in paths:
-        fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        for path, fmt in zip(paths, formats):
+            try:  # whole or not at all: a full disk leaves no empty figure behind
+                write_whole(path, lambda p, fmt=fmt: fig.savefig(p, dpi=DPI, format=fmt))
+            except OSError as exc:
+                raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return paths
 
 

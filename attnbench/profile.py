@@ -19,10 +19,11 @@ activities, and CUDA where the run is on a GPU). Per case it writes, under ``pro
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +36,7 @@ from attnbench.errors import UsageError, one_line
 from attnbench.prepare import prepare_call
 from attnbench.records import Record
 from attnbench.runner import SweepResult, run_sweep
-from attnbench.spec import SweepSpec
+from attnbench.spec import SweepSpec, spec_of_run
 
 KERNELS_JSONL, KERNELS_PARQUET, KERNELS_CSV = "kernels.jsonl", "kernels.parquet", "kernels.csv"
 PROFILES_DIR = "profiles"
@@ -258,12 +259,16 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
     """
     if not isinstance(calls, int) or calls < 1:
         raise UsageError(f"--calls must be at least 1, not {calls!r}")
+    if resume and out is not None:
+        refuse_unless_profile(Path(out))
     run_dir: list[Path] = []
     writer: list[records.RunWriter] = []  # kernels.jsonl's, locked and repaired like a journal
+    budget_s: list[float] = []
 
     def start(path: Path, cases, todo: int) -> None:
         run_dir.append(Path(path))
         writer.append(records.RunWriter(path, KERNELS_JSONL))
+        budget_s.append(spec_of_run(records.read_meta(path), path).max_case_seconds)
         if on_start is not None:
             on_start(path, cases, todo)
 
@@ -274,7 +279,10 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
             return
         if on_status is not None:
             on_status(f"profiling {rec.case.mechanism} {rec.case.mode} n={rec.case.seq_len}")
-        rows = profile_case(rec, run_dir[0], calls, memory_timeline, ncu)
+        n, note = calls_within(calls, rec.time_ms, budget_s[0])
+        rows = profile_case(rec, run_dir[0], n, memory_timeline, ncu)
+        if note:
+            rows = [replace(r, note="; ".join(filter(None, [note, r.note]))) for r in rows]
         for row in rows:
             writer[0].write_row(row.row())
         if on_kernels is not None:
@@ -290,17 +298,68 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
             finalize_kernels(run_dir[0])
 
 
+def calls_within(calls: int, time_ms: float, max_case_seconds: float) -> tuple[int, str]:
+    """(the calls to profile of a case whose timed call takes ``time_ms``, a note if fewer
+    than ``calls``): warm-up and profiled calls together stay within --max-case-seconds, one
+    call at least."""
+    fit = int(max_case_seconds * 1e3 / time_ms) - WARMUP_CALLS if time_ms > 0 else calls
+    n = max(1, min(calls, fit))
+    if n == calls:
+        return n, ""
+    return n, (f"profiled {n} of --calls {calls}: {calls} calls of {time_ms:.3g} ms would "
+               f"exceed --max-case-seconds {max_case_seconds:g}")
+
+
+def refuse_unless_profile(run_dir: Path) -> None:
+    """UsageError for ``profile --resume`` of a run directory ``run`` or ``tgs`` made: it has
+    no profile to continue."""
+    command = str(records.read_meta(run_dir).get("command", ""))
+    words = command.split()
+    if "profile" in words or (run_dir / KERNELS_JSONL).is_file():
+        return
+    made_by = " ".join(words[:2]) or "another command"
+    raise UsageError(f"{run_dir} was made by {made_by}, not attnbench profile: there is no "
+                     "profile to continue; profile its sweep in a new directory with "
+                     "attnbench profile and the same sweep options")
+
+
+_TEXT_COLUMNS = ("kernel", "device", "trace", "ncu", "note")
+
+
+def kernel_row(row) -> dict:
+    """A line of kernels.jsonl checked as the journal's lines are; ValueError if it is not a
+    kernel row this attnbench could have written."""
+    case = records.case_from_row(row)  # a dict with a possible case, or ValueError
+    out = case.to_row()
+    for name in (c for c in KERNEL_COLUMNS if c not in KEY_COLUMNS):
+        value = row.get(name)
+        if name in _TEXT_COLUMNS:
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} is {value!r}, not a string")
+            out[name] = value or ""
+        elif value is None:
+            out[name] = NAN
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} is {value!r}, not a finite number >= 0")
+        else:
+            out[name] = float(value)
+    return out
+
+
 def load_kernels(run_dir: Path) -> pd.DataFrame:
-    """The kernel rows of a profiled run, tidy: one per kernel and case. A line that does
-    not parse (cut off by a crash) is left out and counted in ``attrs["damaged"]``."""
+    """The kernel rows of a profiled run, tidy: one per kernel and case. A line that is not
+    a kernel row (cut off by a crash, not UTF-8, a value of another type, an impossible case
+    or a number that is infinite or negative) is left out and counted in
+    ``attrs["damaged"]``."""
     path = Path(run_dir) / KERNELS_JSONL
     if not path.is_file():
         raise UsageError(f"{str(run_dir)!r} holds no profile ({KERNELS_JSONL} is missing)")
     rows, damaged = [], 0
-    for line in filter(str.strip, path.read_text().splitlines()):
+    for line in filter(bytes.strip, path.read_bytes().splitlines()):
         try:
-            rows.append(json.loads(line))
-        except ValueError:
+            rows.append(kernel_row(json.loads(line.decode("utf-8"))))
+        except (ValueError, TypeError, OverflowError):  # UnicodeDecodeError is a ValueError
             damaged += 1
     df = pd.DataFrame(rows, columns=KERNEL_COLUMNS)
     df.attrs["damaged"] = damaged
@@ -378,5 +437,7 @@ def show_profile(run_dir: Path, console, top: int = 12) -> None:
         console.print("no case measured ok, so none was profiled", highlight=False)
     else:
         print_kernels(kernels, console, top=top)
-    console.print(f"traces: {escape(str(run_dir / PROFILES_DIR))}; kernels: "
-                  f"{escape(str(run_dir / KERNELS_PARQUET))}, {KERNELS_CSV}", highlight=False)
+    if (run_dir / PROFILES_DIR).is_dir():  # name only folders that exist
+        console.print(f"traces: {escape(str(run_dir / PROFILES_DIR))}; kernels: "
+                      f"{escape(str(run_dir / KERNELS_PARQUET))}, {KERNELS_CSV}",
+                      highlight=False)

@@ -31,6 +31,7 @@ import pandas as pd
 
 from attnbench.case import KEY_COLUMNS, Case
 from attnbench.errors import UsageError
+from attnbench.sizes import MAX_SIZE
 
 SCHEMA_VERSION = 2
 # Schema 1 records have no value_dim: Case.from_row takes the head dim, which they measured.
@@ -72,6 +73,9 @@ class Record:
     device_index: int = -1
     seq_len_per_rank: int = 0  # tokens of each sequence one rank held (0: not recorded)
     comm_bytes: float = NAN  # bytes one rank sent to collectives per call (sequence-parallel)
+    # Extra work ATTNBENCH_PLANT_SLOWDOWN added to each timed call, as a fraction of its time
+    # (attnbench.testing: a test hook; 0 in every real measurement).
+    planted: float = 0.0
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -87,11 +91,8 @@ class Record:
     def from_row(cls, row: dict) -> Record:
         """A Record from a row of any readable schema. ValueError if it is not a record."""
         if not isinstance(row, dict):
-            raise ValueError(f"not a record (a JSON {type(row).__name__})")
-        try:
-            case = Case.from_row(row)
-        except KeyError as exc:
-            raise ValueError(f"not a record (no {exc.args[0]!r})") from None
+            raise ValueError(f"not a record (a JSON {json_kind(row)})")
+        case = case_from_row(row)
         values = {}
         for f in fields(cls):
             if f.name == "case" or f.name not in row:
@@ -100,14 +101,89 @@ class Record:
             if f.type == "float":
                 value = NAN if value is None else float(value)
             elif f.type == "int":
-                value = int(value or 0)
+                value = _whole(f.name, value or 0)
             elif not isinstance(value, str):
                 raise ValueError(f"{f.name} is {value!r}, not a string")
             values[f.name] = value
         for required in ("family", "device", "status"):
             if required not in values:
                 raise ValueError(f"not a record (no {required!r})")
-        return cls(case=case, **values)
+        return check_record(cls(case=case, **values))
+
+
+# --- a journal line read as untrusted ----------------------------------------------------------
+# Every value of a journal is checked for its type, its range and finiteness: a line that
+# fails is a damaged line (reported by number), never a valid record and never a traceback.
+
+CASE_SIZES = ("batch", "heads", "seq_len", "head_dim", "value_dim", "world_size")
+CASE_MODES = ("fwd", "bwd", "fwdbwd", "train")
+CASE_DTYPES = ("fp16", "bf16", "fp32")
+CHECKS = ("pass", "fail", "")
+
+
+def json_kind(value) -> str:
+    """What JSON calls the type of a parsed value: object, array, string, number, ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "number",
+            float: "number"}.get(type(value), type(value).__name__)
+
+
+def case_from_row(row) -> Case:
+    """A checked Case from a journal row (a record's, or a started marker's): ValueError for
+    anything that is not a case this attnbench could have run."""
+    if not isinstance(row, dict):
+        raise ValueError(f"not a case (a JSON {json_kind(row)})")
+    for f in fields(Case):
+        if f.type == "int" and row.get(f.name) is not None:
+            _whole(f.name, row[f.name])
+    try:
+        case = Case.from_row(row)
+    except KeyError as exc:
+        raise ValueError(f"not a record (no {exc.args[0]!r})") from None
+    if not case.mechanism:
+        raise ValueError("mechanism is empty")
+    for name in CASE_SIZES:
+        value = getattr(case, name)
+        if not 1 <= value <= MAX_SIZE:
+            raise ValueError(f"{name} is {value}, outside 1..{MAX_SIZE}")
+    if case.mode not in CASE_MODES:
+        raise ValueError(f"unknown mode {case.mode!r}")
+    if case.dtype not in CASE_DTYPES:
+        raise ValueError(f"unknown dtype {case.dtype!r}")
+    return case
+
+
+def _whole(name: str, value) -> int:
+    """``value`` as an int, or ValueError naming the field (Infinity, 1.5, "x", true)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
+        raise ValueError(f"{name} is {value!r}, not a whole number")
+    return int(value)
+
+
+def check_record(rec: Record) -> Record:
+    """``rec`` if every result is possible, else ValueError saying which is not.
+
+    Floats are NaN (not measured) or finite and not negative; an ok record has a positive
+    time; counts and places are whole numbers in range.
+    """
+    for f in fields(rec):
+        value = getattr(rec, f.name)
+        if f.type == "float" and not math.isnan(value):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{f.name} is {value!r}, not a finite number >= 0")
+    if rec.status == "ok" and not rec.time_ms > 0:  # NaN fails too
+        raise ValueError(f"an ok record with time_ms {rec.time_ms!r}")
+    for name, low in (("reps", 0), ("rank", 0), ("device_index", -1), ("seq_len_per_rank", 0)):
+        value = getattr(rec, name)
+        if not low <= value <= MAX_SIZE:
+            raise ValueError(f"{name} is {value}, outside {low}..{MAX_SIZE}")
+    if rec.check not in CHECKS:
+        raise ValueError(f"unknown check {rec.check!r}")
+    return rec
 
 
 RESULT_COLUMNS = [f.name for f in fields(Record) if f.name != "case"]
@@ -157,16 +233,16 @@ def read_journal(run_dir: Path, name: str = JSONL_FILE) -> Journal:
             continue
         journal.last_started = None
         try:
-            row = json.loads(raw)
+            row = json.loads(_utf8(raw))
             if isinstance(row, dict) and "started" in row:
-                case = Case.from_row(row["started"])
+                case = case_from_row(row["started"])
                 started[case.key()] = journal.last_started = case
                 continue
             if isinstance(row, dict) and "abandoned" in row:  # interrupted: run it again
-                started.pop(Case.from_row(row["abandoned"]).key(), None)
+                started.pop(case_from_row(row["abandoned"]).key(), None)
                 continue
             rec = Record.from_row(row)
-        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:  # JSONDecodeError too
             journal.problems.append(f"line {number}: {_why(exc)}")
             continue
         started.pop(rec.case.key(), None)
@@ -178,9 +254,21 @@ def read_journal(run_dir: Path, name: str = JSONL_FILE) -> Journal:
     return journal
 
 
+def _utf8(raw: bytes) -> str:
+    """The line as text; ValueError naming the first byte that is not UTF-8 (json.loads of
+    bytes would guess another encoding and report that one)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                         f"{exc.start + 1})") from None
+
+
 def _why(exc: Exception) -> str:
     if isinstance(exc, json.JSONDecodeError):
         return "not JSON"
+    if isinstance(exc, OverflowError):
+        return f"a number out of range ({exc})"
     return str(exc) or type(exc).__name__
 
 
@@ -210,9 +298,13 @@ class RunWriter:
             raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
 
     def _append(self, row: dict) -> None:
-        self._file.write(json.dumps(row, allow_nan=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(json.dumps(row, allow_nan=False) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:  # a full disk, a lost mount: what was appended before is kept
+            raise UsageError(f"cannot write {self.path}: {exc.strerror or exc}; "
+                             f"{resume_hint(self.run_dir)}") from None
 
     def started(self, case: Case, timestamp: float) -> None:
         """Mark ``case`` as begun: if the process dies inside it, resume records that."""
@@ -346,8 +438,12 @@ def load(run_dir: Path, strict: bool = False) -> pd.DataFrame:
                          f"line(s): {'; '.join(journal.problems[:5])}")
     if not journal.records:
         raise UsageError(f"{str(run_dir)!r} holds no records ({JSONL_FILE} is missing or empty)")
+    twice = duplicated_cases(journal.records)
+    if twice and strict:
+        raise UsageError(f"{Path(run_dir) / JSONL_FILE}: {duplicates_line(twice)}")
     df = latest_frame(journal.records)
     df.attrs["problems"] = journal.problems
+    df.attrs["duplicated_cases"] = twice
     return df
 
 
@@ -360,13 +456,61 @@ def latest_frame(recs: list[Record]) -> pd.DataFrame:
     return df
 
 
-def write_tables(df: pd.DataFrame, run_dir: Path, parquet: str, csv: str) -> None:
-    """A tidy frame as parquet and CSV in the run directory; UsageError if it cannot be."""
+def duplicated_cases(recs: list[Record]) -> list[str]:
+    """``"linear-masked fwd b1-h2-n128-d16-fp32 (2 records: ok 1.5 ms, ok 150 ms)"`` for each
+    case recorded more than once, in journal order: what a view that keeps the last hides."""
+    seen: dict[tuple, list[Record]] = {}
+    for rec in recs:
+        seen.setdefault(rec.case.key(), []).append(rec)
+    out = []
+    for group in seen.values():
+        if len(group) > 1:
+            case = group[0].case
+            what = ", ".join(r.status + (f" {r.time_ms:.3g} ms" if r.status == "ok" else "")
+                             for r in group)
+            out.append(f"{case.mechanism} {case.mode} {case.label()} ({len(group)} records: "
+                       f"{what})")
+    return out
+
+
+def duplicates_line(twice: list[str], shown: int = 3) -> str:
+    """One line naming the cases recorded more than once (the first ``shown`` of them)."""
+    more = f" and {len(twice) - shown} more" if len(twice) > shown else ""
+    return (f"{len(twice)} case(s) recorded more than once, the last record of each is used: "
+            f"{'; '.join(twice[:shown])}{more}")
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What to do after a write failed: the journal keeps every record written before."""
+    return (f"every record written before is kept in {JSONL_FILE}: make room, then continue "
+            f"with --resume {run_dir}")
+
+
+def write_whole(path: Path, write) -> None:
+    """``write(partial)`` to a file beside ``path``, then rename it onto ``path``: a failure (a
+    full disk) leaves no empty or partial file, and an older whole one in place. Exceptions
+    propagate after the partial file is removed."""
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        df.to_parquet(Path(run_dir) / parquet, index=False)
-        df.to_csv(Path(run_dir) / csv, index=False)
-    except OSError as exc:
-        raise UsageError(f"cannot write {parquet} and {csv} in {run_dir}: {exc.strerror}") from None
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def write_tables(df: pd.DataFrame, run_dir: Path, parquet: str, csv: str) -> None:
+    """A tidy frame as parquet and CSV in the run directory, each whole or not at all;
+    UsageError naming the file if one cannot be written."""
+    for name, write in ((parquet, lambda p: df.to_parquet(p, index=False)),
+                        (csv, lambda p: df.to_csv(p, index=False))):
+        path = Path(run_dir) / name
+        try:
+            write_whole(path, write)
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}; "
+                             f"{resume_hint(run_dir)}") from None
 
 
 def finalize(run_dir: Path) -> pd.DataFrame | None:

@@ -40,8 +40,22 @@ def _cell(row: pd.Series, column: str, fmt, mark_host: bool) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "[dim]–[/]"
     host = mark_host and host_bound(row.get("host_ms"), row["time_ms"])
-    text = fmt(value) + ("*" if host else "")
+    wide = mark_host and wide_spread(row)
+    text = fmt(value) + ("*" if host else "") + ("~" if wide else "")
     return f"[red]{text}✗[/]" if row["check"] == "fail" else text
+
+
+# A median whose p20..p80 spread is wider than this factor is marked "~" in time tables: on a
+# shared CPU under load the repetitions of one case can span 10x.
+WIDE_SPREAD = 2.0
+
+
+def wide_spread(row) -> bool:
+    """The repetitions' p80 is more than WIDE_SPREAD times their p20."""
+    p20, p80 = row.get("time_ms_p20"), row.get("time_ms_p80")
+    if p20 is None or p80 is None or not (p20 > 0) or math.isnan(p80):
+        return False
+    return p80 > WIDE_SPREAD * p20
 
 
 def tables(df: pd.DataFrame, metric: str) -> list[Table]:
@@ -59,6 +73,10 @@ def tables(df: pd.DataFrame, metric: str) -> list[Table]:
             caption += (f"\n* host-bound: the host took {HOST_BOUND_FRACTION:.0%} or more of this "
                         "time to issue one call, so the number is the host's (Python, "
                         "launches) as much as the kernel's")
+        if mark_host and any(wide_spread(r) for _, r in part.iterrows()):
+            caption += (f"\n~ wide spread: the slowest fifth of the repetitions (p80) took more "
+                        f"than {WIDE_SPREAD:g}x the fastest fifth (p20), so the median is "
+                        "uncertain (a busy machine?); measure again before trusting it")
         table = Table(title=f"{mode}: {title}", caption=caption, title_justify="left",
                       caption_justify="left")
         table.add_column("mechanism", no_wrap=True)
@@ -120,7 +138,19 @@ def print_header(run_dir, meta: dict, console: Console) -> None:
                   f"triton {packages.get('triton')}, commit {commit}[/]", highlight=False)
 
 
+def planted_line(df: pd.DataFrame) -> str:
+    """A warning for records whose calls ATTNBENCH_PLANT_SLOWDOWN slowed on purpose; ""."""
+    if "planted" not in df or not (df["planted"] > 0).any():
+        return ""
+    which = df[df["planted"] > 0].drop_duplicates("mechanism")
+    names = ", ".join(f"{r.mechanism} +{r.planted:.0%}" for r in which.itertuples())
+    return (f"planted slowdown (ATTNBENCH_PLANT_SLOWDOWN, a test hook): {names}; these times "
+            "are not real measurements")
+
+
 def print_report(df: pd.DataFrame, console: Console, metrics=("tokens", "time", "memory")) -> None:
+    if planted_line(df):
+        console.print(f"[bold red]{escape(planted_line(df))}[/]", highlight=False)
     if df["device"].iloc[0] == "cpu":
         metrics = [m for m in metrics if m != "memory"]  # torch keeps no CPU allocator stats
     for metric in metrics:

@@ -10,6 +10,7 @@ which the CLI hands in).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench import envinfo, peaks, records, registry
+from attnbench import envinfo, interrupts, peaks, records, registry, testing
 from attnbench.case import Case
 from attnbench.errors import UsageError
 from attnbench.records import Record
-from attnbench.spec import SweepSpec
+from attnbench.spec import SweepSpec, spec_of_run
 from attnbench.sweep import (  # noqa: F401 (importable from here, as before)
     CALLS_PER_CASE,
     CudaContextLost,
@@ -64,7 +65,7 @@ def resolve(spec: SweepSpec | None, out: Path | str | None,
     if out is None:
         raise UsageError("resume needs the run directory to continue")
     meta = records.read_meta(Path(out))
-    stored = SweepSpec.from_json(meta["spec"])
+    stored = spec_of_run(meta, out)
     if spec is not None and spec != stored:
         raise UsageError(f"{out} holds another sweep; resume it without sweep options")
     return stored, meta
@@ -73,7 +74,7 @@ def resolve(spec: SweepSpec | None, out: Path | str | None,
 def stored_spec(run_dir: Path, device: str) -> SweepSpec:
     """The sweep a run directory holds, to resume it on ``device`` (UsageError if it ran on
     another kind of device)."""
-    stored = SweepSpec.from_json(records.read_meta(run_dir)["spec"])
+    stored = spec_of_run(records.read_meta(run_dir), run_dir)
     if stored.device != device:
         raise UsageError(f"{run_dir} was run on {stored.device}; this machine runs on {device}")
     return stored
@@ -98,10 +99,19 @@ def plan(resume: Path | None, given: bool, out: Path | None, name: str | None, d
             raise UsageError(f"{resume} is an operator sweep; continue it with attnbench run "
                              f"--resume {resume}")
         return None, resume, stored
+    if name is not None:
+        check_run_name(name)
     spec = build()
     if out is None:
         out = Path("results") / name if name else Path(f"{default_run_dir(spec)}{suffix}")
     return spec, out, spec
+
+
+def check_run_name(name: str) -> None:
+    """UsageError unless ``name`` is one plain directory name (under results/)."""
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        raise UsageError(f"--name {name!r}: a run name is one plain directory name under "
+                         "results/ (no '/', not '..'); to write elsewhere use --out DIR")
 
 
 def run_sweep(
@@ -128,7 +138,17 @@ def run_sweep(
     Bad input raises UsageError before any measurement. Ctrl-C (KeyboardInterrupt) and a lost
     CUDA context (CudaContextLost) propagate after the tables of what was recorded are
     written; ``resume`` continues such a run in a new process.
+
+    SIGTERM and SIGHUP (``timeout``, a CI cancel, ``kill``, torchrun) are Ctrl-C here: they
+    raise ``interrupts.Interrupted``, a KeyboardInterrupt (attnbench.interrupts).
     """
+    with interrupts.signals_interrupt():
+        return _run_sweep(spec, out, resume=resume, on_record=on_record, on_status=on_status,
+                          on_start=on_start, executor=executor)
+
+
+def _run_sweep(spec, out, *, resume, on_record, on_status, on_start, executor) -> SweepResult:
+    plant = testing.check_plant()  # a bad ATTNBENCH_PLANT_SLOWDOWN: UsageError before any work
     ex = executor if executor is not None else LocalExecutor()
     started_at = time.time()
     spec, meta = resolve(spec, out, resume)
@@ -143,7 +163,7 @@ def run_sweep(
             records.write_meta(out, dict(
                 command=extra.pop("command"), started=datetime.now().isoformat(),
                 spec=spec.to_json(), **extra, environment=envinfo.environment(),
-                peaks=peaks.device_peaks(spec.device)))
+                peaks=peaks.device_peaks(spec.device), **plant))
         journal = records.read_journal(out, ex.journal)
         repaired = [f"{ex.journal} {problem} (left out)" for problem in journal.problems]
         if writer.repaired:
@@ -185,5 +205,17 @@ def run_sweep(
                 writer.abandoned(case, time.time())
             raise
         finally:
-            table = ex.finish(out, mine)
-    return SweepResult(out, counts, time.time() - started_at, repaired, table)
+            table = _finish_tables(ex, out, mine)
+    return SweepResult(out, ex.total_counts(counts), time.time() - started_at, repaired, table)
+
+
+def _finish_tables(ex: LocalExecutor, out: Path, mine: list[Record]):
+    """The executor's tables at the end of a run (its ``finish``); while an error is on its
+    way out (a full disk writing the journal) a failure here does not hide that error, which
+    said it first."""
+    if sys.exc_info()[1] is None:
+        return ex.finish(out, mine)
+    try:
+        return ex.finish(out, mine)
+    except UsageError:
+        return None

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -50,6 +49,13 @@ TIMEOUT = timedelta(minutes=30)  # a rank stuck in a collective gives up after t
 CPU_TARGET_S, CUDA_TARGET_S = 0.2, 0.1  # timed repetitions fill about this long
 
 
+# What torchrun (or a scheduler) sets to name a process group; env:// needs all four.
+GROUP_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# How long joining the other ranks may take before it fails with one line: a scheduler's
+# RANK=0 WORLD_SIZE=2 around a single process would otherwise wait for a rank that never comes.
+JOIN_TIMEOUT = timedelta(minutes=5)
+
+
 def launch(gpus: int, device: str, build: Callable[[], SweepSpec], argv: list[str]) -> int:
     """``attnbench run --gpus N``: check the input here (``build()``: the sweep), then start N
     ranks of ``attnbench <argv less --gpus>`` through torch.distributed.run; their exit
@@ -60,6 +66,10 @@ def launch(gpus: int, device: str, build: Callable[[], SweepSpec], argv: list[st
         raise UsageError(f"--gpus must be at least 1, not {gpus}")
     if device == "cuda" and gpus > torch.cuda.device_count():
         raise UsageError(f"--gpus {gpus}: torch sees {torch.cuda.device_count()} GPU(s)")
+    cores = cpu_cores()
+    if device == "cpu" and gpus > cores:
+        raise UsageError(f"--gpus {gpus} on the CPU starts {gpus} processes and this machine "
+                         f"gives {cores} core(s); ask for at most {cores}")
     spec = build()
     with_world(expand(spec), gpus, spec.world_sizes)  # bad sizes or lengths: refused here
     rest, skip = [], False
@@ -85,9 +95,62 @@ def launch(gpus: int, device: str, build: Callable[[], SweepSpec], argv: list[st
 
 
 def launched() -> bool:
-    """True in a process torchrun (torch.distributed.run) started."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or (
-        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ)
+    """True where the environment names a whole process group to join (RANK, WORLD_SIZE,
+    MASTER_ADDR and MASTER_PORT, as torchrun sets them)."""
+    return all(os.environ.get(name) for name in GROUP_ENV)
+
+
+def environment_note() -> str:
+    """A line for an environment that names part of a process group (a scheduler's RANK, a
+    stray TORCHELASTIC_RUN_ID): the run goes on as one process. "" where there is none."""
+    present = [n for n in (*GROUP_ENV, "TORCHELASTIC_RUN_ID") if os.environ.get(n)]
+    if not present or launched():
+        return ""
+    missing = [n for n in GROUP_ENV if not os.environ.get(n)]
+    return (f"{', '.join(present)} set in the environment but not {', '.join(missing)}: not a "
+            "torchrun launch, so this runs as one process")
+
+
+def group_from_env() -> tuple[int, int, str]:
+    """(rank, world size, "addr:port") from the environment; UsageError for values that name
+    no process group."""
+    values = {n: os.environ.get(n, "") for n in GROUP_ENV}
+    try:
+        rank, world, port = (int(values[n]) for n in ("RANK", "WORLD_SIZE", "MASTER_PORT"))
+    except ValueError:
+        raise UsageError("RANK, WORLD_SIZE and MASTER_PORT must be whole numbers, not "
+                         + ", ".join(f"{n}={values[n]!r}" for n in GROUP_ENV[:2] + GROUP_ENV[3:])
+                         ) from None
+    if not (world >= 1 and 0 <= rank < world and 0 < port < 65536):
+        raise UsageError(f"RANK={rank} WORLD_SIZE={world} MASTER_PORT={port} name no process "
+                         "group (0 <= RANK < WORLD_SIZE, a port 1..65535)")
+    return rank, world, f"{values['MASTER_ADDR']}:{port}"
+
+
+def by_torchrun() -> bool:
+    """torchrun started this process (its agent started every rank, and waits for them)."""
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID"))
+
+
+def joining_line() -> str:
+    """What a process started outside torchrun says before it waits for the other ranks."""
+    rank, world, where = group_from_env()
+    return (f"rank {rank} of {world} (RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set "
+            f"in the environment): waiting for the other ranks at {where}, up to "
+            f"{JOIN_TIMEOUT.total_seconds():.0f} s")
+
+
+def _join() -> None:
+    """init_process_group from the environment, bounded by JOIN_TIMEOUT outside torchrun;
+    UsageError if the other ranks do not come."""
+    rank, world, where = group_from_env()
+    try:
+        dist.init_process_group("gloo", timeout=TIMEOUT if by_torchrun() else JOIN_TIMEOUT)
+    except Exception as exc:  # the store's timeout, a refused connection, a taken port
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"rank {rank} could not join the {world} ranks at {where} within "
+                         f"{JOIN_TIMEOUT.total_seconds():.0f} s ({first}); to run as one "
+                         "process, unset RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT") from None
 
 
 @dataclass(frozen=True)
@@ -115,8 +178,11 @@ def init(device: str) -> Ranks:
     ranks see different kinds of device (one CUDA, another the CPU)."""
     if _RANKS:
         return _RANKS[0]
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=TIMEOUT)
+    if device == "cpu":  # lightning2-sp's kernels on the CPU: Triton's interpreter
+        interpret_triton_on_cpu()
+    joined_here = not dist.is_initialized()
+    if joined_here:
+        _join()
     rank, world = dist.get_rank(), dist.get_world_size()
     kinds = [None] * world
     dist.all_gather_object(kinds, device)
@@ -129,13 +195,52 @@ def init(device: str) -> Ranks:
         torch.cuda.set_device(local % torch.cuda.device_count())
     data = dist.new_group(backend="nccl", timeout=TIMEOUT) if device == "cuda" else None
     index = torch.cuda.current_device() if device == "cuda" else -1
-    _RANKS.append(Ranks(rank, world, device, index, None, data))
-    signal.signal(signal.SIGTERM, _terminated)  # torchrun stops the others when one fails
+    # the harness's messages wait as long as a case may take, not JOIN_TIMEOUT
+    control = dist.new_group(backend="gloo", timeout=TIMEOUT) if joined_here else None
+    _RANKS.append(Ranks(rank, world, device, index, control, data))
+    # torchrun stops the other ranks with SIGTERM when one fails: run_sweep takes it as Ctrl-C
+    # (attnbench.interrupts), so the case in hand is marked abandoned and the tables written
     return _RANKS[0]
 
 
-def _terminated(signum, frame):
-    raise KeyboardInterrupt  # the case in hand is marked abandoned, the tables written
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, which a container or taskset sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def settle(timeout: timedelta = timedelta(seconds=30)) -> None:
+    """After an error every rank of the group raised (the same bad input): wait, up to
+    ``timeout``, until every rank is here; then rank 0, which has said why, leaves first and
+    the others after it (torchrun stops every rank the moment one exits, so a rank leaving
+    first could cut rank 0 off before its line). Nothing outside a group."""
+    ranks = current()
+    if ranks is None:
+        return
+    try:
+        dist.monitored_barrier(group=ranks.control, timeout=timeout, wait_all_ranks=True)
+    except Exception:  # a rank that never comes, a group that has no monitored barrier
+        return
+    if ranks.rank == 0:
+        return  # rank 0 has said why: it exits first, the root cause torchrun reports
+    try:  # the others wait until rank 0 has gone (its connection closes) or torchrun stops them
+        dist.recv(torch.zeros(1), src=0, group=ranks.control)
+    except Exception:
+        pass
+
+
+def interpret_triton_on_cpu() -> None:
+    """TRITON_INTERPRET=1 unless the user chose otherwise: Triton reads it when a kernel is
+    decorated, so it is set before attnbench.kernels is imported (UsageError if it was
+    already, without it: its kernels would look for a GPU driver)."""
+    import sys
+
+    if "attnbench.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UsageError("a CPU sharded run needs TRITON_INTERPRET=1 for lightning2-sp, and "
+                         "attnbench.kernels was imported without it; set it before importing")
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def with_world(cases: list[Case], world: int, sizes: tuple[int, ...] = ()) -> list[Case]:
@@ -517,6 +622,14 @@ class ShardedExecutor(LocalExecutor):
 
     def stamp(self, rec: Record) -> Record:
         return stamp(rec, self.ranks.rank, self.ranks.device_index)
+
+    def total_counts(self, counts: dict[str, int]) -> dict[str, int]:
+        """Every rank's records of this run, by status (each rank calls this at the end)."""
+        total: dict[str, int] = {}
+        for part in _gather(counts, self.ranks):
+            for status, n in part.items():
+                total[status] = total.get(status, 0) + n
+        return total
 
     def finish(self, out: Path, mine: list[Record]):
         if self.ranks.rank == 0:

@@ -8,6 +8,9 @@ from attnbench.errors import UsageError
 
 _SIZE = re.compile(r"^(\d+)([kKmM]?)$")
 _SCALE = {"": 1, "k": 1024, "m": 1024 * 1024}
+# The largest size accepted anywhere (a length of 2**40 tokens is far beyond any machine);
+# it keeps every count a 64-bit integer in tables and files.
+MAX_SIZE = 2**40
 
 
 def parse_size(text: str) -> int:
@@ -18,6 +21,8 @@ def parse_size(text: str) -> int:
     value = int(m.group(1)) * _SCALE[m.group(2).lower()]
     if value <= 0:
         raise UsageError(f"bad size {text!r}: sizes must be positive")
+    if value > MAX_SIZE:
+        raise UsageError(f"bad size {text!r}: at most {format_size(MAX_SIZE)} ({MAX_SIZE})")
     return value
 
 

@@ -52,24 +52,57 @@ class SweepSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> SweepSpec:
+        """The spec a run's meta.json stores, read as untrusted: UsageError for one this
+        attnbench could not have written (a field missing, of another type, out of range)."""
+        if not isinstance(data, dict):
+            raise UsageError("no sweep spec (its 'spec' is not an object)")
         known = {f.name for f in fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-        return cls(**values)
+        try:
+            spec = cls(**values)
+        except TypeError as exc:  # a field without a default is missing
+            raise UsageError(f"an incomplete sweep spec ({exc})") from None
+        _check_stored(spec)
+        return spec
 
+
+# What a plain `attnbench run` on a GPU (the quick preset) runs: our kernels beside
+# FlashAttention-2, cuDNN and the naive cumsum reference, the comparison a newcomer came for,
+# inside a minute on a fresh machine. Left to --mechanisms all or --preset full: the peers
+# that are slow to start there (FLA autotunes every new shape, 142 s on a fresh H100; the
+# official lightning-attn recompiles for every length) and the other references.
+QUICK_MECHANISMS = "lightning2,lightning1,flash2,sdpa-cudnn,linear-cumsum"
+_QUICK_GRID = dict(seq_lens="1k..16k", batch="2", heads="16", head_dims="128", dtypes="bf16",
+                   modes="fwd,bwd", decay=True, max_case_seconds=2.0, line_seconds=3.0)
 
 PRESETS: dict[str, dict] = {
     # Finishes in well under a minute on 2 CPU cores, over every CPU-capable mechanism.
-    "cpu": dict(seq_lens="128..1k", batch="1", heads="4", head_dims="32", dtypes="fp32",
-                modes="fwd,bwd", decay=True, max_case_seconds=10.0, line_seconds=0.0),
-    # The first GPU run and the CI regression grid: about a minute on one GPU. The slow
+    "cpu": dict(mechanisms="all", seq_lens="128..1k", batch="1", heads="4", head_dims="32",
+                dtypes="fp32", modes="fwd,bwd", decay=True, max_case_seconds=10.0,
+                line_seconds=0.0),
+    # The first GPU run and the CI regression grid: a minute on one fresh GPU. The slow
     # references (one Python step per token, n x n matrices) say what they can in a few
     # seconds a line; the kernels are far below these budgets.
-    "quick": dict(seq_lens="1k..16k", batch="2", heads="16", head_dims="128", dtypes="bf16",
-                  modes="fwd,bwd", decay=True, max_case_seconds=2.0, line_seconds=3.0),
+    "quick": dict(mechanisms=QUICK_MECHANISMS, **_QUICK_GRID),
+    # The quick grid over every mechanism that runs on the device: the peers and the slow
+    # references too (minutes on a fresh GPU: their first calls compile and autotune).
+    "full": dict(mechanisms="all", **_QUICK_GRID),
     # The official Lightning Attention-2 benchmark's shape.
-    "paper": dict(seq_lens="1k..128k", batch="4", heads="32", head_dims="128", dtypes="bf16",
-                  modes="fwd,bwd", decay=True, max_case_seconds=30.0, line_seconds=60.0),
+    "paper": dict(mechanisms="all", seq_lens="1k..128k", batch="4", heads="32",
+                  head_dims="128", dtypes="bf16", modes="fwd,bwd", decay=True,
+                  max_case_seconds=30.0, line_seconds=60.0),
 }
+
+
+def left_out(spec: SweepSpec) -> list[str]:
+    """The mechanisms that run on the spec's device and its preset's default left out (the
+    quick preset's peers and slow references), where the mechanisms are the preset's own:
+    what `--mechanisms all` would add."""
+    if spec.models or spec.preset not in PRESETS or (
+            spec.mechanisms != PRESETS[spec.preset]["mechanisms"]):
+        return []
+    chosen = {m.name for m in registry.select(spec.mechanisms, spec.device)}
+    return [m.name for m in registry.select("all", spec.device) if m.name not in chosen]
 
 
 def choose_device(choice: str) -> str:
@@ -103,6 +136,9 @@ def build_spec(preset: str | None, device: str, mechanisms: str | None = None,
                max_case_seconds: float | None = None, value_dims: str | None = None,
                line_seconds: float | None = None, world_sizes: str | None = None) -> SweepSpec:
     """A preset's values, overridden by whatever was given explicitly. Raises UsageError."""
+    refuse_empty(mechanisms=mechanisms, seq_lens=seq_lens, batch=batch, heads=heads,
+                 head_dim=head_dims, dtype=dtypes, modes=modes, value_dim=value_dims,
+                 world_sizes=world_sizes)
     if device not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
     preset = preset or ("quick" if device == "cuda" else "cpu")
@@ -114,7 +150,7 @@ def build_spec(preset: str | None, device: str, mechanisms: str | None = None,
         return base[key] if value is None else value
 
     spec = SweepSpec(
-        mechanisms=mechanisms or "all",
+        mechanisms=pick(mechanisms, "mechanisms"),
         seq_lens=parse_sizes(pick(seq_lens, "seq_lens")),
         batch=parse_sizes(pick(batch, "batch")),
         heads=parse_sizes(pick(heads, "heads")),
@@ -130,8 +166,66 @@ def build_spec(preset: str | None, device: str, mechanisms: str | None = None,
         world_sizes=parse_sizes(world_sizes) if world_sizes else (),
     )
     _check_budgets(spec)
-    registry.select(spec.mechanisms, device)  # unknown names fail here, before any work
+    chosen = registry.select(spec.mechanisms, device)  # unknown names fail here, before any work
+    if spec.world_sizes and not any(m.sequence_parallel for m in chosen):
+        parallel = ", ".join(m.name for m in registry.MECHANISMS if m.sequence_parallel)
+        raise UsageError(f"--world-sizes applies to sequence-parallel mechanisms ({parallel}) "
+                         f"and --mechanisms {spec.mechanisms} names none")
     return spec
+
+
+def refuse_empty(**options: str | None) -> None:
+    """UsageError for a list option given as an empty string (``--mechanisms ""``): an empty
+    list is a mistake (an unset shell variable), never a way to ask for the default."""
+    for name, value in options.items():
+        if value is not None and not str(value).replace(",", "").strip():
+            raise UsageError(f"empty --{name.replace('_', '-')} list; leave the option out for "
+                             "its default")
+
+
+def spec_of_run(meta: dict, run_dir) -> SweepSpec:
+    """The sweep a run directory's meta.json holds; UsageError naming the file if it holds
+    none this attnbench could have written."""
+    try:
+        return SweepSpec.from_json(meta.get("spec") if isinstance(meta, dict) else None)
+    except UsageError as exc:
+        raise UsageError(f"{run_dir}/meta.json: {exc}; it cannot be resumed") from None
+
+
+def _check_stored(spec: SweepSpec) -> None:
+    """UsageError for a stored spec's value of the wrong type or out of range."""
+    from attnbench.sizes import MAX_SIZE
+
+    def fail(name: str) -> None:
+        raise UsageError(f"sweep spec field {name} is {getattr(spec, name)!r}")
+
+    for name in ("seq_lens", "batch", "heads", "head_dims", "value_dims", "world_sizes"):
+        value = getattr(spec, name)
+        if not isinstance(value, tuple) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIZE
+                for v in value):
+            fail(name)
+    if not spec.seq_lens:
+        fail("seq_lens")
+    for name in ("dtypes", "modes", "models", "sizes"):
+        value = getattr(spec, name)
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            fail(name)
+    for name in ("mechanisms", "preset"):
+        if not isinstance(getattr(spec, name), str):
+            fail(name)
+    if spec.device not in ("cpu", "cuda"):
+        fail("device")
+    for name in ("decay", "checkpointing"):
+        if not isinstance(getattr(spec, name), bool):
+            fail(name)
+    if not (isinstance(spec.tokens_per_step, int) and 0 <= spec.tokens_per_step <= MAX_SIZE):
+        fail("tokens_per_step")
+    for name in ("max_case_seconds", "line_seconds"):
+        if isinstance(getattr(spec, name), bool) or not isinstance(getattr(spec, name),
+                                                                   (int, float)):
+            fail(name)
+    _check_budgets(spec)
 
 
 def _check_budgets(spec: SweepSpec) -> None:
@@ -226,6 +320,8 @@ def build_train_spec(device: str, models: str | None = None, sizes: str | None =
     """
     from attnbench import models as model_lib
 
+    refuse_empty(models=models, size=sizes, mechanisms=mechanisms, seq_lens=seq_lens,
+                 tokens_per_step=tokens_per_step, dtype=dtype)
     if device not in TRAIN_DEFAULTS:
         raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
     base = TRAIN_DEFAULTS[device]

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from attnbench import check as checking
-from attnbench import measure, modes, records, registry
+from attnbench import measure, modes, records, registry, testing
 from attnbench.case import Case
 from attnbench.errors import UsageError, one_line
 from attnbench.prepare import call_flops, memory_floor, prepare_call, unsupported_reason
@@ -152,6 +152,7 @@ class Sweep:
         self.on_case = on_case
         self.started = started
         self.state = SweepState()
+        self._planted = testing.planted_fractions()  # the test hook, marked in each record
         self._mechs: dict[str, _MechState] = {}
         self._measuring_s = 0.0  # of the case in hand: its line's budget counts this
 
@@ -186,7 +187,8 @@ class Sweep:
         mech = st.mech
 
         def record(status: str, **values) -> Record:
-            return Record(case, mech.family, device, status, timestamp=time.time(), **values)
+            return Record(case, mech.family, device, status, timestamp=time.time(),
+                          planted=self._planted.get(case.mechanism, 0.0), **values)
 
         if not st.availability:
             return record("unsupported", reason=st.availability.reason)
@@ -312,7 +314,7 @@ class LocalExecutor:
     ``run_sweep`` calls its methods in this order: ``admit`` (may the sweep run here),
     ``cases``, ``run_dir`` (the directory made ready), ``meta`` (what meta.json adds),
     ``after_repair`` (the journals mended, the earlier records), ``share`` (what this process
-    runs), ``sweep`` and ``run``, ``stamp`` for each record, ``finish``.
+    runs), ``sweep`` and ``run``, ``stamp`` for each record, ``finish``, ``total_counts``.
     """
 
     journal = records.JSONL_FILE
@@ -358,6 +360,10 @@ class LocalExecutor:
 
     def stamp(self, rec: Record) -> Record:
         return stamp(rec)
+
+    def total_counts(self, counts: dict[str, int]) -> dict[str, int]:
+        """The records of this run by status, every process's (here, this one's)."""
+        return counts
 
     def finish(self, out: Path, mine: list[Record]) -> pd.DataFrame | None:
         """Write the tables of the run (``mine``: its records, read and written by this

@@ -16,6 +16,7 @@ A warning is printed to stderr whenever it acts.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -26,20 +27,47 @@ from attnbench.measure import synchronize
 PLANT_ENV = "ATTNBENCH_PLANT_SLOWDOWN"
 
 
-def _planted_fraction(mechanism: str) -> float:
-    """The extra fraction ATTNBENCH_PLANT_SLOWDOWN asks for ``mechanism`` (0 if none)."""
+MAX_PLANTED = 10.0  # at most 10x extra work: a planted slowdown, not a stalled run
+
+
+def planted_fractions() -> dict[str, float]:
+    """mechanism -> the extra fraction ATTNBENCH_PLANT_SLOWDOWN asks for ({} when unset).
+
+    UsageError (a ValueError) for a value that is not NAME:FRACTION, a fraction that is not a
+    finite number in (0, MAX_PLANTED]. A run checks this, and that each name is a mechanism,
+    before any work (``check_plant``): a typo is one line and exit 2, not a sweep of errors.
+    """
+    from attnbench.errors import UsageError
+
     text = os.environ.get(PLANT_ENV, "").strip()
+    out: dict[str, float] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, sep, frac = item.rpartition(":")
         try:
             value = float(frac)
         except ValueError:
-            value = -1.0
-        if not sep or not name or value < 0:
-            raise ValueError(f"{PLANT_ENV}={text!r}: expected NAME:FRACTION, e.g. lightning2:0.10")
-        if name == mechanism:
-            return value
-    return 0.0
+            value = math.nan
+        if not sep or not name or not (math.isfinite(value) and 0 < value <= MAX_PLANTED):
+            raise UsageError(f"{PLANT_ENV}={text!r}: expected NAME:FRACTION with a fraction "
+                             f"above 0 and at most {MAX_PLANTED:g}, e.g. lightning2:0.10")
+        out[name.strip()] = value
+    return out
+
+
+def check_plant() -> dict:
+    """What a run's meta.json says of the hook: {"planted_slowdown": {name: fraction}}, or {}
+    when it is off. UsageError for a bad value (before any work)."""
+    from attnbench import registry
+
+    fractions = planted_fractions()
+    for name in fractions:
+        registry.get(name)  # an unknown name: UsageError with the known ones
+    return {"planted_slowdown": fractions} if fractions else {}
+
+
+def _planted_fraction(mechanism: str) -> float:
+    """The extra fraction ATTNBENCH_PLANT_SLOWDOWN asks for ``mechanism`` (0 if none)."""
+    return planted_fractions().get(mechanism, 0.0)
 
 
 def _min_seconds(fn: Callable[[], object], device: str, repeat: int = 7, inner: int = 1) -> float:

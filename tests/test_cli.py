@@ -72,7 +72,7 @@ def test_help_shows_no_type_after_flags(monkeypatch, capsys, command):
     (["--seq-lens", "0"], "positive"),
     (["--seq-lens", "-1"], "bad size"),
     (["--seq-lens", "4k..1k"], "larger than"),
-    (["--seq-lens", ""], "empty size list"),
+    (["--seq-lens", ""], "empty --seq-lens list"),
     (["--batch", "0"], "positive"),
     (["--mechanisms", "nosuch"], "unknown mechanism or family 'nosuch'"),
     (["--dtype", "fp8"], "unknown dtype"),
@@ -345,7 +345,7 @@ def test_cases_recorded_twice_warn_and_count_once(monkeypatch, capsys, tmp_path,
     args = {"report": ["report", run_dir], "export": ["export", run_dir],
             "compare": ["compare", run_dir, run_dir]}[view]
     code, out, err = cli(monkeypatch, capsys, *args)
-    assert code == 0 and "4 record(s) of cases recorded more than once" in " ".join(err.split())
+    assert code == 0 and "4 case(s) recorded more than once" in " ".join(err.split())
     if view == "export":
         names = [b["name"] for b in json.loads(out)]
         assert len(names) == len(set(names)) == 4

@@ -72,12 +72,12 @@ def test_a_torn_last_line_is_reported_then_moved_aside_before_an_append(tmp_path
 @pytest.mark.parametrize("line, why", [
     ("garbage", "not JSON"),
     ("{}", "not a record (no 'mechanism')"),
-    ("[1, 2]", "not a record (a JSON list)"),
-    ("42", "not a record (a JSON int)"),
-    ("null", "not a record (a JSON NoneType)"),
+    ("[1, 2]", "not a record (a JSON array)"),
+    ("42", "not a record (a JSON number)"),
+    ("null", "not a record (a JSON null)"),
     ('{"mechanism": "m", "mode": "fwd", "batch": 1}', "not a record (no 'heads')"),
     ('{"mechanism": "m", "mode": "fwd", "batch": "x", "heads": 1, "seq_len": 1, '
-     '"head_dim": 1, "dtype": "fp32", "decay": true}', "invalid literal"),
+     '"head_dim": 1, "dtype": "fp32", "decay": true}', "batch is 'x', not a whole number"),
 ])
 def test_damaged_lines_are_listed_by_number_and_left_out(tmp_path, line, why):
     two_records(tmp_path)
@@ -150,3 +150,74 @@ def test_unusable_run_directories(tmp_path, setup, message):
 def test_unknown_status_is_refused():
     with pytest.raises(ValueError):
         Record(CASE, "linear", "cpu", "fine")
+
+
+# --- issue 21: every journal value read as untrusted -------------------------------------------
+
+
+def _ok_row(**changes) -> str:
+    row = Record(CASE.with_(seq_len=512), "linear", "cpu", "ok", time_ms=1.0, time_ms_p20=0.9,
+                 time_ms_p80=1.1, tokens_per_s=512e3, reps=10).row()
+    row.update(changes)
+    return json.dumps(row)  # allow_nan: Infinity and NaN as Python's json writes them
+
+
+@pytest.mark.parametrize("line, why", [
+    (_ok_row(seq_len=float("inf")), "seq_len"),
+    (_ok_row(rank=float("inf")), "rank"),
+    (_ok_row(seq_len=2**70), "seq_len is 1180591620717411303424"),
+    (_ok_row(rank=2**70), "rank is"),
+    (_ok_row(batch=2**70), "batch is"),
+    (_ok_row(tokens_per_s=float("inf")), "tokens_per_s is inf"),
+    (_ok_row(time_ms=float("nan")), "an ok record with time_ms nan"),
+    (_ok_row(time_ms=None), "an ok record with time_ms nan"),
+    (_ok_row(time_ms=-1.0), "time_ms is -1.0"),
+    (_ok_row(peak_mem_mib=float("-inf")), "peak_mem_mib"),
+    (_ok_row(seq_len=0), "seq_len is 0"),
+    (_ok_row(batch=-4), "batch is -4"),
+    (_ok_row(mode="sideways"), "unknown mode 'sideways'"),
+    (_ok_row(dtype="fp8"), "unknown dtype 'fp8'"),
+    (_ok_row(check="maybe"), "unknown check 'maybe'"),
+    (_ok_row(device_index=-7), "device_index is -7"),
+    (_ok_row(mechanism=""), "mechanism is empty"),
+    ('{"started": {"mechanism": "m", "mode": "fwd", "batch": 1, "heads": 1, "seq_len": '
+     'Infinity, "head_dim": 1, "dtype": "fp32", "decay": true}}', "seq_len"),
+    ('{"started": null}', "not a case (a JSON null)"),
+])
+def test_impossible_values_make_a_damaged_line_not_a_record(tmp_path, line, why):
+    two_records(tmp_path)
+    with open(tmp_path / "records.jsonl", "a") as f:
+        f.write(line + "\n")
+    df = records.load(tmp_path)
+    assert len(df) == 2 and 512 not in df["seq_len"].tolist()
+    assert len(df.attrs["problems"]) == 1 and df.attrs["problems"][0].startswith("line 3: ")
+    assert why in df.attrs["problems"][0]
+    records.finalize(tmp_path)  # no OverflowError writing the tables
+
+
+def test_a_possible_record_with_infinity_free_values_still_reads(tmp_path):
+    two_records(tmp_path)
+    with open(tmp_path / "records.jsonl", "a") as f:
+        f.write(_ok_row() + "\n")
+    df = records.load(tmp_path)
+    assert 512 in df["seq_len"].tolist() and not df.attrs["problems"]
+
+
+def test_an_invalid_utf8_line_is_reported_as_such(tmp_path):
+    two_records(tmp_path)
+    with open(tmp_path / "records.jsonl", "ab") as f:
+        f.write(b'{"mechanism": "\xff\xfe"}\n')
+    problems = records.load(tmp_path).attrs["problems"]
+    assert problems == ["line 3: not UTF-8 text (byte 0xff at column 16)"]
+
+
+def test_duplicates_name_their_cases_and_fail_strict(tmp_path):
+    make_run(tmp_path, [Record(CASE, "linear", "cpu", "ok", time_ms=1.5, tokens_per_s=1.0),
+                        Record(CASE, "linear", "cpu", "ok", time_ms=150.0, tokens_per_s=1.0)])
+    df = records.load(tmp_path)
+    assert df["time_ms"].tolist() == [150.0]
+    assert df.attrs["duplicated_cases"] == [
+        "linear-masked fwd b1-h2-n128-d16-fp32-decay (2 records: ok 1.5 ms, ok 150 ms)"]
+    with pytest.raises(UsageError, match="1 case.s. recorded more than once.*linear-masked fwd "
+                                         "b1-h2-n128-d16-fp32-decay"):
+        records.load(tmp_path, strict=True)

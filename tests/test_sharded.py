@@ -138,7 +138,7 @@ def test_merge_keeps_what_every_rank_recorded(tmp_path):
 
 
 def test_old_records_read_with_defaults(tmp_path):
-    row = Record(make_case(), "linear", "cpu", "ok").row()
+    row = Record(make_case(), "linear", "cpu", "ok", time_ms=1.0).row()
     for key in ("world_size", "rank", "device_index", "seq_len_per_rank", "comm_bytes"):
         row.pop(key)
     rec = Record.from_row(row)

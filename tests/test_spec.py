@@ -31,7 +31,7 @@ def test_explicit_options_override_preset():
     (dict(seq_lens="1k.."), "bad range"),
     (dict(batch="0"), "positive"),
     (dict(heads="abc"), "bad size"),
-    (dict(dtypes=","), "empty dtype list"),
+    (dict(dtypes=","), "empty --dtype list"),
     (dict(max_case_seconds=0), "must be a positive number"),
     (dict(max_case_seconds=float("nan")), "must be a positive number, not nan"),
     (dict(line_seconds=-1), "--line-seconds must be a number >= 0"),
@@ -60,14 +60,15 @@ def test_spec_json_round_trip():
     assert SweepSpec.from_json(spec.to_json()) == spec
 
 
-@pytest.mark.parametrize("name, device", [("cpu", "cpu"), ("quick", "cuda"), ("paper", "cuda")])
+@pytest.mark.parametrize("name, device", [("cpu", "cpu"), ("quick", "cuda"), ("full", "cuda"),
+                                          ("paper", "cuda")])
 def test_every_preset_expands_to_its_lengths_on_its_device(name, device):
     spec = build_spec(name, device)
     cases = expand(spec)
     assert spec.preset == name and cases
     assert sorted({c.seq_len for c in cases}) == list(spec.seq_lens)
     assert {c.mode for c in cases} == set(spec.modes)
-    assert set(PRESETS) == {"cpu", "quick", "paper"}  # a new preset gets a line above
+    assert set(PRESETS) == {"cpu", "quick", "full", "paper"}  # a new preset gets a line above
 
 
 def test_the_paper_preset_is_the_shape_the_paper_figures_draw():
@@ -94,3 +95,20 @@ def test_specs_of_schema_1_runs_still_read():
            if k not in ("value_dims", "line_seconds")}
     spec = SweepSpec.from_json(old)
     assert spec.value_dims == () and spec.line_seconds == 0.0
+
+
+def test_plain_run_on_a_gpu_is_our_kernels_beside_flash2_cudnn_and_the_cumsum_reference():
+    """Issue 21, the first minute on a GPU: the quick preset leaves the slow starters out."""
+    from attnbench.spec import left_out
+
+    spec = build_spec(None, "cuda")
+    assert spec.preset == "quick"
+    names = {c.mechanism for c in expand(spec)}
+    assert names == {"lightning2", "lightning1", "flash2", "sdpa-cudnn", "linear-cumsum"}
+    assert {"peer-fla-chunk", "peer-lightning-attn"} <= set(left_out(spec))
+    assert not set(left_out(spec)) & names
+    full = build_spec("full", "cuda")
+    assert {"peer-fla-chunk", "peer-lightning-attn"} <= {c.mechanism for c in expand(full)}
+    assert (full.seq_lens, full.batch, full.heads) == (spec.seq_lens, spec.batch, spec.heads)
+    assert left_out(full) == [] and left_out(build_spec("quick", "cuda", mechanisms="all")) == []
+    assert left_out(build_spec(None, "cpu")) == []  # the cpu preset runs every CPU mechanism
