@@ -59,8 +59,8 @@ asks for a change larger than the spread *within* one process and trusts the thr
 cover drift *between* processes. A GPU runs one kernel at a time with its own clocks and
 memory, so that holds there (on the lent H100 a planted 10% slowdown is caught and identical
 runs pass). A CPU shares its cores, caches and memory bandwidth with everything else on the
-machine, and on a shared one the drift between processes dwarfs any threshold. Measured for
-issue 12 on a 2-core VM shared with other jobs (``benchmarks/scripts/cpu_drift.py``: the
+machine, and on a shared one the drift between processes dwarfs any threshold. Measured on
+a 2-core VM shared with other jobs (``benchmarks/scripts/cpu_drift.py``: the
 cpu preset over linear-masked, sdpa-math and linear-cumsum, 24 cases, base and new run one
 after the other):
 
@@ -116,8 +116,8 @@ FAILING_NEW_STATUS = "error"  # reaching this status from any other fails
 BUDGET_STATUSES = ("skipped", "timeout")  # ok -> these is reported, not failed
 CPU_WARNING = (
     "CPU times are not gated (cpu-drift: reported, never failed): identical runs on a shared "
-    "CPU drift apart by more than any threshold (0.01x to 230x per case measured for issue 12 "
-    "on a shared 2-core machine), so a slowdown cannot be told from another process's load. "
+    "CPU drift apart by more than any threshold (0.01x to 230x per case measured on a shared "
+    "2-core machine), so a slowdown cannot be told from another process's load. "
     "Status, correctness and missing cases still fail. Gate times on a GPU, or with "
     "--cpu-times on a dedicated, quiet CPU.")
 SIDE_COLUMNS = ["status", "time_ms", "time_ms_p20", "time_ms_p80", "host_ms", "tokens_per_s",

@@ -29,8 +29,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from attnbench import measure, records, registry
 from attnbench import ncu as nsight
-from attnbench import records, registry
 from attnbench.case import KEY_COLUMNS, Case
 from attnbench.errors import UsageError, one_line
 from attnbench.prepare import prepare_call
@@ -78,10 +78,6 @@ class KernelRow:
 
 
 KERNEL_COLUMNS = KEY_COLUMNS + [f for f in KernelRow.__dataclass_fields__ if f != "case"]
-
-
-def _json_value(v):
-    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def case_stem(case: Case) -> str:
@@ -140,7 +136,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
         prepared = prepare_call(registry.get(case.mechanism), case, device)
         for _ in range(WARMUP_CALLS):
             prepared.call()
-        _sync(device)
+        measure.synchronize(device)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -148,7 +144,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
             for _ in range(calls):
                 with torch.profiler.record_function(CALL_RANGE):
                     prepared.call()
-            _sync(device)
+            measure.synchronize(device)
         prof.export_chrome_trace(str(trace))
         rows, host_ms = kernel_table(prof, calls, device)
         notes = []
@@ -159,7 +155,7 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
     except Exception as exc:  # an OOM, a mechanism that fails here: said, the sweep goes on
         return [KernelRow(**base, kernel="", note=f"profile failed: {one_line(exc)}")]
     finally:
-        _release(device)
+        measure.free_memory(device)
     seconds = time.perf_counter() - started  # the profile itself; ncu's replays apart
     metrics, why = nsight.kernel_metrics(case, device) if ncu else ({}, "")
     out = []
@@ -171,19 +167,6 @@ def profile_case(record: Record, run_dir: Path, calls: int = 3, memory_timeline:
                              note="; ".join(notes), **(found or {})))
     return out or [KernelRow(**base, kernel="", trace=str(trace.relative_to(run_dir)),
                              note="the profiler saw no kernel in the call")]
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _release(device: str) -> None:
-    if device == "cuda":
-        try:
-            torch.cuda.empty_cache()
-        except Exception:  # a lost context: the sweep's next case says so
-            pass
 
 
 # --- memory over one call --------------------------------------------------------------------
@@ -280,10 +263,12 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
         refuse_unless_profile(Path(out))
     run_dir: list[Path] = []
     budget_s: list[float] = []
+    writer: list[records.RunWriter] = []  # kernels.jsonl's, locked and repaired like a journal
 
     def start(path: Path, cases, todo: int) -> None:
         run_dir.append(Path(path))
         budget_s.append(spec_of_run(records.read_meta(path), path).max_case_seconds)
+        writer.append(records.RunWriter(path, KERNELS_JSONL))
         if on_start is not None:
             on_start(path, cases, todo)
 
@@ -298,9 +283,8 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
         rows = profile_case(rec, run_dir[0], n, memory_timeline, ncu)
         if note:
             rows = [replace(r, note="; ".join(filter(None, [note, r.note]))) for r in rows]
-        with open(run_dir[0] / KERNELS_JSONL, "a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps({k: _json_value(v) for k, v in row.row().items()}) + "\n")
+        for row in rows:
+            writer[0].write_row(row.row())
         if on_kernels is not None:
             on_kernels(rows)
 
@@ -308,6 +292,8 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
         return run_sweep(spec, out, resume=resume, on_record=after, on_status=on_status,
                          on_start=start)
     finally:
+        for w in writer:
+            w.close()
         if run_dir:
             finalize_kernels(run_dir[0])
 

@@ -191,7 +191,8 @@ RECORD_COLUMNS = KEY_COLUMNS + RESULT_COLUMNS
 _TYPES = {f.name: f.type for f in fields(Case)} | {f.name: f.type for f in fields(Record)}
 
 
-def _json_value(v):
+def json_value(v):
+    """A value as JSON holds it: NaN (a number not measured) as null."""
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
@@ -275,17 +276,22 @@ class RunWriter:
     """The one writer of a run directory: holds its lock, appends records and markers.
 
     Opening it repairs a torn last line (moved to records.torn) so no append joins it.
-    ``name``: another journal of the directory (a rank's), with its own lock and torn file.
+    ``name``: another journal of the directory (a rank's, or a profile's kernels.jsonl),
+    with its own lock and torn file.
     """
 
     def __init__(self, run_dir: Path, name: str = JSONL_FILE):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / name
-        # records.rank1.jsonl: run.rank1.lock, records.torn.rank1
-        tag = "" if name == JSONL_FILE else name.removeprefix("records").removesuffix(".jsonl")
-        self._lock = _lock(self.run_dir, LOCK_FILE.replace(".lock", tag + ".lock"))
+        if name.startswith("records"):  # records.rank1.jsonl: run.rank1.lock, records.torn.rank1
+            tag = "" if name == JSONL_FILE else name.removeprefix("records").removesuffix(".jsonl")
+            lock, torn = LOCK_FILE.replace(".lock", tag + ".lock"), TORN_FILE + tag
+        else:  # kernels.jsonl: kernels.lock, kernels.torn
+            stem = name.removesuffix(".jsonl")
+            lock, torn = f"{stem}.lock", f"{stem}.torn"
+        self._lock = _lock(self.run_dir, lock)
         try:
-            self.repaired = _repair_torn_tail(self.path, self.run_dir / (TORN_FILE + tag))
+            self.repaired = _repair_torn_tail(self.path, self.run_dir / torn)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept for the run)
         except OSError as exc:
             self._lock.close()
@@ -309,7 +315,11 @@ class RunWriter:
         self._append({"abandoned": case.to_row(), "timestamp": timestamp})
 
     def write(self, record: Record) -> None:
-        self._append({k: _json_value(v) for k, v in record.row().items()})
+        self.write_row(record.row())
+
+    def write_row(self, row: dict) -> None:
+        """Append one flat row (NaN as null), flushed to disk at once."""
+        self._append({k: json_value(v) for k, v in row.items()})
 
     def close(self) -> None:
         self._file.close()

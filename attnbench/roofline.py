@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from attnbench import registry
+from attnbench import modes, registry
 from attnbench.case import SHAPE_COLUMNS, Case
 from attnbench.errors import UsageError
 from attnbench.plots import DEFAULT_FORMATS, legend_below, save, shape_text, styles, suptitle
@@ -53,11 +53,12 @@ def peaks_line(meta: dict) -> str:
 def _model_gbps(row) -> float:
     """GB/s by today's byte model, for a record made before records carried it (an operator
     call: a training step of a whole model has no byte model)."""
-    if (row["status"] != "ok" or not row["time_ms"] > 0 or row["mode"] not in registry.MODES
+    if (row["status"] != "ok" or not row["time_ms"] > 0 or row["mode"] not in modes.MODES
             or row["mechanism"] not in registry.names()):
         return math.nan
     case = Case.from_row(row.to_dict())
-    return registry.get(case.mechanism).traffic(case) / (row["time_ms"] / 1e3) / 1e9
+    byte_model = modes.of(case).bytes(registry.get(case.mechanism), case)  # NaN: none
+    return byte_model / (row["time_ms"] / 1e3) / 1e9
 
 
 def roofline_frame(df: pd.DataFrame, meta: dict) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from attnbench import envinfo, interrupts, peaks, records, registry, testing
 from attnbench.case import Case
-from attnbench.errors import UsageError, one_line  # noqa: F401 (one_line: kept importable here)
+from attnbench.errors import UsageError
 from attnbench.records import Record
 from attnbench.spec import SweepSpec, spec_of_run
 from attnbench.sweep import (  # noqa: F401 (importable from here, as before)

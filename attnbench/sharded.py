@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 
 from attnbench import check as checking
-from attnbench import measure, records, registry
+from attnbench import measure, modes, records, registry
 from attnbench.case import Case
 from attnbench.errors import UsageError, one_line
 from attnbench.prepare import call_flops, prepare_call
@@ -428,7 +428,7 @@ def sp_measure(mech: registry.Mechanism, case: Case, ranks: Ranks,
         values, status="ok", time_ms=timing.median_ms, time_ms_p20=timing.p20_ms,
         time_ms_p80=timing.p80_ms, reps=timing.reps, tokens_per_s=case.tokens / seconds,
         tflops=call_flops(mech, case) / seconds / 1e12,
-        gbps=mech.traffic(case) / seconds / 1e9,
+        gbps=modes.of(case).bytes(mech, case) / seconds / 1e9,
         peak_mem_mib=max(m[0] for m in memory), extra_mem_mib=max(m[1] for m in memory))
 
 

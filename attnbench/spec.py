@@ -129,22 +129,12 @@ def _parse_choices(text: str, allowed, what: str) -> tuple[str, ...]:
     return items
 
 
-def build_spec(
-    preset: str | None,
-    device: str,
-    mechanisms: str | None = None,
-    seq_lens: str | None = None,
-    batch: str | None = None,
-    heads: str | None = None,
-    head_dims: str | None = None,
-    dtypes: str | None = None,
-    modes: str | None = None,
-    decay: bool | None = None,
-    max_case_seconds: float | None = None,
-    value_dims: str | None = None,
-    line_seconds: float | None = None,
-    world_sizes: str | None = None,
-) -> SweepSpec:
+def build_spec(preset: str | None, device: str, mechanisms: str | None = None,
+               seq_lens: str | None = None, batch: str | None = None, heads: str | None = None,
+               head_dims: str | None = None, dtypes: str | None = None,
+               modes: str | None = None, decay: bool | None = None,
+               max_case_seconds: float | None = None, value_dims: str | None = None,
+               line_seconds: float | None = None, world_sizes: str | None = None) -> SweepSpec:
     """A preset's values, overridden by whatever was given explicitly. Raises UsageError."""
     refuse_empty(mechanisms=mechanisms, seq_lens=seq_lens, batch=batch, heads=heads,
                  head_dim=head_dims, dtype=dtypes, modes=modes, value_dim=value_dims,
@@ -316,18 +306,11 @@ def _train_mechanisms(models, selection: str | None, device: str) -> dict[str, l
     return chosen
 
 
-def build_train_spec(
-    device: str,
-    models: str | None = None,
-    sizes: str | None = None,
-    mechanisms: str | None = None,
-    seq_lens: str | None = None,
-    tokens_per_step: str | None = None,
-    dtype: str | None = None,
-    checkpointing: bool = False,
-    max_case_seconds: float | None = None,
-    line_seconds: float | None = None,
-) -> SweepSpec:
+def build_train_spec(device: str, models: str | None = None, sizes: str | None = None,
+                     mechanisms: str | None = None, seq_lens: str | None = None,
+                     tokens_per_step: str | None = None, dtype: str | None = None,
+                     checkpointing: bool = False, max_case_seconds: float | None = None,
+                     line_seconds: float | None = None) -> SweepSpec:
     """A training-step sweep (``attnbench tgs``): defaults of ``TRAIN_DEFAULTS[device]``,
     overridden by what is given. ``tokens_per_step`` defaults to the longest length, so every
     length trains on the same tokens (batch = longest // length).

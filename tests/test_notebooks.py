@@ -16,6 +16,10 @@ nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat 
 nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient (pip install "
                                                   "'attnbench[dev]')")
 
+# Not a deadline on speed (cells take seconds; a busy machine may take far longer): a
+# guard against a kernel that hangs.
+HANG_GUARD_S = 600
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 REAL_RUN = ROOT / "results" / "h100-paper"
@@ -51,7 +55,8 @@ def test_notebook_runs_on_a_stored_run(name, run_copy):
     nb = read(name)
     flags = nb.cells[1]
     flags.source = flags.source.replace(FLAG, f"RUN_DIR = {str(run_copy)!r}")
-    nbclient.NotebookClient(nb, timeout=120, startup_timeout=120, kernel_name="python3",
+    nbclient.NotebookClient(nb, timeout=HANG_GUARD_S, startup_timeout=HANG_GUARD_S,
+                            kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o["output_type"] == "error"]
     assert not errors

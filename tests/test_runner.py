@@ -1,4 +1,5 @@
 import math
+import sys
 
 import pytest
 import torch
@@ -154,7 +155,12 @@ def small_spec(**kw):
     return build_spec("cpu", "cpu", **args)
 
 
-def test_run_sweep_writes_a_run_and_calls_back(tmp_path):
+def test_run_sweep_writes_a_run_and_calls_back(tmp_path, monkeypatch):
+    import attnbench
+
+    # A one-process run never enters the sharding code: importing it would fail here.
+    monkeypatch.setitem(sys.modules, "attnbench.sharded", None)
+    monkeypatch.delattr(attnbench, "sharded", raising=False)
     seen, starts = [], []
     result = runner.run_sweep(small_spec(), tmp_path / "run", on_record=seen.append,
                               on_start=lambda d, cases, todo: starts.append(todo))
@@ -163,6 +169,7 @@ def test_run_sweep_writes_a_run_and_calls_back(tmp_path):
     for name in ("meta.json", "records.jsonl", "records.parquet", "records.csv", "run.lock"):
         assert (tmp_path / "run" / name).is_file()
     assert result.frame["seq_len"].tolist() == [64, 128]
+    assert result.table["seq_len"].tolist() == [64, 128]  # the tables written at the end
     meta = records.read_meta(tmp_path / "run")
     assert meta["schema_version"] == records.SCHEMA_VERSION
     assert meta["spec"]["seq_lens"] == [64, 128]

@@ -17,6 +17,10 @@ from attnbench.models import config_for, train_flops_per_token
 from attnbench.runner import run_sweep
 from attnbench.spec import build_train_spec, expand
 
+# Not a deadline on speed (cells take seconds; a busy machine may take far longer): a
+# guard against a kernel that hangs.
+HANG_GUARD_S = 600
+
 TINY = ["tgs", "--device", "cpu", "--size", "tiny", "--seq-lens", "64,128",
         "--max-case-seconds", "1000"]  # every length measured, however busy the machine
 
@@ -169,7 +173,8 @@ def test_notebook_runs_on_a_tgs_run(tiny_run):
     flags = nb.cells[1]
     assert FLAG in flags.source
     flags.source = flags.source.replace(FLAG, f"RUN_DIR = {str(run_dir)!r}")
-    nbclient.NotebookClient(nb, timeout=120, startup_timeout=120, kernel_name="python3",
+    nbclient.NotebookClient(nb, timeout=HANG_GUARD_S, startup_timeout=HANG_GUARD_S,
+                            kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]

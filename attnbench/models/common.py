@@ -9,6 +9,7 @@ E v/o head dim, C = H * D the model width.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -96,6 +97,11 @@ class PreNormBlock(nn.Module):
 
     PARTS = ("mixer_norm", "mixer", "mlp_norm", "mlp")
 
+    def __init__(self, *parts: nn.Module):
+        super().__init__()
+        for name, part in zip(self.PARTS, parts, strict=True):
+            setattr(self, name, part)
+
     def forward(self, x: torch.Tensor, *extra) -> torch.Tensor:
         mixer_norm, mixer, mlp_norm, mlp = (getattr(self, name) for name in self.PARTS)
         x = x + mixer(mixer_norm(x), *extra)  # [B, N, C]
@@ -104,23 +110,45 @@ class PreNormBlock(nn.Module):
 
 class Decoder(nn.Module):
     """A decoder-only language model: token embedding, ``layers``, a final ``norm``, an output
-    projection. ``forward(ids)`` is the model alone (logits); the training step
+    projection (tied to the embedding where the config says so), weights drawn by
+    ``init_weights``. ``forward(ids)`` is the model alone (logits); the training step
     (``train.lm_step_loss``) owns the loss, activation checkpointing and the precision policy.
 
-    A family sets ``layers`` and ``norm`` and names its embedding and output projection
-    (``token_embedding``, ``head``); ``layer_inputs`` gives each layer's extra inputs."""
+    A family names its embedding and output projection as its paper's code does (``NAMES``),
+    makes its blocks (``block``) and its final norm (``final_norm``), and gives each layer its
+    extra inputs (``layer_inputs``)."""
 
-    def __init__(self, config, mechanism: registry.Mechanism, dtype_policy: str):
+    NAMES = ("embedding", "head")  # the attributes of the token embedding and the projection
+
+    def __init__(self, config, mechanism: registry.Mechanism, dtype_policy: str, device=None):
         super().__init__()
         self.config, self.mechanism, self.dtype_policy = config, mechanism, dtype_policy
+        attn_fn = mechanism.callable()
+        norm = self.final_norm(config, device)
+        setattr(self, self.NAMES[0], nn.Embedding(config.vocab_size, config.dim, device=device))
+        self.layers = nn.ModuleList(self.block(config, i, attn_fn, mechanism.layout, device)
+                                    for i in range(config.n_layers))
+        self.norm = norm
+        setattr(self, self.NAMES[1],
+                nn.Linear(config.dim, config.vocab_size, bias=False, device=device))
+        init_weights(self)
+        if config.tie_embeddings:
+            self.head.weight = self.token_embedding.weight
+
+    def block(self, config, layer: int, attn_fn: Callable, layout: str, device) -> nn.Module:
+        """Layer ``layer`` of the model, its attention through ``attn_fn`` in ``layout``."""
+        raise NotImplementedError
+
+    def final_norm(self, config, device) -> nn.Module:
+        raise NotImplementedError
 
     @property
     def token_embedding(self) -> nn.Embedding:
-        raise NotImplementedError
+        return getattr(self, self.NAMES[0])
 
     @property
     def head(self) -> nn.Linear:
-        raise NotImplementedError
+        return getattr(self, self.NAMES[1])
 
     def layer_inputs(self, ids: torch.Tensor) -> list[tuple]:
         return [()] * len(self.layers)

@@ -17,9 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnbench import registry
-
-from .common import Decoder, PreNormBlock, from_native, init_weights, to_native
+from .common import Decoder, PreNormBlock, from_native, to_native
 from .config import ModelConfig
 
 
@@ -97,32 +95,21 @@ class Block(PreNormBlock):
     PARTS = ("attention_norm", "attention", "ffn_norm", "feed_forward")  # x, cos, sin
 
     def __init__(self, config: ModelConfig, attn_fn, layout: str, device=None):
-        super().__init__()
-        self.attention_norm = RMSNorm(config.dim, config.norm_eps, device)
-        self.attention = Attention(config, attn_fn, layout, device)
-        self.ffn_norm = RMSNorm(config.dim, config.norm_eps, device)
-        self.feed_forward = FeedForward(config.dim, config.ffn_dim, device)
+        c, eps = config.dim, config.norm_eps
+        super().__init__(RMSNorm(c, eps, device), Attention(config, attn_fn, layout, device),
+                         RMSNorm(c, eps, device), FeedForward(c, config.ffn_dim, device))
 
 
 class LLaMA(Decoder):
-    def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str,
-                 device=None):
-        super().__init__(config, mechanism, dtype_policy)
-        attn_fn = mechanism.callable()
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim, device=device)
-        self.layers = nn.ModuleList(Block(config, attn_fn, mechanism.layout, device)
-                                    for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.dim, config.norm_eps, device)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False, device=device)
-        init_weights(self)
+    """``LLaMA(config, mechanism, dtype_policy, device)``: see ``common.Decoder``."""
 
-    @property
-    def token_embedding(self) -> nn.Embedding:
-        return self.tok_embeddings
+    NAMES = ("tok_embeddings", "output")
 
-    @property
-    def head(self) -> nn.Linear:
-        return self.output
+    def block(self, config: ModelConfig, layer: int, attn_fn, layout: str, device) -> Block:
+        return Block(config, attn_fn, layout, device)
+
+    def final_norm(self, config: ModelConfig, device) -> RMSNorm:
+        return RMSNorm(config.dim, config.norm_eps, device)
 
     def layer_inputs(self, ids: torch.Tensor) -> list[tuple]:
         """The rotary tables of the length, the same for every layer."""

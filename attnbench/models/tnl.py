@@ -33,10 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnbench import registry
 from attnbench.kernels import default_decay
 
-from .common import Decoder, PreNormBlock, from_native, init_weights, to_native
+from .common import Decoder, PreNormBlock, from_native, to_native
 from .config import ModelConfig
 
 
@@ -128,34 +127,19 @@ class Block(PreNormBlock):
     PARTS = ("token_norm", "token_mixer", "channel_norm", "channel_mixer")
 
     def __init__(self, config: ModelConfig, layer: int, attn_fn, layout: str, device=None):
-        super().__init__()
-        self.token_norm = SRMSNorm(config.norm_eps)
-        self.token_mixer = GLA(config, layer, attn_fn, layout, device)
-        self.channel_norm = SRMSNorm(config.norm_eps)
-        self.channel_mixer = SGLU(config.dim, config.ffn_dim, device)
+        super().__init__(SRMSNorm(config.norm_eps), GLA(config, layer, attn_fn, layout, device),
+                         SRMSNorm(config.norm_eps), SGLU(config.dim, config.ffn_dim, device))
 
 
 class TNL(Decoder):
-    def __init__(self, config: ModelConfig, mechanism: registry.Mechanism, dtype_policy: str,
-                 device=None):
-        super().__init__(config, mechanism, dtype_policy)
-        attn_fn = mechanism.callable()
-        self.embed = nn.Embedding(config.vocab_size, config.dim, device=device)
-        self.layers = nn.ModuleList(Block(config, i, attn_fn, mechanism.layout, device)
-                                    for i in range(config.n_layers))
-        self.norm = SRMSNorm(config.norm_eps)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False, device=device)
-        init_weights(self)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
+    """``TNL(config, mechanism, dtype_policy, device)``: see ``common.Decoder``; the output
+    projection is tied to the embedding (``config.tie_embeddings``)."""
 
-    @property
-    def token_embedding(self) -> nn.Embedding:
-        return self.embed
+    NAMES = ("embed", "lm_head")
+    block = Block  # (config, layer, attn_fn, layout, device)
 
-    @property
-    def head(self) -> nn.Linear:
-        return self.lm_head
+    def final_norm(self, config: ModelConfig, device) -> SRMSNorm:
+        return SRMSNorm(config.norm_eps)
 
     @staticmethod
     def matmul_params(config: ModelConfig) -> int:
