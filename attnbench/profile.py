@@ -262,13 +262,13 @@ def profile_sweep(spec: SweepSpec | None, out: Path | str | None = None, *,
     if resume and out is not None:
         refuse_unless_profile(Path(out))
     run_dir: list[Path] = []
-    writer: list[records.RunWriter] = []  # kernels.jsonl's, locked and repaired like a journal
     budget_s: list[float] = []
+    writer: list[records.RunWriter] = []  # kernels.jsonl's, locked and repaired like a journal
 
     def start(path: Path, cases, todo: int) -> None:
         run_dir.append(Path(path))
-        writer.append(records.RunWriter(path, KERNELS_JSONL))
         budget_s.append(spec_of_run(records.read_meta(path), path).max_case_seconds)
+        writer.append(records.RunWriter(path, KERNELS_JSONL))
         if on_start is not None:
             on_start(path, cases, todo)
 
