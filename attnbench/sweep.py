@@ -64,9 +64,10 @@ class SweepState:
     oom_at: dict = field(default_factory=dict)  # series -> shortest length that ran out
     slow_at: dict = field(default_factory=dict)  # series -> shortest length that timed out
     last_ok: dict = field(default_factory=dict)  # series -> (case, time_ms) of its longest ok
-    # series -> seconds spent measuring. The first call of a line's first measured case
-    # (compilation, autotuning) is left out; a mechanism that compiles again for every length
-    # (the official lightning-attn) pays its recompiles from the budget.
+    # series -> seconds spent measuring. First calls (compilation, autotuning) are left out,
+    # at every length: a kernel that compiles a second path at some length (lightning2's
+    # sequence split) must not lose its longer lengths to it. A mechanism that recompiles
+    # for every length (the official lightning-attn) is bounded by --max-case-seconds alone.
     spent_s: dict = field(default_factory=dict)
 
     def learn(self, record: Record, seconds: float = 0.0) -> None:
@@ -262,8 +263,7 @@ class Sweep:
             self._measuring_s = 0.0
             rec = self.run_case(case)
             self.emit(rec)
-            first = self.state.spent_s.get(rec.case.series(), 0.0) == 0.0  # in this process
-            compile_s = 0.0 if math.isnan(rec.compile_s) or not first else rec.compile_s
+            compile_s = 0.0 if math.isnan(rec.compile_s) else rec.compile_s
             self.state.learn(rec, max(0.0, self._measuring_s - compile_s))
             if rec.status == "error" and self.spec.device == "cuda":
                 _assert_cuda_alive()

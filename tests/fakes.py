@@ -75,6 +75,20 @@ def sleepy(seconds_at_128: float):
     return fn
 
 
+def compiles_per_length(compile_seconds: float, call_seconds: float = 0.001):
+    """A call that "compiles" (sleeps ``compile_seconds``) on its first call at each new
+    length, then takes ``call_seconds``."""
+    seen: set[int] = set()
+
+    def fn(q, k, v, decay=None):
+        if q.shape[2] not in seen:
+            seen.add(q.shape[2])
+            sleep(compile_seconds)
+        sleep(call_seconds)
+        return linear_masked(q, k, v, decay)
+    return fn
+
+
 # --- cases, records and run directories made by tests --------------------------------------
 
 

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import torch
-from fakes import error_at, fake, make_case, oom_from, scaled, sleepy
+from fakes import compiles_per_length, error_at, fake, make_case, oom_from, scaled, sleepy
 
 from attnbench import measure, records, runner
 from attnbench.errors import UsageError
@@ -105,6 +105,16 @@ def test_a_line_that_spent_its_budget_skips_its_longer_lengths(install, fake_clo
                         max_case_seconds=100.0))
     assert recs[128].status == "ok"
     assert recs[256].status == "skipped" and "--line-seconds budget is 0.2" in recs[256].reason
+
+
+def test_first_calls_are_not_charged_to_the_line(install, fake_clock):
+    """A kernel that compiles again at a longer length (a second code path) keeps its line:
+    the budget counts measuring, never first calls (README: "first calls ... not counted")."""
+    install(fake("fake-compiles", compiles_per_length(1.0)))
+    recs = by_len(sweep("fake-compiles", seq_lens="128,256,512", line_seconds=0.5,
+                        max_case_seconds=100.0))
+    assert all(recs[n].status == "ok" for n in (128, 256, 512)), recs
+    assert recs[256].compile_s >= 1.0
 
 
 def test_prediction_scales_by_flops():
