@@ -420,9 +420,10 @@ def segment_length(b: int, h: int, n: int, d: int, e: int, dtype: torch.dtype,
 
     No split where the B*H*(E / BLOCK_E) programs of the whole-sequence scan already fill
     ``sms`` SMs. Else as many segments as give at most ``PROGRAMS_PER_SM`` programs per SM
-    (one wave: equal segments finish together), but each
-    segment long enough that the states kept for the backward (one (D, E) per segment)
-    stay under ``STATE_SHARE`` of the bytes of q, k, v; lengths a multiple of BLOCK_N.
+    (one wave: equal segments finish together), each long enough that the states kept for
+    the backward (one (D, E) per segment) stay under ``STATE_SHARE`` of the bytes of q, k,
+    v; lengths a multiple of BLOCK_N. ``_config={"segment": L}`` of ``lightning_attn2``
+    overrides it (tests, tuning; any L >= 1, L >= N for the whole sequence).
     """
     cfg = _scan_config(d, e, dtype, False)
     programs = b * h * -(-e // cfg["BLOCK_E"])
