@@ -76,14 +76,12 @@ def list_mechanisms(
     device: opt(str, "auto, cpu or cuda: availability on this device.") = "auto",
 ) -> None:
     """Every registered mechanism, whether it can run here, and why not."""
-    from attnbench.console import print_mechanisms
-
     dev = choose_device(device)
     rows = registry.listing(dev)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        print_mechanisms(rows, dev)
+        screen.print_mechanisms(rows, dev)
 
 
 @command(SWEEP, WHERE, KEEP, ...)
@@ -101,16 +99,10 @@ def run(
     o = shared
     dev = choose_device(o["device"])
     build, given = _sweep_spec(o, dev, world_sizes=world_sizes)
+    screen.start_notes(dev, gpus)
     if gpus is not None:
         stored = (lambda: runner.stored_spec(o["resume"], dev)) if o["resume"] else build
-        if dev == "cpu":
-            screen.say(f"[bold yellow]No GPU in use:[/] --gpus {gpus} starts {gpus} CPU "
-                       "process(es) joined by gloo; times are CPU times")
         raise typer.Exit(sharded.launch(gpus, dev, stored, sys.argv[1:]))
-    if sharded.environment_note():
-        screen.warn(f"[dim]{escape(sharded.environment_note())}[/]")
-    if sharded.launched() and not sharded.by_torchrun() and sharded.group_from_env()[0] == 0:
-        screen.warn(escape(sharded.joining_line()))
     ranks = sharded.init(dev) if sharded.launched() else None
     executor = sharded.ShardedExecutor(ranks) if ranks is not None else None
     spec, run_dir, shown = runner.plan(o["resume"], given, o["out"], o["name"], dev, build)
@@ -154,10 +146,7 @@ def tgs(
         o["resume"], any(v is not None for v in options.values()) or checkpointing, o["out"],
         o["name"], dev, lambda: build_train_spec(dev, checkpointing=checkpointing, **options),
         training=True)
-    if dev == "cpu":
-        screen.cpu_note(shown)
-    screen.say(f"{shown.tokens_per_step} tokens per step, {shown.dtypes[0]}"
-        + (", activation checkpointing" if shown.checkpointing else ""))
+    screen.tgs_notes(dev, shown)
     screen.execute(spec, run_dir, o["resume"] is not None, o["plot"], "tgs")
 
 
@@ -171,29 +160,23 @@ def profile(
     shared: dict = None,
 ) -> None:
     """Profile a sweep: each case is timed as by run, then profiled (torch.profiler): a Perfetto trace and a per-kernel table per case."""
-    from attnbench.profile import (
-        profile_sweep,
-        refuse_unless_profile,
-        show_profile,
-        unavailable_notes,
-    )
+    from attnbench import profile as profiling
 
     o = shared
-    if calls < 1:
-        raise UsageError(f"--calls must be at least 1, not {calls}")
-    if top < 1:
-        raise UsageError(f"--top must be at least 1, not {top}")
+    for name, value in (("--calls", calls), ("--top", top)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, not {value}")
     dev = choose_device(o["device"])
     build, given = _sweep_spec(o, dev)
     spec, run_dir, _ = runner.plan(resume, given, o["out"], o["name"], dev, build,
                                    suffix="-profile")
     if resume is not None:
-        refuse_unless_profile(resume)
-    for line in unavailable_notes(dev, memory_timeline, ncu):
+        profiling.refuse_unless_profile(resume)
+    for line in profiling.unavailable_notes(dev, memory_timeline, ncu):
         screen.say(f"[yellow]{escape(line)}[/]")
-    screen.execute(spec, run_dir, resume is not None, False, "profile",
-            functools.partial(profile_sweep, calls=calls, memory_timeline=memory_timeline, ncu=ncu))
-    show_profile(run_dir, screen.console, top)
+    screen.execute(spec, run_dir, resume is not None, False, "profile", functools.partial(
+        profiling.profile_sweep, calls=calls, memory_timeline=memory_timeline, ncu=ncu))
+    profiling.show_profile(run_dir, screen.console, top)
 
 
 @command(..., STRICT)
@@ -297,20 +280,6 @@ def export(
         screen.warn(f"wrote {escape(str(out))}")
 
 
-def _says_errors() -> bool:
-    """Every process prints its error line but the ranks other than 0 of a sharded run, whose
-    line rank 0 prints (a RANK a scheduler set around one process silences nothing)."""
-    import os
-
-    from attnbench import sharded
-
-    ranks = sharded.current()
-    if ranks is not None:
-        return ranks.rank == 0
-    under_torchrun = sharded.launched() and sharded.by_torchrun()
-    return not under_torchrun or os.environ.get("RANK") == "0"
-
-
 def main() -> None:
     try:
         app()
@@ -319,7 +288,7 @@ def main() -> None:
     except UsageError as exc:
         from attnbench import sharded
 
-        if _says_errors():  # under torchrun the same line once, by rank 0
+        if sharded.says_errors():  # under torchrun the same line once, by rank 0
             screen.warn(f"attnbench: error: {escape(str(exc))}")
         sharded.settle()  # the ranks leave together, after rank 0 said why
         sys.exit(2)

@@ -100,6 +100,30 @@ def cpu_note(spec, what: str = "running") -> None:
         console.print(f"[dim]not CPU-capable, not run: {', '.join(skipped)}[/]")
 
 
+def start_notes(device: str, gpus: int | None = None) -> None:
+    """What a run says about its processes before it starts: ``--gpus`` on the CPU, a
+    scheduler's environment read as one process, a rank 0 that waits for the others."""
+    from attnbench import sharded
+
+    if gpus is not None:
+        if device == "cpu":
+            say(f"[bold yellow]No GPU in use:[/] --gpus {gpus} starts {gpus} CPU "
+                "process(es) joined by gloo; times are CPU times")
+        return
+    if sharded.environment_note():
+        warn(f"[dim]{escape(sharded.environment_note())}[/]")
+    if sharded.launched() and not sharded.by_torchrun() and sharded.group_from_env()[0] == 0:
+        warn(escape(sharded.joining_line()))
+
+
+def tgs_notes(device: str, spec) -> None:
+    """What a training-speed sweep says before it starts: the CPU, tokens per step, precision."""
+    if device == "cpu":
+        cpu_note(spec)
+    say(f"{spec.tokens_per_step} tokens per step, {spec.dtypes[0]}"
+        + (", activation checkpointing" if spec.checkpointing else ""))
+
+
 def left_out_note(spec) -> None:
     """After a run of a preset's own mechanisms, which mechanisms it left out and how to get
     them (the quick preset on a GPU: the peers and the slow references)."""

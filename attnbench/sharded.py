@@ -211,6 +211,16 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def says_errors() -> bool:
+    """Whether this process prints its error line: every process but the ranks other than 0
+    of a sharded run, whose line rank 0 prints (a RANK a scheduler set around one process
+    silences nothing)."""
+    ranks = current()
+    if ranks is not None:
+        return ranks.rank == 0
+    return not (launched() and by_torchrun()) or os.environ.get("RANK") == "0"
+
+
 def settle(timeout: timedelta = timedelta(seconds=30)) -> None:
     """After an error every rank of the group raised (the same bad input): wait, up to
     ``timeout``, until every rank is here; then rank 0, which has said why, leaves first and
