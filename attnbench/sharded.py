@@ -24,6 +24,7 @@ journal, so nothing recorded is run again. Each record says its ``rank`` and
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import sys
@@ -183,6 +184,7 @@ def init(device: str) -> Ranks:
     joined_here = not dist.is_initialized()
     if joined_here:
         _join()
+        atexit.register(_leave)
     rank, world = dist.get_rank(), dist.get_world_size()
     kinds = [None] * world
     dist.all_gather_object(kinds, device)
@@ -201,6 +203,17 @@ def init(device: str) -> Ranks:
     # torchrun stops the other ranks with SIGTERM when one fails: run_sweep takes it as Ctrl-C
     # (attnbench.interrupts), so the case in hand is marked abandoned and the tables written
     return _RANKS[0]
+
+
+def _leave() -> None:
+    """Destroy the groups this process joined before the interpreter exits: gloo's threads
+    torn down by the exit itself, while a peer still talks, abort the process ("terminate
+    called without an active exception", exit -6: seen on a busy 2-core machine)."""
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
 
 
 def cpu_cores() -> int:
