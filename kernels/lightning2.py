@@ -89,10 +89,10 @@ def _at_token(x, i_bh, N, start, H: tl.constexpr, X: tl.constexpr, XN: tl.conste
 
 @triton.jit(do_not_specialize=["N", "SEG", "NUM_SEG"])
 def _lightning2_scan_kernel(
-    q,  # [B*H, N, D] (unused with STATE_ONLY)
-    k,  # [B*H, N, D]
-    v,  # [B*H, N, E]
-    o,  # [B*H, N, E], written in o's dtype (unused with STATE_ONLY)
+    q,  # (B, H, N, D), rows QN apart (unused with STATE_ONLY)
+    k,  # (B, H, N, D), rows KN apart
+    v,  # (B, H, N, E), rows VN apart
+    o,  # (B, H, N, E), rows ON apart, written in o's dtype (unused with STATE_ONLY)
     decay,  # [H] float32 decay rates (unused without HAS_DECAY)
     h0,  # [B*H, NUM_SEG, D, E] initial state of each segment, read with strides (SD, SE)
     ht,  # [B*H, NUM_SEG, D, E] float32 state after each segment, written (STORE_HT)
