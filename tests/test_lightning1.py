@@ -131,3 +131,38 @@ def test_device_mismatch_raises():
         lightning_attn1(x, x.cpu(), x)
     with pytest.raises(ValueError, match="decay must be on"):
         lightning_attn1(x, x, x, torch.ones(1))
+
+
+class _FakeCudaTensor:
+    """What the tuner's prune reads of q: its device and its element size."""
+
+    def __init__(self, element_size: int):
+        self.device = torch.device("cuda", 0)
+        self._element_size = element_size
+
+    def element_size(self) -> int:
+        return self._element_size
+
+
+@pytest.mark.parametrize("major, elt, width, tuned", [
+    (9, 2, 128, False),  # Hopper, bf16, 128-wide heads: the sweep's winner, nothing to tune
+    (8, 2, 128, True),  # an A100: not measured, the tuner chooses among the configs that fit
+    (9, 2, 64, True),  # narrower heads: not measured either
+    (9, 4, 128, True),  # fp32: the fallback (below), never the tensor-core configs
+])
+def test_the_tuner_runs_only_where_no_winner_was_measured(monkeypatch, major, elt, width,
+                                                          tuned):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, 0))
+    args = {"q": _FakeCudaTensor(elt)}
+    fwd = lightning1._prune_fwd(None, args, BLOCK_D=width, BLOCK_E=width)
+    bwd = lightning1._prune_bwd(None, args, BLOCK_D=width, BLOCK_E=width)
+    if elt == 4:
+        assert (fwd, bwd) == (lightning1._FWD_FALLBACK, lightning1._BWD_FALLBACK)
+    elif tuned:
+        assert len(fwd) > 1 and len(bwd) > 1
+    else:
+        assert fwd == [lightning1._FWD_CONFIGS[0]] and bwd == [lightning1._BWD_CONFIGS[0]]
+        assert (fwd[0].kwargs, fwd[0].num_warps, fwd[0].num_stages) == (
+            {"BLOCK_M": 128, "BLOCK_N": 64}, 8, 3)
+        assert (bwd[0].kwargs, bwd[0].num_warps, bwd[0].num_stages) == (
+            {"BLOCK_M": 64, "BLOCK_N": 128}, 8, 3)

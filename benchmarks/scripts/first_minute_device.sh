@@ -9,7 +9,9 @@
 #   run.tgz           the run directory (meta.json, records, tables, plots): commit it under
 #                     results/ with the wall time in its closing note
 # FULL=1 also times `attnbench run --preset full` (the peers and slow references) afterwards,
-# on the now warm cache, for the note; LIMIT_S (default 300) stops a run that hangs (SIGINT:
+# on the now warm cache, for the note; PROFILE=1 runs the quick preset once more under cProfile
+# with another empty Triton cache (where a fresh machine's seconds go: profile.txt, by
+# cumulative time); LIMIT_S (default 300) stops a run that hangs (SIGINT:
 # its records are kept).
 set -u
 SECONDS=0
@@ -42,6 +44,17 @@ wall=$(( (end - start) / 1000000 ))
   grep -E "cases \(|finished in|not in the quick preset|plots:" "$OUT/quick.log"
 } >> "$OUT/first_minute.txt"
 tar czf "$OUT/run.tgz" -C "$(dirname "$RUN_DIR")" quick
+
+if [ "${PROFILE:-0}" = 1 ]; then
+  export TRITON_CACHE_DIR=$(mktemp -d)
+  start=$(date +%s%N)
+  timeout -s INT "$LIMIT_S" python3 -m cProfile -o "$OUT/quick.prof" -m attnbench run --no-plot \
+    --out "$(dirname "$RUN_DIR")/profiled" > "$OUT/profiled.log" 2>&1
+  echo "under cProfile, empty Triton cache again: exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms" \
+    >> "$OUT/first_minute.txt"
+  python3 -c "import pstats, sys; pstats.Stats(sys.argv[1], stream=sys.stdout).sort_stats('cumulative').print_stats(70)" \
+    "$OUT/quick.prof" > "$OUT/profile.txt" 2>&1
+fi
 
 if [ "${FULL:-0}" = 1 ]; then
   start=$(date +%s%N)

@@ -5,8 +5,10 @@
 #   small    batch 1 / heads 8, 1 / 16, 2 / 8 at 16k..256k beside peer-fla-chunk (one run
 #            each: FLA autotunes per process, compare only inside a run)
 #   paper    the paper preset over every mechanism (about 10 minutes on an H100: two calls)
+#   paper4k  the paper shape's lightning2 forward and backward at 2k..8k again (one minute)
 #   tgs      TNL 0.4B with lightning2 and peer-fla-chunk, checkpointing, 1k..128k at 128k
-#            tokens per step (about 7 minutes on an H100: FLA autotunes at every length)
+#            tokens per step (about 7 minutes on an H100: FLA autotunes at every length), in
+#            TGS_DIR (default results/<TAG>-tgs-split)
 #   profile  attnbench profile --ncu of lightning2 at 32k, paper shape and batch 1 / heads 8
 # Usage: STEPS="tests small" TAG=h200 bash benchmarks/scripts/lightning2_split_device.sh
 # Run directories go under results/<TAG>-split-* (carried back in $OUT/runs.tgz; a later
@@ -43,8 +45,12 @@ for step in $STEPS; do
         timeout -s INT 540 $R run --preset paper --seq-lens 1k..256k --out "$dir" > "$OUT/paper.log" 2>&1
       fi
       echo "paper: exit $?" ;;
+    paper4k)
+      timeout -s INT 120 $R run --preset paper --seq-lens 2k..8k --modes fwd,bwd \
+        --mechanisms lightning2 --no-plot --out "results/$TAG-split-paper-4k" > "$OUT/paper4k.log" 2>&1
+      echo "paper4k: exit $?" ;;
     tgs)
-      dir=results/$TAG-tgs-split
+      dir=${TGS_DIR:-results/$TAG-tgs-split}
       if [ -f "$dir/meta.json" ]; then
         timeout -s INT 540 $R tgs --resume "$dir" > "$OUT/tgs.log" 2>&1
       else
