@@ -52,9 +52,9 @@ for step in $STEPS; do
     tgs)
       dir=${TGS_DIR:-results/$TAG-tgs-split}
       if [ -f "$dir/meta.json" ]; then
-        timeout -s INT 540 $R tgs --resume "$dir" > "$OUT/tgs.log" 2>&1
+        timeout -s INT ${TGS_LIMIT_S:-540} $R tgs --resume "$dir" > "$OUT/tgs.log" 2>&1
       else
-        timeout -s INT 540 $R tgs --models tnl --mechanisms lightning2,peer-fla-chunk --size 0.4b \
+        timeout -s INT ${TGS_LIMIT_S:-540} $R tgs --models tnl --mechanisms lightning2,peer-fla-chunk --size 0.4b \
           --checkpointing --seq-lens 1k..128k --tokens-per-step 128k --out "$dir" > "$OUT/tgs.log" 2>&1
       fi
       echo "tgs: exit $?" ;;
@@ -68,6 +68,7 @@ for step in $STEPS; do
       done ;;
   esac
   echo "$step: ${SECONDS}s"
+  # after every step: a call stopped by its 10-minute limit keeps what the steps before wrote
+  rm -f results/*/run.lock
+  tar czf "$OUT/runs.tgz" results/$TAG-*split* ${TGS_DIR:-} 2>/dev/null  # the TGS run too
 done
-rm -f results/*/run.lock
-tar czf "$OUT/runs.tgz" results/$TAG-*split* 2>/dev/null  # the TGS run matches too
