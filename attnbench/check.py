@@ -9,6 +9,7 @@ same dtype (the family's DTYPE_BASELINE), with a floor per dtype for TF32 and ro
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -151,3 +152,45 @@ def check(mech: Mechanism, case: Case, device: str) -> CheckResult:
     """Compare ``mech`` (output and, where it has a backward, gradients) with its oracle on
     fresh float64 inputs of ``check_case(case)``'s shape."""
     return combine([check_part(mech, case, device)], case.dtype)
+
+
+@functools.lru_cache(maxsize=2)  # a run's two families; a 3B model's gradients are 12 GB
+def _model_reference(family: str, size: str, device: str, dtype: str, seq_len: int
+                     ) -> tuple[float, dict[str, torch.Tensor], float]:
+    """The model with its family's PyTorch reference attention: loss and gradients in fp32,
+    and how far the same model under the ``dtype`` policy is from them (the baseline)."""
+    from attnbench import models
+
+    reference = registry.DTYPE_BASELINE[models.ATTENTION_FAMILY[family]]
+    ref_loss, ref_grads = models.loss_and_gradients(family, size, reference, device, "fp32",
+                                                    seq_len)
+    loss, grads = models.loss_and_gradients(family, size, reference, device, dtype, seq_len)
+    return ref_loss, ref_grads, _model_err(loss, grads, ref_loss, ref_grads)
+
+
+def _model_err(loss: float, grads: dict, ref_loss: float, ref_grads: dict) -> float:
+    """The larger of the loss's relative error and the gradients' (all parameters as one
+    vector); NaN if a parameter's gradient is missing."""
+    if grads.keys() != ref_grads.keys():
+        return math.nan
+    diff = math.sqrt(sum(float((grads[n].double() - g.double()).norm() ** 2)
+                         for n, g in ref_grads.items()))
+    norm = math.sqrt(sum(float(g.double().norm() ** 2) for g in ref_grads.values()))
+    return max(abs(loss - ref_loss) / max(abs(ref_loss), 1e-300), diff / max(norm, 1e-300))
+
+
+def check_model(mech: Mechanism, case: Case, device: str) -> CheckResult:
+    """The loss and gradients of ``case``'s model (``case.model``, ``case.size``) with ``mech``
+    as its attention, under the ``case.dtype`` policy, on ``case.seq_len`` tokens (batch 1),
+    against the same model in fp32 with its family's PyTorch reference attention
+    (``DTYPE_BASELINE``): same seeded weights and batch (``models.loss_and_gradients``).
+    Tolerance as for a call: twice the reference model's own error under the same policy,
+    floored at the fp32 floor."""
+    from attnbench import models
+
+    ref_loss, ref_grads, base_err = _model_reference(case.model, case.size, device, case.dtype,
+                                                     case.seq_len)
+    loss, grads = models.loss_and_gradients(case.model, case.size, mech.name, device, case.dtype,
+                                            case.seq_len)
+    err = _model_err(loss, grads, ref_loss, ref_grads)
+    return CheckResult(err, max(2.0 * base_err, TOL_FLOOR["fp32"]), base_err)

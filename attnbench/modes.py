@@ -80,6 +80,7 @@ class Mode:
     # report metric -> (column, title, format, mark host-bound) where it reads otherwise
     metrics: dict = field(default_factory=dict)
     figures: tuple[str, ...] = ()  # figures a run of this mode draws besides the sweep's
+    checked_against: str = "float64 oracle"  # what its check compares with, in words
 
     def unsupported_reason(self, mech: Mechanism, case: Case) -> str:
         """Why ``mech`` cannot take ``case`` ("" if it can)."""
@@ -98,8 +99,13 @@ class Mode:
         return mech.memory(case)
 
     def check_case(self, case: Case) -> Case:
-        """The short case that checks ``case``'s mechanism against its float64 oracle."""
+        """The short case that checks ``case``'s mechanism against its float64 oracle (the
+        sweep checks a mechanism once per check case)."""
         return check.check_case(case)
+
+    def check(self, mech: Mechanism, case: Case, device: str) -> check.CheckResult:
+        """``mech`` on ``check_case(case)`` against its float64 oracle."""
+        return check.check(mech, self.check_case(case), device)
 
     def prepare(self, mech: Mechanism, case: Case, device: str,
                 fn: Callable | None = None) -> PreparedCall:
@@ -179,9 +185,20 @@ class TrainMode(Mode):
         return float(train_memory_floor(params, case.dtype))
 
     def check_case(self, case: Case) -> Case:
-        """The attention inside the model: its heads, head dims, precision and decay, at
-        batch 1 (the step's batch follows the length)."""
-        return check.check_case(case).with_(batch=1, model="", size="", checkpointing=False)
+        """The model at batch 1, a short length, without checkpointing (the same math)."""
+        return check.check_case(case).with_(batch=1, checkpointing=False)
+
+    def check(self, mech: Mechanism, case: Case, device: str) -> check.CheckResult:
+        """Two checks, the worse one kept (its error over its tolerance): the attention inside
+        the model (its heads, head dims, precision and decay) against its float64 oracle, and
+        the whole model's loss and gradients against the model in fp32 with the family's
+        PyTorch reference (``check.check_model``), so that mechanisms timed in one model
+        compute the same thing."""
+        small = self.check_case(case)
+        results = (check.check(mech, small.with_(model="", size=""), device),
+                   check.check_model(mech, small, device))
+        failed = [r for r in results if not r.passed]
+        return failed[0] if failed else max(results, key=lambda r: r.max_rel_err / r.tol)
 
     def prepare(self, mech: Mechanism, case: Case, device: str,
                 fn: Callable | None = None) -> PreparedCall:
@@ -203,7 +220,8 @@ TRAIN = TrainMode(
                         _count, True),
              "memory": ("extra_mem_mib", "memory above the model and its optimizer state, MiB",
                         _mib, False)},
-    figures=("tgs",))
+    figures=("tgs",),
+    checked_against="the fp32 reference model (loss, gradients) and the float64 oracle")
 OPERATOR_MODES = (FWD, BWD, FWDBWD)  # what `attnbench run --modes` takes
 MODES = {m.name: m for m in (*OPERATOR_MODES, TRAIN)}
 
@@ -229,6 +247,12 @@ def metric(name: str, metric: str, default: tuple) -> tuple:
     """How a report metric reads for the mode called ``name`` (``default`` where it reads as
     for an operator, or the mode is not known here)."""
     return MODES[name].metrics.get(metric, default) if name in MODES else default
+
+
+def checked_against(names) -> str:
+    """What the checks of runs of these modes compare with, in words."""
+    return "; ".join(dict.fromkeys(MODES[n].checked_against if n in MODES
+                                   else Mode.checked_against for n in names))
 
 
 def rows(df, mode: Mode):

@@ -160,7 +160,8 @@ def print_report(df: pd.DataFrame, console: Console, metrics=("tokens", "time", 
     if len(checked):
         errs = ", ".join(f"{r.mechanism} {r.max_rel_err:.1e}{'' if r.check == 'pass' else ' FAIL'}"
                          for r in checked.itertuples())
-        console.print(f"[dim]error vs float64 oracle (✗ = failed, not to be trusted): "
+        against = modes.checked_against(checked["mode"].unique())
+        console.print(f"[dim]error vs {against} (✗ = failed, not to be trusted): "
                       f"{escape(errs)}[/]")
     impls = df[df["impl"] != ""].drop_duplicates(["mechanism", "impl"])
     for r in impls.itertuples():

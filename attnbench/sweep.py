@@ -29,7 +29,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from attnbench import check as checking
 from attnbench import measure, modes, records, registry, testing
 from attnbench.case import Case
 from attnbench.errors import UsageError, one_line
@@ -170,13 +169,14 @@ class Sweep:
         return self._mechs[name]
 
     def _check(self, st: _MechState, case: Case):
-        key = modes.of(case).check_case(case)
+        mode = modes.of(case)
+        key = mode.check_case(case)
         if key not in st.checks:
             note = f" ({st.mech.warmup_note})" if st.mech.warmup_note else ""
             self.on_case(f"checking {st.mech.name} {case.dtype} d={case.head_dim} "
                          f"e={case.value_dim} vs float64{note}")
             try:
-                st.checks[key] = checking.check(st.mech, key, self.spec.device)
+                st.checks[key] = mode.check(st.mech, case, self.spec.device)
             except Exception as exc:
                 st.checks[key] = one_line(exc)
             measure.free_memory(self.spec.device)

@@ -4,7 +4,15 @@ from attnbench.baselines.linear import linear_masked
 from fakes import fake, make_case, scaled
 
 from attnbench import registry
-from attnbench.check import TOL_FLOOR, check, from_layout, rel_err, to_layout
+from attnbench.check import (
+    TOL_FLOOR,
+    _model_err,
+    check,
+    check_model,
+    from_layout,
+    rel_err,
+    to_layout,
+)
 
 
 @pytest.mark.parametrize("name", ["linear-recurrent", "linear-masked", "linear-cumsum",
@@ -69,3 +77,35 @@ def test_value_dim_other_than_head_dim_is_checked(name):
     mech = registry.get(name)
     result = check(mech, make_case(name, head_dim=16, value_dim=24, decay=mech.decay), "cpu")
     assert result.passed and result.max_rel_err < 1e-5
+
+
+def _model_case(name, family, dtype):
+    return make_case(name, head_dim=16, dtype=dtype, decay=family == "tnl").with_(
+        model=family, size="tiny")
+
+
+@pytest.mark.parametrize("family, name", [("tnl", "linear-masked"), ("llama", "sdpa-math")])
+def test_a_model_with_a_correct_attention_matches_the_fp32_reference_model(family, name):
+    mech = registry.get(name)
+    fp32 = check_model(mech, _model_case(name, family, "fp32"), "cpu")
+    assert fp32.passed and fp32.max_rel_err < 1e-5 and fp32.tol == TOL_FLOOR["fp32"]
+    bf16 = check_model(mech, _model_case(name, family, "bf16"), "cpu")
+    # bf16 autocast: the reference model's own error under bf16 sets the tolerance
+    assert bf16.passed and 1e-4 < bf16.baseline_err < 0.05 and bf16.tol == 2 * bf16.baseline_err
+
+
+@pytest.mark.parametrize("wrong", ["no decay", "zero"])
+def test_a_model_with_a_wrong_attention_fails(install, wrong):
+    fn = ((lambda q, k, v, decay=None: linear_masked(q, k, v, None)) if wrong == "no decay"
+          else scaled(0.0))
+    install(fake("fake-model-wrong", fn))
+    result = check_model(registry.get("fake-model-wrong"),
+                         _model_case("fake-model-wrong", "tnl", "fp32"), "cpu")
+    assert not result.passed and result.max_rel_err > 10 * result.tol
+
+
+def test_a_missing_gradient_fails_the_model_check():
+    grads = {"a": torch.ones(2)}
+    assert _model_err(1.0, {}, 1.0, grads) != _model_err(1.0, {}, 1.0, grads)  # NaN
+    assert _model_err(1.0, grads, 1.0, grads) == 0.0
+    assert _model_err(1.1, grads, 1.0, grads) == pytest.approx(0.1)

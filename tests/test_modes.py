@@ -50,8 +50,8 @@ def test_the_training_step_is_the_models():
     assert math.isnan(train.bytes(mech, case))  # no byte model of a whole model
     assert train.flops(mech, case) > mech.mode_flops(case.with_(mode="fwdbwd"))
     assert train.memory_floor(mech, case) > 0
-    small = train.check_case(case)  # the attention inside the model, at batch 1
-    assert (small.mode, small.batch, small.model, small.size) == ("fwdbwd", 1, "", "")
+    small = train.check_case(case)  # the model at batch 1, without checkpointing
+    assert (small.mode, small.batch, small.model, small.size) == ("fwdbwd", 1, "tnl", "tiny")
     assert train.min_reps == modes.TRAIN_MIN_STEPS and train.follows_length == ("batch",)
 
 
@@ -61,3 +61,36 @@ def test_words_in_tables_and_figures_come_from_the_mode():
     assert modes.metric("no-such-mode", "tokens", default) is default  # an old record's
     assert modes.metric("train", "tokens", default)[1].startswith("TGS")
     assert modes.figures(["fwd", "bwd"]) == [] and modes.figures(["train", "fwd"]) == ["tgs"]
+
+
+@pytest.mark.parametrize("attention_err, model_err, kept", [
+    (1e-3, 1e-2, "model"),  # both pass: the one nearer its tolerance
+    (5e-3, 1e-4, "attention"),
+    (1.0, 1e-4, "attention"),  # a failure is kept whatever the other says
+    (1e-4, float("nan"), "model"),
+])
+def test_a_training_step_is_checked_inside_and_as_a_whole(monkeypatch, attention_err,
+                                                            model_err, kept):
+    from attnbench import check
+
+    seen = {}
+
+    def attention(mech, case, device):
+        seen["attention"] = case
+        return check.CheckResult(attention_err, 1e-2, 0.0)
+
+    def model(mech, case, device):
+        seen["model"] = case
+        return check.CheckResult(model_err, 2e-2, 0.0)
+
+    monkeypatch.setattr(check, "check", attention)
+    monkeypatch.setattr(check, "check_model", model)
+    case = make_case("linear-masked", "train", batch=4, heads=2, seq_len=64, head_dim=8).with_(
+        model="tnl", size="tiny", checkpointing=True)
+    result = modes.TRAIN.check(registry.get("linear-masked"), case, "cpu")
+    want = model_err if kept == "model" else attention_err
+    assert result.max_rel_err == want or (result.max_rel_err != result.max_rel_err
+                                          and want != want)
+    assert (seen["attention"].model, seen["attention"].batch) == ("", 1)
+    assert (seen["model"].model, seen["model"].size, seen["model"].checkpointing) == (
+        "tnl", "tiny", False)

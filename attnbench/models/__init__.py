@@ -33,6 +33,7 @@ from .train import (
     TrainStep,
     attention_flops_per_token,
     count_params,
+    lm_step_loss,
     make_train_step,
     matmul_params,
     train_flops_per_token,
@@ -42,8 +43,8 @@ from .train import (
 __all__ = [
     "ATTENTION_FAMILY", "DEFAULT_MECHANISM", "DTYPE_POLICIES", "FAMILIES", "SIZES", "LLaMA",
     "ModelConfig", "TNL", "TrainStep", "attention_flops_per_token", "build_model",
-    "config_for", "count_params", "llama_ffn_dim", "make_train_step", "matmul_params",
-    "train_flops_per_token", "train_memory_floor", "unsupported_reason",
+    "config_for", "count_params", "llama_ffn_dim", "loss_and_gradients", "make_train_step",
+    "matmul_params", "train_flops_per_token", "train_memory_floor", "unsupported_reason",
 ]
 
 _CLASSES = {"llama": LLaMA, "tnl": TNL}
@@ -92,3 +93,22 @@ def unsupported_reason(config: ModelConfig, mechanism: str, seq_len: int,
         if reason:
             return reason
     return ""
+
+
+def loss_and_gradients(family: str, size: str, mechanism: str, device, dtype_policy: str,
+                       seq_len: int, batch: int = 1, seed: int = 0
+                       ) -> tuple[float, dict[str, torch.Tensor]]:
+    """The mean cross-entropy of a ``family`` model of ``size`` with ``mechanism`` as its
+    attention, on ``batch`` x ``seq_len`` seeded random tokens, and the gradient of every
+    parameter (fp32, on the CPU, by name): one forward and backward, no optimizer step. The
+    weights and tokens depend only on ``seed``, so two mechanisms get the same model and batch.
+    """
+    model = build_model(family, size, mechanism, device, dtype_policy, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1),
+                           generator=generator).to(device)  # [B, N+1]
+    loss = lm_step_loss(model, tokens[:, :-1], tokens[:, 1:])
+    loss.backward()
+    grads = {name: p.grad.detach().float().cpu() for name, p in model.named_parameters()
+             if p.grad is not None}
+    return float(loss.detach()), grads
