@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,3 +165,18 @@ def is_oom(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return "out of memory" in text.lower() or "can't allocate memory" in text
+
+
+_TRIED = re.compile(r"Tried to allocate ([\d.]+) (GiB|MiB|KiB|B)\b")
+_UNIT_MIB = {"GiB": 1024.0, "MiB": 1.0, "KiB": 1 / 1024, "B": 1 / MIB}
+
+
+def oom_needed_mib(exc: BaseException, device: str) -> float:
+    """What a case that ran out of GPU memory needed at least, MiB: the peak allocated since
+    the case started (``reset_peak_memory_stats`` then) plus the allocation that failed, as
+    PyTorch's message gives it. NaN on the CPU, or where the message names no allocation."""
+    match = _TRIED.search(str(exc))
+    if device != "cuda" or match is None:
+        return float("nan")
+    peak = torch.cuda.max_memory_allocated() / MIB
+    return peak + float(match.group(1)) * _UNIT_MIB[match.group(2)]

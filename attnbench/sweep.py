@@ -231,13 +231,18 @@ class Sweep:
         self.on_case(f"{mech.name} {case.mode} n={case.seq_len}")
         self.started(case)
         start = measure.clock()
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()  # an OOM's need counts from here
         try:
             values = self._measure(mech, st.fn, case)
         except NotImplementedError as exc:
             return record("unsupported", reason=one_line(exc), **checked)
         except Exception as exc:
-            return record("oom" if measure.is_oom(exc) else "error", reason=one_line(exc),
-                          **checked)
+            if not measure.is_oom(exc):
+                return record("error", reason=one_line(exc), **checked)
+            need = measure.oom_needed_mib(exc, device)
+            said = "" if math.isnan(need) else f"needed more than {need / 1024:.1f} GiB: "
+            return record("oom", reason=said + one_line(exc), peak_mem_mib=need, **checked)
         finally:
             self._measuring_s = measure.clock() - start
             measure.free_memory(device)

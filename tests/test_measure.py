@@ -1,5 +1,7 @@
 """The timing helpers that run without a GPU (do_bench itself is exercised on the device)."""
 
+import math
+
 import pytest
 import torch
 
@@ -24,3 +26,17 @@ def test_summary_is_median_and_quintiles():
     t = measure._summarise([5.0, 1.0, 2.0, 3.0, 4.0])
     assert (t.median_ms, t.reps) == (3.0, 5)
     assert t.p20_ms == pytest.approx(1.8) and t.p80_ms == pytest.approx(4.2)
+
+
+@pytest.mark.parametrize("message, need", [
+    ("CUDA out of memory. Tried to allocate 8.00 GiB. GPU 0 has a total capacity of 79.1 GiB",
+     1000 + 8192),
+    ("CUDA out of memory. Tried to allocate 512.00 MiB (GPU 0; 79.1 GiB total)", 1000 + 512),
+    ("CUDA out of memory. Tried to allocate 2048.00 KiB", 1002),
+    ("out of memory", float("nan")),  # no allocation named: not guessed
+])
+def test_an_oom_says_what_the_case_needed_at_least(monkeypatch, message, need):
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1000 * 2**20)
+    got = measure.oom_needed_mib(torch.cuda.OutOfMemoryError(message), "cuda")
+    assert got == pytest.approx(need, nan_ok=True)
+    assert math.isnan(measure.oom_needed_mib(torch.cuda.OutOfMemoryError(message), "cpu"))
