@@ -129,6 +129,7 @@ def tgs(
     dtype: opt(str | None, "Precision policy: bf16 (fp32 weights and AdamW state, bf16 autocast) or fp32; default bf16 on a GPU, fp32 on the CPU.") = None,
     max_case_seconds: opt(float | None, "Skip lengths predicted to take longer to measure (about 16 steps); default 120 on a GPU, 10 on the CPU.") = None,
     line_seconds: opt(float | None, "Seconds one line (model, mechanism) may spend over its lengths; 0 = no limit.") = None,
+    table1: opt(bool, "The paper's Table 1 for one --size: LLaMA with flash2 and sdpa-cudnn, TNL with lightning2, lightning1 and peer-fla-chunk, 1k..64k,80k,92k,128k at 128k tokens per step (3b: 1k..32k at 32k), checkpointing; other options override.", "--table1") = False,
     shared: dict = None,
 ) -> None:
     """Training speed of whole models as the context grows (TGS: tokens per GPU per second).
@@ -143,8 +144,9 @@ def tgs(
                    max_case_seconds=max_case_seconds, line_seconds=line_seconds)
     dev = choose_device(o["device"])
     spec, run_dir, shown = runner.plan(
-        o["resume"], any(v is not None for v in options.values()) or checkpointing, o["out"],
-        o["name"], dev, lambda: build_train_spec(dev, checkpointing=checkpointing, **options),
+        o["resume"], any(v is not None for v in options.values()) or checkpointing or table1,
+        o["out"], o["name"], dev,
+        lambda: build_train_spec(dev, checkpointing=checkpointing, table1=table1, **options),
         training=True)
     screen.tgs_notes(dev, shown)
     screen.execute(spec, run_dir, o["resume"] is not None, o["plot"], "tgs")

@@ -272,6 +272,14 @@ TRAIN_DEFAULTS = {
                 max_case_seconds=10.0, line_seconds=0.0),
 }
 TRAIN_DTYPES = ("bf16", "fp32")  # the precision policies of attnbench.models
+# `attnbench tgs --table1`: the paper's Table 1 for one size. Its lengths (1K..92K) and 128K;
+# its models with our kernels and FLA's; 128K tokens a step at every length (the 80K and 92K
+# steps hold one sequence: 80K and 92K tokens); checkpointing, so that 128K fits 80 GB.
+TABLE1 = dict(models="llama,tnl",
+              mechanisms="flash2,sdpa-cudnn,lightning2,lightning1,peer-fla-chunk",
+              seq_lens="1k..64k,80k,92k,128k", tokens_per_step="128k")
+# 3B: to 32K as the paper, 32K tokens a step (a step of 128K tokens takes ~6 s at 3B)
+TABLE1_BY_SIZE = {"3b": dict(seq_lens="1k..32k", tokens_per_step="32k")}
 
 
 def _train_mechanisms(models, selection: str | None, device: str) -> dict[str, list[str]]:
@@ -310,10 +318,11 @@ def build_train_spec(device: str, models: str | None = None, sizes: str | None =
                      mechanisms: str | None = None, seq_lens: str | None = None,
                      tokens_per_step: str | None = None, dtype: str | None = None,
                      checkpointing: bool = False, max_case_seconds: float | None = None,
-                     line_seconds: float | None = None) -> SweepSpec:
+                     line_seconds: float | None = None, table1: bool = False) -> SweepSpec:
     """A training-step sweep (``attnbench tgs``): defaults of ``TRAIN_DEFAULTS[device]``,
     overridden by what is given. ``tokens_per_step`` defaults to the longest length, so every
-    length trains on the same tokens (batch = longest // length).
+    length trains on the same tokens (batch = longest // length). ``table1``: the defaults
+    are the paper's Table 1 for one size (``TABLE1``, ``TABLE1_BY_SIZE``), with checkpointing.
 
     UsageError before any work for an unknown model or size, a mechanism no chosen model takes
     (a softmax one for tnl), a length or precision a model's mechanism cannot take.
@@ -322,6 +331,20 @@ def build_train_spec(device: str, models: str | None = None, sizes: str | None =
 
     refuse_empty(models=models, size=sizes, mechanisms=mechanisms, seq_lens=seq_lens,
                  tokens_per_step=tokens_per_step, dtype=dtype)
+    if table1:
+        size = sizes if sizes is not None else TRAIN_DEFAULTS["cuda"]["sizes"]
+        if "," in size:
+            raise UsageError(f"--table1 takes one --size (a run directory each), not {size}")
+        table = {**TABLE1, **TABLE1_BY_SIZE.get(size.strip(), {})}
+        models = models or table["models"]
+        if mechanisms is None:  # the table's, for the models chosen
+            wanted = _parse_choices(models, model_lib.FAMILIES, "model")
+            fits = {model_lib.ATTENTION_FAMILY[m] for m in wanted}
+            mechanisms = ",".join(n for n in table["mechanisms"].split(",")
+                                  if registry.get(n).family in fits)
+        seq_lens = seq_lens or table["seq_lens"]
+        tokens_per_step = tokens_per_step or table["tokens_per_step"]
+        sizes, checkpointing = size, True
     if device not in TRAIN_DEFAULTS:
         raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
     base = TRAIN_DEFAULTS[device]

@@ -124,6 +124,27 @@ def test_expand_one_line_per_model_and_mechanism():
     assert cases[0].label() == "b2-h8-n1024-d128-bf16-llama-0.4b-ckpt"
 
 
+@pytest.mark.parametrize("size, longest, tokens", [("0.4b", 128, 128), ("1b", 128, 128),
+                                                    ("3b", 32, 32)])
+def test_table1_is_the_papers_table_for_one_size(size, longest, tokens):
+    spec = build_train_spec("cuda", sizes=size, table1=True)
+    k = 1024
+    assert spec.seq_lens == tuple(n * k for n in (1, 2, 4, 8, 16, 32, 64, 80, 92, 128)
+                                  if n <= longest)
+    assert (spec.sizes, spec.tokens_per_step, spec.checkpointing) == ((size,), tokens * k, True)
+    lines = {(c.model, c.mechanism) for c in expand(spec)}
+    assert lines == {("llama", "flash2"), ("llama", "sdpa-cudnn"), ("tnl", "lightning2"),
+                     ("tnl", "lightning1"), ("tnl", "peer-fla-chunk")}
+    # what is given overrides the table's defaults
+    spec = build_train_spec("cuda", sizes=size, table1=True, seq_lens="1k,2k", models="tnl")
+    assert spec.seq_lens == (1024, 2048) and spec.models == ("tnl",)
+
+
+def test_table1_takes_one_size():
+    code, _, err = run_cli("tgs", "--table1", "--size", "0.4b,1b", "--device", "cpu")
+    assert code == 2 and "--table1 takes one --size" in err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--models", "gpt"], "unknown model 'gpt'; choose from llama, tnl"),
     (["--size", "7b"], "unknown model size '7b'; choose from tiny, 0.4b, 1b, 3b"),
