@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench import envinfo, interrupts, peaks, records, registry, testing
+from attnbench import envinfo, interrupts, measure, peaks, records, registry, testing
 from attnbench.case import Case
 from attnbench.errors import UsageError
 from attnbench.records import Record
@@ -142,7 +142,7 @@ def run_sweep(
     SIGTERM and SIGHUP (``timeout``, a CI cancel, ``kill``, torchrun) are Ctrl-C here: they
     raise ``interrupts.Interrupted``, a KeyboardInterrupt (attnbench.interrupts).
     """
-    with interrupts.signals_interrupt():
+    with interrupts.signals_interrupt(), measure.quiet_heap():
         return _run_sweep(spec, out, resume=resume, on_record=on_record, on_status=on_status,
                           on_start=on_start, executor=executor)
 

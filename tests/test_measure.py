@@ -40,3 +40,27 @@ def test_an_oom_says_what_the_case_needed_at_least(monkeypatch, message, need):
     got = measure.oom_needed_mib(torch.cuda.OutOfMemoryError(message), "cuda")
     assert got == pytest.approx(need, nan_ok=True)
     assert math.isnan(measure.oom_needed_mib(torch.cuda.OutOfMemoryError(message), "cpu"))
+
+
+def test_a_sweep_collects_what_each_case_leaves_and_only_that():
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    assert gc.get_freeze_count() == 0
+    with measure.quiet_heap():
+        kept = gc.get_freeze_count()
+        assert kept > 0  # what existed before the sweep is out of the collector's sight
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle, as an autograd graph and its closure make
+        gone = weakref.ref(a)
+        del a, b
+        measure.free_memory("cpu")
+        assert gone() is None  # the case's garbage is collected
+        assert gc.get_freeze_count() >= kept
+        with measure.quiet_heap():  # nested (a sweep inside a sweep's process): no unfreeze
+            pass
+        assert gc.get_freeze_count() >= kept
+    assert gc.get_freeze_count() == 0  # after the sweep, everything is collected as ever
