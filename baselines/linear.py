@@ -48,14 +48,28 @@ def linear_recurrent(q, k, v, decay=None):
     # The state is summed over the whole sequence: keep it in at least fp32, as any real
     # implementation does, so half-precision inputs are not judged by a bf16 running sum.
     acc = torch.promote_types(q.dtype, torch.float32)
-    lam = torch.exp(-decay.to(acc)).view(1, h, 1, 1) if decay is not None else None  # [1, H, 1, 1]
     state = q.new_zeros(b, h, d, e, dtype=acc)  # [B, H, D, E]
-    out = []
-    for t in range(n):
-        kv = k[:, :, t, :, None].to(acc) * v[:, :, t, None, :].to(acc)  # [B, H, D, E]
-        state = state * lam + kv if lam is not None else state + kv
-        out.append(torch.einsum("bhd,bhde->bhe", q[:, :, t].to(acc), state))
-    return torch.stack(out, dim=2).to(v.dtype)  # [B, H, N, E]
+    out = [linear_decode(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], state,
+                         decay) for t in range(n)]
+    return torch.cat(out, dim=2) if out else v.new_empty(b, h, 0, e)  # [B, H, N, E]
+
+
+def linear_decode(q, k, v, state, decay=None):
+    """One token of the recurrence, the state advanced IN PLACE: S <- lambda S + k^T v, then
+    o = q S (the decode step; ``linear_recurrent`` is this, token after token).
+
+    q, k ``(B, H, 1, D)``, v ``(B, H, 1, E)``, state ``(B, H, D, E)`` in the dtype the sum is
+    kept in (float32 for half inputs; float64 inputs and state: the oracle). Returns o
+    ``(B, H, 1, E)`` in v's dtype.
+    """
+    _check(q, k, v, decay)
+    acc = state.dtype
+    kv = k[:, :, 0, :, None].to(acc) * v[:, :, 0, None, :].to(acc)  # [B, H, D, E]
+    if decay is not None:
+        state.mul_(torch.exp(-decay.to(device=state.device, dtype=acc)).view(1, -1, 1, 1))
+    state.add_(kv)
+    o = torch.einsum("bhd,bhde->bhe", q[:, :, 0].to(acc), state)  # [B, H, E]
+    return o.unsqueeze(2).to(v.dtype)
 
 
 def linear_masked(q, k, v, decay=None):
