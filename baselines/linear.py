@@ -49,9 +49,24 @@ def linear_recurrent(q, k, v, decay=None):
     # implementation does, so half-precision inputs are not judged by a bf16 running sum.
     acc = torch.promote_types(q.dtype, torch.float32)
     state = q.new_zeros(b, h, d, e, dtype=acc)  # [B, H, D, E]
-    out = [linear_decode(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], state,
-                         decay) for t in range(n)]
-    return torch.cat(out, dim=2) if out else v.new_empty(b, h, 0, e)  # [B, H, N, E]
+    out = []
+    for t in range(n):
+        o, state = _step(q[:, :, t], k[:, :, t], v[:, :, t], state, decay)
+        out.append(o)
+    return torch.stack(out, dim=2).to(v.dtype) if out else v.new_empty(b, h, 0, e)
+
+
+def _step(q, k, v, state, decay):
+    """One token (q, k (B, H, D), v (B, H, E)) of the recurrence from ``state``, out of place
+    (differentiable): (o (B, H, E) in the state's dtype, the next state)."""
+    acc = state.dtype
+    kv = k.to(acc)[..., :, None] * v.to(acc)[..., None, :]  # [B, H, D, E]
+    if decay is not None:
+        lam = torch.exp(-decay.to(device=state.device, dtype=acc)).view(1, -1, 1, 1)
+        state = state * lam + kv
+    else:
+        state = state + kv
+    return torch.einsum("bhd,bhde->bhe", q.to(acc), state), state
 
 
 def linear_decode(q, k, v, state, decay=None):
@@ -60,15 +75,11 @@ def linear_decode(q, k, v, state, decay=None):
 
     q, k ``(B, H, 1, D)``, v ``(B, H, 1, E)``, state ``(B, H, D, E)`` in the dtype the sum is
     kept in (float32 for half inputs; float64 inputs and state: the oracle). Returns o
-    ``(B, H, 1, E)`` in v's dtype.
+    ``(B, H, 1, E)`` in v's dtype. Not differentiable through the state (inference).
     """
     _check(q, k, v, decay)
-    acc = state.dtype
-    kv = k[:, :, 0, :, None].to(acc) * v[:, :, 0, None, :].to(acc)  # [B, H, D, E]
-    if decay is not None:
-        state.mul_(torch.exp(-decay.to(device=state.device, dtype=acc)).view(1, -1, 1, 1))
-    state.add_(kv)
-    o = torch.einsum("bhd,bhde->bhe", q[:, :, 0].to(acc), state)  # [B, H, E]
+    o, new = _step(q[:, :, 0], k[:, :, 0], v[:, :, 0], state, decay)
+    state.copy_(new)
     return o.unsqueeze(2).to(v.dtype)
 
 
