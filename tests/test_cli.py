@@ -15,7 +15,8 @@ from attnbench.cli import main
 from attnbench.records import Record
 
 TINY = ["run", "--device", "cpu", "--mechanisms", "linear-masked,softmax-naive",
-        "--seq-lens", "64,128", "--heads", "2", "--head-dim", "16", "--max-case-seconds", "60"]
+        "--seq-lens", "64,128", "--heads", "2", "--head-dim", "16", "--max-case-seconds", "60",
+        "--modes", "fwd,bwd"]
 
 
 def cli(monkeypatch, capsys, *args):
