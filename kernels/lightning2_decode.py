@@ -62,7 +62,7 @@ def _lightning2_decode_kernel(
     # One grid axis (no 65535 limit), ordered (head, E-slice): the slices of a head are
     # neighbours and share their q and k reads through L2.
     i_bh, i_e = tl.program_id(0) // NUM_E, tl.program_id(0) % NUM_E
-    i_b, i_h = i_bh // H, i_bh % H
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H  # strides of a view may pass 2^31
     o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
     m_e = o_e < E
     b_v = tl.load(v + i_b * SVB + i_h * SVH + o_e, mask=m_e, other=0.0).to(tl.float32)  # [BLOCK_E]
@@ -165,8 +165,9 @@ def lightning_attn2_decode(q, k, v, state, decay=None, *, _config=None):
     Args:
         q: (B, H, 1, D) the new token's query, float16, bfloat16 or float32, on CUDA (or the
             CPU under TRITON_INTERPRET=1). Any batch and head strides (a (B, 1, H, D) tensor
-            seen through ``transpose(1, 2)`` is read in place); the D elements contiguous,
-            else it is copied first.
+            seen through ``transpose(1, 2)`` is read in place; the strides are compile-time
+            constants: a new set compiles once); the D elements contiguous, else it is copied
+            first.
         k: (B, H, 1, D) its key, same dtype and device.
         v: (B, H, 1, E) its value, same dtype and device.
         state: (B, H, D, E) float32, contiguous: the state of the context (zeros for none);
