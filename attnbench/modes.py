@@ -335,29 +335,30 @@ class DecodeMode(Mode):
     def check(self, mech: Mechanism, case: Case, device: str) -> checking.CheckResult:
         """DECODE_CHECK_STEPS steps against a context of ``case.seq_len`` tokens, compared
         with the float64 step of the cache kind's oracle (a state: the recurrence; a KV cache:
-        plain softmax): every output, and a state after the steps. A state's context is a
-        seeded random float64 state at that context's scale (the step does not care how it
-        was made; the kernels' tests check prefill's states against it); a KV cache holds the
-        context's random keys and values."""
+        plain softmax) on the same device: every output, and a state after the steps. A
+        state's context is a seeded random float64 state at that context's scale (the step
+        does not care how it was made; the kernels' tests check prefill's states against
+        it); a KV cache holds the context's random keys and values."""
         oracle = registry.get(DECODE_ORACLE[mech.decode.cache])
         b, h, d, e = case.batch, case.heads, case.head_dim, case.value_dim
-        gen = torch.Generator().manual_seed(1234)
+        # made and run in float64 on the run's device: a state of batch 256 is 1 GiB, which
+        # the CPU would take seconds to fill and step
+        gen = torch.Generator(device=device).manual_seed(1234)
         state64, n = None, case.seq_len
+        f64 = dict(generator=gen, device=device, dtype=torch.float64)
         if mech.decode.cache == "state":
-            state64 = math.sqrt(n) * torch.randn((b, h, d, e), generator=gen, dtype=torch.float64)
+            state64 = math.sqrt(n) * torch.randn((b, h, d, e), **f64)
             n = 0  # the steps' tokens only
-        qkv = [torch.randn((b, h, n + DECODE_CHECK_STEPS, x), generator=gen, dtype=torch.float64)
-               for x in (d, d, e)]
-        rates = checking.decay_rates(mech, case.decay, h, "cpu")
+        qkv = [torch.randn((b, h, n + DECODE_CHECK_STEPS, x), **f64) for x in (d, d, e)]
+        decay = checking.decay_rates(mech, case.decay, h, device)
         dtype = registry.DTYPES[case.dtype]
 
-        def run(m: Mechanism, on: str, as_dtype) -> list[torch.Tensor]:
-            decay = None if rates is None else rates.to(on)
-            return _decode_steps(m, m.decode.load(), qkv, decay, n, as_dtype, on, state64)
+        def run(m: Mechanism, as_dtype) -> list[torch.Tensor]:
+            return _decode_steps(m, m.decode.load(), qkv, decay, n, as_dtype, device, state64)
 
-        ref = run(oracle, "cpu", torch.float64)
-        base = run(oracle, device, dtype)
-        got = run(mech, device, dtype)
+        ref = [x.cpu() for x in run(oracle, torch.float64)]  # rel_err compares on the CPU
+        base = run(oracle, dtype)
+        got = run(mech, dtype)
         err = max(checking.rel_err(g, r) for g, r in zip(got, ref))
         base_err = max(checking.rel_err(x, r) for x, r in zip(base, ref))
         return checking.CheckResult(err, max(2.0 * base_err, checking.TOL_FLOOR[case.dtype]),
