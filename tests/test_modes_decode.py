@@ -126,28 +126,6 @@ def test_lightning2_decodes_through_the_mode_in_the_interpreter():
     assert DECODE.check(mech, DECODE.check_case(c), KERNEL_DEVICE).passed
 
 
-GPU_DECODERS = ["lightning2", "peer-fla-chunk", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn",
-                "sdpa-math", "softmax-naive", "linear-recurrent", "flash2"]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", GPU_DECODERS)
-def test_gpu_decoders_pass_the_check_or_say_why(name):
-    """On the GPU, bf16, batch 8, heads 4, D 128: each decoder passes the float64 check, or is
-    unsupported with a reason (not installed, a backend that refuses one query)."""
-    mech = registry.get(name)
-    c = case(name, batch=8, heads=4, head_dim=128, dtype="bf16", decay=mech.decay)
-    why = mech.available("cuda").reason if not mech.available("cuda") else (
-        unsupported_reason(mech, c))
-    if why:
-        pytest.skip(why)
-    try:
-        result = DECODE.check(mech, DECODE.check_case(c), "cuda")
-    except NotImplementedError as exc:  # the sweep records this as unsupported
-        pytest.skip(str(exc))
-    assert result.passed, result
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["lightning2", "sdpa-flash"])
 def test_gpu_a_step_copies_no_cache(name):
@@ -166,3 +144,26 @@ def test_gpu_a_step_copies_no_cache(name):
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - before
     assert extra < 0.05 * prepared.cache_bytes, (extra, prepared.cache_bytes)
+
+
+# cuDNN last: a backend that fails hard must not take the others' CUDA context with it
+GPU_DECODERS = ["lightning2", "peer-fla-chunk", "sdpa-flash", "sdpa-efficient", "sdpa-math",
+                "softmax-naive", "linear-recurrent", "flash2", "sdpa-cudnn"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", GPU_DECODERS)
+def test_gpu_decoders_pass_the_check_or_say_why(name):
+    """On the GPU, bf16, batch 8, heads 4, D 128: each decoder passes the float64 check, or is
+    unsupported with a reason (not installed, a backend that refuses one query)."""
+    mech = registry.get(name)
+    c = case(name, batch=8, heads=4, head_dim=128, dtype="bf16", decay=mech.decay)
+    why = mech.available("cuda").reason if not mech.available("cuda") else (
+        unsupported_reason(mech, c))
+    if why:
+        pytest.skip(why)
+    try:
+        result = DECODE.check(mech, DECODE.check_case(c), "cuda")
+    except NotImplementedError as exc:  # the sweep records this as unsupported
+        pytest.skip(str(exc))
+    assert result.passed, result

@@ -5,9 +5,9 @@
 #   tests   the decode tests on the GPU (our kernel against the float64 recurrence, every
 #           decoder through the harness's check, no cache copied by a step)
 #   tune    lightning2's decode step by tile against its state-traffic floor (plain do_bench)
-#   sweep   attnbench run --modes decode: lightning2 and FLA's recurrent step (state), SDPA's
-#           flash, efficient, cuDNN and math backends and flash2 (flash-attn's kvcache, or
-#           the reason it cannot run) over a KV cache; heads 32, D 128, bf16, batch
+#   sweep   attnbench run --modes decode: lightning2 and FLA's recurrent step (state), flash2
+#           (flash-attn's kvcache, or the reason it cannot run) and SDPA's flash, efficient,
+#           math and cuDNN backends (last: a hard failure would end the run) over a KV cache; heads 32, D 128, bf16, batch
 #           1, 8, 32, 64, 256, context 1k..1M (a softmax case whose cache cannot fit is
 #           recorded oom without being tried); then the decode and roofline figures and the
 #           roofline table
@@ -38,7 +38,7 @@ for step in $STEPS; do
         timeout -s INT 400 $R run --resume "$DIR" > "$OUT/sweep.log" 2>&1
       else
         timeout -s INT 400 $R run --modes decode \
-          --mechanisms lightning2,peer-fla-chunk,sdpa-flash,sdpa-efficient,sdpa-cudnn,sdpa-math,flash2 \
+          --mechanisms lightning2,peer-fla-chunk,flash2,sdpa-flash,sdpa-efficient,sdpa-math,sdpa-cudnn \
           --batch 1,8,32,64,256 --heads 32 --head-dim 128 --dtype bf16 --seq-lens 1k..1m \
           --max-case-seconds 20 --line-seconds 0 --out "$DIR" > "$OUT/sweep.log" 2>&1
       fi
