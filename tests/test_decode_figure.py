@@ -22,13 +22,13 @@ def rec(mech, family, batch, n, ms, cache_mib, status="ok", heads=32):
                   cache_mib=cache_mib, gbps=100.0, check="pass")
 
 
-def frame(linear_ms=0.05):
+def frame(linear_ms=0.05, contexts=CONTEXTS):
     """lightning2 flat; two softmax backends linear in the context, the faster one crossing
     lightning2 between 2k and 4k at batch 8; flash2 unsupported; a fwd record beside."""
     recs = []
     for b in (1, 8):
         state = b * 32 * 128 * 128 * 4 / 2**20
-        for n in CONTEXTS:
+        for n in contexts:
             kv = b * 32 * (n + 1) * 256 * 2 / 2**20
             recs.append(rec("lightning2", "linear", b, n, linear_ms, state))
             recs.append(rec("sdpa-flash", "softmax", b, n, 0.015 * n / 1024 * (b / 8 + 0.5), kv))
@@ -44,13 +44,21 @@ def test_findings_say_crossover_ratio_and_memory():
     at8 = [line for line in lines if line.startswith("batch 8: lightning2 decodes")]
     # batch 8: flash at 0.0225 ms per 1k: 0.0225, 0.045 (1k, 2k) < 0.05 < 0.09 (4k): from 4k
     assert at8 == ["batch 8: lightning2 decodes faster than the fastest softmax step from "
-                   "context 4k; at 16k 7.2x (50 us against sdpa-flash 360 us); memory kept "
-                   "there 2,048 MiB of KV cache against 16 MiB of state (128x)"]
+                   "context 4k; at 16k 7.2x (50 us against sdpa-flash 360 us), 2,048 MiB of KV "
+                   "cache against 16 MiB of state (128x)"]
     flat = [line for line in lines if line.startswith("batch 1: lightning2 step")]
     assert flat == ["batch 1: lightning2 step 50 us..50 us from context 1k to 16k (slowest / "
                     "fastest 1.000), 100 GB/s by its byte model"]
     assert any("batch 1: lightning2 decodes faster than the fastest softmax step from context "
                "8k" in line for line in lines)
+
+
+def test_findings_give_128k_and_the_longest_context():
+    lines = decode_findings(frame(contexts=[1024 * 2**i for i in range(10)]))  # 1k..512k
+    at8 = next(line for line in lines if line.startswith("batch 8: lightning2 decodes"))
+    assert "; at 128k 57.6x (50 us against sdpa-flash 2.88 ms), 16,384 MiB" in at8
+    assert at8.endswith("; at 512k 230x (50 us against sdpa-flash 11.5 ms), 65,536 MiB of KV "
+                        "cache against 16 MiB of state (4,096x)")
 
 
 def test_findings_when_the_state_never_wins_or_always_does():
