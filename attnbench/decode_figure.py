@@ -1,8 +1,8 @@
-"""Decode against context: tokens/s and the memory kept, a line per mechanism, a column per batch.
+"""Decode against context: tokens/s and the memory kept, a line per mechanism, a row per batch.
 
 ``attnbench plot --figure decode`` (and the end of a run with decode records). The figure
 draws the run's ``decode`` records at one shape (heads, head dims, dtype: the shape with the
-most records), one column of panels per batch: tokens/s generated (batch / step time) and
+most records), one row of panels per batch: tokens/s generated (batch / step time) and
 the KV cache or state kept for the context (``cache_mib``), both against the context length.
 ``decode_findings`` says, from the same records, where the state beats the cache: per batch,
 the context from which the linear step is faster than the fastest softmax step, the ratio at
@@ -39,7 +39,7 @@ def decode_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def decode_figure(df: pd.DataFrame, title: str = ""):
-    """Tokens/s and the cache or state kept against context, a column per batch."""
+    """Tokens/s and the cache or state kept against context, a row of panels per batch."""
     part = decode_rows(df)
     absent = never_ran(part)
     drawn = part[~part["mechanism"].isin(absent)]
@@ -47,31 +47,35 @@ def decode_figure(df: pd.DataFrame, title: str = ""):
     batches = sorted(drawn["batch"].unique())
     contexts = sorted(drawn["seq_len"].unique())
     style = styles(drawn["mechanism"].unique(), first=[LINEAR])
-    fig, axes = plt.subplots(2, len(batches), squeeze=False, sharey="row",
-                             figsize=(max(4.2 * len(batches), 7.0), 8.0))
+    fig, axes = plt.subplots(len(batches), 2, squeeze=False, sharey="col",
+                             figsize=(12.0, 3.4 * len(batches) + 1.8))
     panels = (("tokens_per_s", "tokens / s generated (batch / step time)"),
-              ("cache_mib", "KV cache or state kept, MiB"))
-    for j, b in enumerate(batches):
+              ("cache_mib", "KV cache or state kept, MiB (equal ones overlap)"))
+    for i, b in enumerate(batches):
         rows = drawn[drawn["batch"] == b]
-        for i, (column, text) in enumerate(panels):
+        for j, (column, text) in enumerate(panels):
             ax = axes[i][j]
             draw_panel(ax, rows, column, style, contexts, empty=f"no ok record at batch {b}")
-            ax.set_title(f"batch {b}: {text}", fontsize=9)
-            if i == 1:
+            ax.set_title(f"batch {b}: {text}", fontsize=10)
+            if i == len(batches) - 1:
                 ax.set_xlabel("context length (tokens already processed)")
-    # draw_panel sets each panel's ticks from its own values: with shared rows, set them from
-    # all values once more
-    for i, (column, _) in enumerate(panels):
+    # each panel set its ticks and limits from its own values: with shared columns, set the
+    # limits from all of them once more
+    for j, (column, _) in enumerate(panels):
         values = drawn.loc[drawn["status"] == "ok", column].dropna()
+        values = values[values > 0]
         if len(values):
-            axes[i][0].set_ylim(values[values > 0].min() / 1.6, values.max() * 2.5)
+            axes[0][j].set_ylim(values.min() / 1.6, values.max() * 2.5)
     notes = ["decode: one new token per sequence against a context" + (f" - {title}" if title
                                                                       else ""),
              f"{_shape(drawn.iloc[0])}, {drawn['device'].iloc[0]}"]
     if absent:
         notes.append("cannot decode here (reasons in the records): " + ", ".join(absent))
-    suptitle(fig, notes, width=int(28 * len(batches)) + 40)
+    suptitle(fig, notes, width=100)
     legend_below(fig, drawn, style, ncol=4)
+    # room for a title of three lines above the first row's panel titles
+    title = fig._suptitle.get_window_extent(fig.canvas.get_renderer()).height
+    fig.subplots_adjust(top=1 - (title + 70) / fig.bbox.height)
     return fig
 
 

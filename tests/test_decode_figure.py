@@ -68,13 +68,13 @@ def test_findings_when_the_state_never_wins_or_always_does():
     assert all("(every context measured)" in line for line in fast if "decodes" in line)
 
 
-def test_figure_a_column_per_batch_unsupported_named(tmp_path):
+def test_figure_a_row_per_batch_unsupported_named(tmp_path):
     df = frame()
     fig = decode_figure(df, title="run: GPU")
     axes = fig.get_axes()
     assert len(axes) == 4  # tokens/s and memory for batch 1 and 8
     assert axes[0].get_title().startswith("batch 1: tokens / s generated")
-    assert axes[3].get_title() == "batch 8: KV cache or state kept, MiB"
+    assert axes[3].get_title() == "batch 8: KV cache or state kept, MiB (equal ones overlap)"
     assert {line.get_label() for line in axes[0].get_lines()} >= {"lightning2", "sdpa-flash"}
     title = fig._suptitle.get_text()
     assert "flash2" in title and "heads 32" in title and "batch 1" not in title
