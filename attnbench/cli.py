@@ -206,7 +206,7 @@ def plot(
     run_dir: RUN_DIR,
     out: opt(Path | None, "Where to write the figures (default: the run directory).") = None,
     fmt: opt(str, f"{', '.join(FORMATS)}, comma separated.", "--format") = "png,svg",
-    figure: opt(str, "sweep (every shape and metric), roofline (arithmetic intensity against achieved TFLOP/s, with the measured roofs), paper-kernels (the paper's Fig. 3, with findings), tokens (tokens/s of every mechanism), official (against the official repository's timings), tgs (training speed of an attnbench tgs run beside the paper's Table 1) or decode (tokens/s and the KV cache or state kept against context, a column per batch, with the crossover).") = "sweep",
+    figure: opt(str, "sweep (every shape and metric), roofline (arithmetic intensity against achieved TFLOP/s, with the measured roofs), paper-kernels (the paper's Fig. 3, with findings), tokens (tokens/s of every mechanism), official (against the official repository's timings), tgs (training speed of an attnbench tgs run beside the paper's Table 1) or decode (tokens/s and the KV cache or state kept against context, a row per batch, with the crossover).") = "sweep",
     shared: dict = None,
 ) -> None:
     """Plot time, tokens/s and memory against sequence length (log axes, OOM marked)."""
