@@ -28,7 +28,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import DTYPES, LOG2E, MAX_DIM, MIN_DIM, Launcher, check_rates, interpreted, pow2
+from .common import (
+    DTYPES,
+    LOG2E,
+    MAX_DIM,
+    MIN_DIM,
+    Launcher,
+    check_rates,
+    input_key,
+    interpreted,
+    pow2,
+)
 from .lightning2 import sm_count
 
 __all__ = ["lightning_attn2_decode"]
@@ -182,15 +192,13 @@ def lightning_attn2_decode(q, k, v, state, decay=None, *, _config=None):
     float32 (``lightning_attn2`` rounds the state to the input dtype for its tensor-core
     products; here there are none, so a step is at least as accurate).
     """
-    key = None
-    try:
-        key = (q.shape, v.shape, q.dtype, q.device, q.stride(), k.stride(), v.stride(),
-               state.shape, state.dtype, state.device, state.is_contiguous(),
-               None if decay is None else (decay.shape, decay.dtype, decay.device),
+    # What validation and the launch depend on (every shape, dtype, device and stride): one
+    # dictionary lookup when this call's were seen before.
+    key = input_key(q, k, v, decay, state)
+    if key is not None:
+        key = (key, q.stride(), k.stride(), v.stride(), state.is_contiguous(),
                None if _config is None else tuple(sorted(_config.items())))
-        launch = _CALLS.get(key)
-    except (AttributeError, TypeError):
-        launch = None
+    launch = _CALLS.get(key) if key is not None else None
     if launch is None:
         _check(q, k, v, state, decay)
         launch = _plan(q, k, v, decay, _config)

@@ -188,3 +188,15 @@ def test_bf16_serving_shapes_against_float64(shape):
         ref = linear_decode(*(x.double().cpu() for x in tok), exact, decay.double().cpu())
         assert rel_err(o, ref) < 8e-3 and rel_err(state, exact) < 1e-6
     assert module._DECODE.fast >= 1
+
+
+def test_a_call_seen_before_still_refuses_other_inputs():
+    """The launch cache is keyed by every input's shape, dtype and device: a key of another
+    dtype or shape after a good call is still refused."""
+    q, k, v = _tokens(1, 2, 1, 16, 16, torch.float32, KERNEL_DEVICE)
+    state = _state(1, 2, 16, 16, KERNEL_DEVICE)
+    lightning_attn2_decode(q, k, v, state)
+    with pytest.raises(ValueError, match="one dtype"):
+        lightning_attn2_decode(q, k.half(), v, state)
+    with pytest.raises(ValueError, match="one token"):
+        lightning_attn2_decode(q, torch.cat([k, k], dim=1), v, state)
