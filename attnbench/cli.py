@@ -38,7 +38,7 @@ SWEEP = {  # run and profile: what the sweep covers (build_spec's arguments)
     "head_dim": (opt(str | None, "q/k head dims D, e.g. 64,128."), None),
     "value_dim": (opt(str | None, "v head dims E (default: = head dim), e.g. 64,256."), None),
     "dtype": (opt(str | None, "fp16, bf16, fp32, comma separated."), None),
-    "modes": (opt(str | None, "fwd, bwd (backward alone), fwdbwd."), None),
+    "modes": (opt(str | None, "fwd, bwd (backward alone), fwdbwd, decode (one new token per sequence against a context of seq_len, through a KV cache or state)."), None),
     "decay": (opt(bool | None, "Per-head decay for linear mechanisms that take it.", "--decay/--no-decay", show_default=False), None),
     "max_case_seconds": (opt(float | None, "Skip cases predicted to take longer to measure."), None),
     "line_seconds": (opt(float | None, "Seconds one line (mechanism, mode, shape) may spend over its lengths; 0 = no limit."), None),
@@ -208,7 +208,7 @@ def plot(
     run_dir: RUN_DIR,
     out: opt(Path | None, "Where to write the figures (default: the run directory).") = None,
     fmt: opt(str, f"{', '.join(FORMATS)}, comma separated.", "--format") = "png,svg",
-    figure: opt(str, "sweep (every shape and metric), roofline (arithmetic intensity against achieved TFLOP/s, with the measured roofs), paper-kernels (the paper's Fig. 3, with findings), tokens (tokens/s of every mechanism), official (against the official repository's timings) or tgs (training speed of an attnbench tgs run beside the paper's Table 1).") = "sweep",
+    figure: opt(str, "sweep (every shape and metric), roofline (arithmetic intensity against achieved TFLOP/s, with the measured roofs), paper-kernels (the paper's Fig. 3, with findings), tokens (tokens/s of every mechanism), official (against the official repository's timings), tgs (training speed of an attnbench tgs run beside the paper's Table 1) or decode (tokens/s and the KV cache or state kept against context, a row per batch, with the crossover).") = "sweep",
     shared: dict = None,
 ) -> None:
     """Plot time, tokens/s and memory against sequence length (log axes, OOM marked)."""

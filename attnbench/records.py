@@ -56,11 +56,13 @@ class Record:
     time_ms_p80: float = NAN
     reps: int = 0
     host_ms: float = NAN  # host time to issue one call (CUDA, calls <= 2 ms); ~time_ms: host-bound
-    tokens_per_s: float = NAN  # batch x seq_len / time
+    tokens_per_s: float = NAN  # batch x seq_len / time (decode: batch / step time)
     tflops: float = NAN  # from the mechanism's FLOP model
     gbps: float = NAN  # achieved bandwidth, GB/s by the mechanism's byte model (its traffic)
     peak_mem_mib: float = NAN  # peak allocated during the measured call, inputs included
     extra_mem_mib: float = NAN  # the part above what was allocated before the call
+    # decode: the KV cache or state kept for the context, MiB (NaN: the call keeps none)
+    cache_mib: float = NAN
     max_rel_err: float = NAN  # worst of output and gradients against the float64 oracle
     check: str = ""  # "pass" | "fail" | "" (not checked)
     check_tol: float = NAN
@@ -116,7 +118,7 @@ class Record:
 # fails is a damaged line (reported by number), never a valid record and never a traceback.
 
 CASE_SIZES = ("batch", "heads", "seq_len", "head_dim", "value_dim", "world_size")
-CASE_MODES = ("fwd", "bwd", "fwdbwd", "train")
+CASE_MODES = ("fwd", "bwd", "fwdbwd", "decode", "train")  # attnbench.modes.MODES
 CASE_DTYPES = ("fp16", "bf16", "fp32")
 CHECKS = ("pass", "fail", "")
 

@@ -25,7 +25,7 @@ from attnbench.errors import UsageError
 
 FAMILIES = ("softmax", "linear")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-MODES = ("fwd", "bwd", "fwdbwd")
+MODES = ("fwd", "bwd", "fwdbwd", "decode")  # what `attnbench run --modes` takes
 
 AttnFn = Callable[..., torch.Tensor]
 
@@ -134,6 +134,88 @@ def prefix_state_traffic(c: Case) -> float:
         c, c.batch * c.heads * c.seq_len * c.head_dim * c.value_dim)
 
 
+# --- decode models (mode "decode": one new token per sequence against a context of N) -------
+# A state mechanism keeps a float32 (B, H, D, E) state whatever N; a KV-cache mechanism keeps
+# the context's keys and values, N + 1 slots (the last one the new token's).
+
+
+def state_held_bytes(c: Case) -> float:
+    """The float32 state a linear mechanism holds for a context of any length."""
+    return 4.0 * c.batch * c.heads * c.head_dim * c.value_dim
+
+
+def kv_held_bytes(c: Case) -> float:
+    """The KV cache a softmax mechanism holds: keys and values of N + 1 tokens."""
+    return float(ELEMENT_BYTES[c.dtype] * c.batch * c.heads * (c.seq_len + 1)
+                 * (c.head_dim + c.value_dim))
+
+
+def token_traffic(c: Case) -> float:
+    """One token's q, k, v read and o written."""
+    return float(ELEMENT_BYTES[c.dtype] * c.batch * c.heads * 2 * (c.head_dim + c.value_dim))
+
+
+def state_decode_traffic(c: Case) -> float:
+    """The state read and written once (2 x B x H x D x E x 4 bytes), plus the token."""
+    return 2 * state_held_bytes(c) + token_traffic(c)
+
+
+def kv_decode_traffic(c: Case) -> float:
+    """The cache read once over its N + 1 slots, the new key and value written into it,
+    plus the token."""
+    new = ELEMENT_BYTES[c.dtype] * c.batch * c.heads * (c.head_dim + c.value_dim)
+    return kv_held_bytes(c) + new + token_traffic(c)
+
+
+def state_decode_flops(c: Case) -> float:
+    """k^T v into the state and q S out: 4·b·h·d·e, whatever the context (the decay's
+    scaling of the state is not counted, as softmax is not)."""
+    return 4.0 * c.batch * c.heads * c.head_dim * c.value_dim
+
+
+def kv_decode_flops(c: Case) -> float:
+    """q K^T and (.)V over N + 1 keys: 2·b·h·(n+1)·(d+e) (= 4·b·h·n·d when e = d, n large)."""
+    return 2.0 * c.batch * c.heads * (c.seq_len + 1) * (c.head_dim + c.value_dim)
+
+
+# cache kind -> (FLOP model, byte model, bytes held for the context)
+DECODE_MODELS = {"state": (state_decode_flops, state_decode_traffic, state_held_bytes),
+                 "kv": (kv_decode_flops, kv_decode_traffic, kv_held_bytes)}
+
+
+@dataclass(frozen=True)
+class Decode:
+    """How a mechanism generates one token per sequence against a context (mode ``decode``).
+
+    ``cache``: what it keeps of the context, "state" or "kv" (``DECODE_MODELS``; the steps'
+    conventions: ``attnbench.baselines.decode``), or "" where it cannot decode, ``why`` saying
+    why. ``load`` returns the step; ``problem`` says why it cannot run here ("" if it can);
+    ``impl`` is what runs, for the record (a string, or a function giving one).
+    """
+
+    cache: str = ""
+    load: Callable[[], Callable] | None = None
+    why: str = "it has no decode step"
+    problem: Callable[[], str] | None = None
+    impl: str | Callable[[], str] = ""
+
+
+def _decoder(attr: str, *args, module: str = "attnbench.baselines.decode"):
+    """``<module>.<attr>(*args)``, imported when called (a step's loader, a probe)."""
+    return lambda: getattr(importlib.import_module(module), attr)(*args)
+
+
+def _sdpa_decode(backend: str) -> Decode:
+    label = {"MATH": "math", "FLASH_ATTENTION": "flash", "EFFICIENT_ATTENTION": "efficient",
+                  "CUDNN_ATTENTION": "cuDNN"}[backend]
+    return Decode("kv", _decoder("load_sdpa", backend),
+                  impl=f"SDPA {label} backend, one query against the N + 1 cached keys")
+
+
+_SEQUENCE_PARALLEL_DECODE = Decode(
+    why="it splits a sequence over ranks; a decode step of one token runs on one GPU")
+
+
 # --- the mechanism record ----------------------------------------------------------------
 
 
@@ -184,6 +266,8 @@ class Mechanism:
     sequence_parallel: bool = False
     # Bytes one rank sends to collectives in one call of the case's mode (sequence-parallel).
     comm: Callable[[Case], float] | None = None
+    # Mode "decode": its one-token step against a state or a KV cache, or why it has none.
+    decode: Decode = Decode()
 
     def callable(self) -> AttnFn:
         return self.load()
@@ -322,6 +406,9 @@ MECHANISMS: tuple[Mechanism, ...] = (
         oracle="linear-recurrent",
         traffic=io_traffic,
         impl_of=_lightning2_impl,
+        decode=Decode("state", _decoder("load_lightning2"),
+                      impl="lightning_attn2_decode: the fp32 state read, decayed, k^T v added "
+                           "and written back, o = q S, one Triton pass"),
     ),
     Mechanism(
         name="lightning1",
@@ -333,6 +420,9 @@ MECHANISMS: tuple[Mechanism, ...] = (
         flops=quadratic_flops,
         oracle="linear-recurrent",
         traffic=io_traffic,
+        decode=Decode(why="Lightning-1 is the blockwise quadratic form and keeps no state: a "
+                          "token would re-read every past key; the same attention decodes "
+                          "as lightning2 (its state)"),
     ),
     Mechanism(
         name="peer-lightning-attn",
@@ -347,6 +437,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
         oracle="linear-recurrent",
         traffic=io_traffic,
         case_limits=_peer_limits,
+        decode=Decode(why="lightning-attn 0.0.5 has no decode or recurrent function "
+                          "(lightning_attn_func takes whole sequences)"),
     ),
     Mechanism(
         name="peer-fla-chunk",
@@ -362,6 +454,9 @@ MECHANISMS: tuple[Mechanism, ...] = (
         oracle="linear-recurrent",
         traffic=io_traffic,
         warmup_note="fla autotunes on its first call (30-120 s on an H100)",
+        decode=Decode("state", _decoder("load_fla_decode", module="attnbench.baselines.peers"),
+                      impl="fla fused_recurrent_simple_gla on one token (its recurrent "
+                           "kernel), the next state returned as a new tensor"),
     ),
     Mechanism(
         name="linear-recurrent",
@@ -374,6 +469,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
         flops=linear_state_flops,
         oracle="linear-masked",
         traffic=prefix_state_traffic,
+        decode=Decode("state", _decoder("load_linear_recurrent"),
+                      impl="one step of the recurrence in PyTorch (the decode oracle)"),
     ),
     Mechanism(
         name="linear-masked",
@@ -387,6 +484,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
         memory=score_matrix_bytes,
         oracle="linear-recurrent",
         traffic=score_matrix_traffic,
+        decode=Decode(why="the masked n x n form keeps no state: a token would re-read its whole "
+                          "context; the same attention decodes as linear-recurrent"),
     ),
     Mechanism(
         name="linear-cumsum",
@@ -400,6 +499,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
         memory=prefix_state_bytes,
         oracle="linear-recurrent",
         traffic=prefix_state_traffic,
+        decode=Decode(why="it materialises every prefix state of a whole sequence at once; a "
+                          "token's step is the recurrence (linear-recurrent)"),
     ),
     Mechanism(
         name="lightning2-sp",
@@ -421,6 +522,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
                            if c.world_size > 1 else "lightning_attn2 (one rank: no exchange)"),
         sequence_parallel=True,
         comm=_state_comm,
+        decode=_SEQUENCE_PARALLEL_DECODE,
     ),
     # Softmax attention -----------------------------------------------------------------
     Mechanism(
@@ -433,6 +535,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
         memory=score_matrix_bytes,
         oracle="sdpa-math",
         traffic=score_matrix_traffic,
+        decode=Decode("kv", _decoder("load_softmax_naive"),
+                      impl="PyTorch matmuls and softmax over the N + 1 cached keys (the oracle)"),
     ),
     Mechanism(
         name="sdpa-math",
@@ -444,6 +548,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         memory=score_matrix_bytes,
         oracle="softmax-naive",
         traffic=score_matrix_traffic,
+        decode=_sdpa_decode("MATH"),
     ),
     Mechanism(
         name="flash2",
@@ -462,6 +567,9 @@ MECHANISMS: tuple[Mechanism, ...] = (
         probe=_softmax("flash2_problem"),
         choice=_softmax("flash2_choice"),
         impl_of=_impl("flash2_impl"),
+        decode=Decode("kv", _decoder("load_flash2_kvcache"),
+                      problem=_decoder("flash2_kvcache_problem"),
+                      impl=_decoder("flash2_kvcache_impl")),
     ),
     Mechanism(
         name="sdpa-flash",
@@ -475,6 +583,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         oracle="softmax-naive",
         traffic=softmax_io_traffic,
         probe=_softmax("sdpa_problem", "FLASH_ATTENTION"),
+        decode=_sdpa_decode("FLASH_ATTENTION"),
     ),
     Mechanism(
         name="sdpa-cudnn",
@@ -489,6 +598,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         oracle="softmax-naive",
         traffic=softmax_io_traffic,
         probe=_softmax("sdpa_problem", "CUDNN_ATTENTION"),
+        decode=_sdpa_decode("CUDNN_ATTENTION"),
     ),
     Mechanism(
         name="sdpa-efficient",
@@ -499,6 +609,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
         oracle="softmax-naive",
         traffic=softmax_io_traffic,
         case_limits=_cutlass_limits,
+        decode=_sdpa_decode("EFFICIENT_ATTENTION"),
     ),
     Mechanism(
         name="xformers",
@@ -516,6 +627,8 @@ MECHANISMS: tuple[Mechanism, ...] = (
         probe=_softmax("xformers_problem"),
         case_limits=_cutlass_limits,
         impl_of=_impl("xformers_impl"),
+        decode=Decode(why="attnbench wires no decode step for xformers yet (sdpa-efficient runs "
+                          "its CUTLASS kernel family over a KV cache)"),
     ),
     Mechanism(
         name="sdpa-ring",
@@ -536,6 +649,7 @@ MECHANISMS: tuple[Mechanism, ...] = (
                           "ranks",
         sequence_parallel=True,
         comm=_kv_comm,
+        decode=_SEQUENCE_PARALLEL_DECODE,
     ),
 )
 

@@ -67,6 +67,9 @@ def tables(df: pd.DataFrame, metric: str) -> list[Table]:
     out = []
     for mode, part in df.groupby("mode", sort=False):
         column, title, fmt, mark_host = modes.metric(mode, metric, METRICS[metric])
+        if not part.loc[part["status"] == "ok", column].notna().any() and (
+                part["status"] == "ok").any():
+            continue  # nothing measured in this column (memory on the CPU: no allocator stats)
         caption = escape(fixed)
         if mark_host and any(host_bound(r.get("host_ms"), r["time_ms"])
                              for _, r in part.iterrows()):
@@ -151,8 +154,6 @@ def planted_line(df: pd.DataFrame) -> str:
 def print_report(df: pd.DataFrame, console: Console, metrics=("tokens", "time", "memory")) -> None:
     if planted_line(df):
         console.print(f"[bold red]{escape(planted_line(df))}[/]", highlight=False)
-    if df["device"].iloc[0] == "cpu":
-        metrics = [m for m in metrics if m != "memory"]  # torch keeps no CPU allocator stats
     for metric in metrics:
         for table in tables(df, metric):
             console.print(table)

@@ -78,7 +78,7 @@ _QUICK_GRID = dict(seq_lens="1k..16k", batch="2", heads="16", head_dims="128", d
 PRESETS: dict[str, dict] = {
     # Finishes in well under a minute on 2 CPU cores, over every CPU-capable mechanism.
     "cpu": dict(mechanisms="all", seq_lens="128..1k", batch="1", heads="4", head_dims="32",
-                dtypes="fp32", modes="fwd,bwd", decay=True, max_case_seconds=10.0,
+                dtypes="fp32", modes="fwd,bwd,decode", decay=True, max_case_seconds=10.0,
                 line_seconds=0.0),
     # The first GPU run and the CI regression grid: a minute on one fresh GPU. The slow
     # references (one Python step per token, n x n matrices) say what they can in a few

@@ -124,9 +124,8 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
     seconds = timing.median_ms / 1e3
     return dict(
         values, status="ok", time_ms=timing.median_ms, time_ms_p20=timing.p20_ms,
-        time_ms_p80=timing.p80_ms, reps=timing.reps, tokens_per_s=case.tokens / seconds,
-        tflops=prepared.flops / seconds / 1e12, gbps=prepared.bytes / seconds / 1e9,
-        peak_mem_mib=peak, extra_mem_mib=extra,
+        time_ms_p80=timing.p80_ms, reps=timing.reps, peak_mem_mib=peak, extra_mem_mib=extra,
+        **prepared.rates(seconds),  # tokens/s, TFLOP/s, GB/s and the cache, as the mode counts
     )
 
 
@@ -176,7 +175,7 @@ class Sweep:
             self.on_case(f"checking {st.mech.name} {case.dtype} d={case.head_dim} "
                          f"e={case.value_dim} vs float64{note}")
             try:
-                st.checks[key] = mode.check(st.mech, case, self.spec.device)
+                st.checks[key] = mode.check(st.mech, key, self.spec.device)
             except Exception as exc:
                 st.checks[key] = one_line(exc)
             measure.free_memory(self.spec.device)
@@ -246,8 +245,9 @@ class Sweep:
         finally:
             self._measuring_s = measure.clock() - start
             measure.free_memory(device)
-        if mech.impl_of is not None:
-            values["impl"] = mech.impl_of(case)
+        impl = modes.of(case).impl(mech, case)
+        if impl:
+            values["impl"] = impl
         if checked["check"] != "pass":
             values["reason"] = (f"FAILED correctness check: rel err {result.max_rel_err:.2e} > "
                                 f"tol {result.tol:.2e}")

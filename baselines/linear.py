@@ -48,14 +48,39 @@ def linear_recurrent(q, k, v, decay=None):
     # The state is summed over the whole sequence: keep it in at least fp32, as any real
     # implementation does, so half-precision inputs are not judged by a bf16 running sum.
     acc = torch.promote_types(q.dtype, torch.float32)
-    lam = torch.exp(-decay.to(acc)).view(1, h, 1, 1) if decay is not None else None  # [1, H, 1, 1]
     state = q.new_zeros(b, h, d, e, dtype=acc)  # [B, H, D, E]
     out = []
     for t in range(n):
-        kv = k[:, :, t, :, None].to(acc) * v[:, :, t, None, :].to(acc)  # [B, H, D, E]
-        state = state * lam + kv if lam is not None else state + kv
-        out.append(torch.einsum("bhd,bhde->bhe", q[:, :, t].to(acc), state))
-    return torch.stack(out, dim=2).to(v.dtype)  # [B, H, N, E]
+        o, state = _step(q[:, :, t], k[:, :, t], v[:, :, t], state, decay)
+        out.append(o)
+    return torch.stack(out, dim=2).to(v.dtype) if out else v.new_empty(b, h, 0, e)
+
+
+def _step(q, k, v, state, decay):
+    """One token (q, k (B, H, D), v (B, H, E)) of the recurrence from ``state``, out of place
+    (differentiable): (o (B, H, E) in the state's dtype, the next state)."""
+    acc = state.dtype
+    kv = k.to(acc)[..., :, None] * v.to(acc)[..., None, :]  # [B, H, D, E]
+    if decay is not None:
+        lam = torch.exp(-decay.to(device=state.device, dtype=acc)).view(1, -1, 1, 1)
+        state = state * lam + kv
+    else:
+        state = state + kv
+    return torch.einsum("bhd,bhde->bhe", q.to(acc), state), state
+
+
+def linear_decode(q, k, v, state, decay=None):
+    """One token of the recurrence, the state advanced IN PLACE: S <- lambda S + k^T v, then
+    o = q S (the decode step; ``linear_recurrent`` is this, token after token).
+
+    q, k ``(B, H, 1, D)``, v ``(B, H, 1, E)``, state ``(B, H, D, E)`` in the dtype the sum is
+    kept in (float32 for half inputs; float64 inputs and state: the oracle). Returns o
+    ``(B, H, 1, E)`` in v's dtype. Not differentiable through the state (inference).
+    """
+    _check(q, k, v, decay)
+    o, new = _step(q[:, :, 0], k[:, :, 0], v[:, :, 0], state, decay)
+    state.copy_(new)
+    return o.unsqueeze(2).to(v.dtype)
 
 
 def linear_masked(q, k, v, decay=None):

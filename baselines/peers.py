@@ -3,7 +3,9 @@
 - ``lightning-attn`` 0.0.5 (the official package, OpenNLPLab): ``lightning_attn_func(q, k, v,
   s)``, our layout ``(B, H, N, D)`` and our decay convention (s = per-head rates).
 - ``fla-core`` (flash-linear-attention): ``chunk_simple_gla`` with a head-wise constant decay,
-  ``g_gamma = -s`` (a natural log decay per step) and ``scale = 1.0``, layout ``(B, N, H, D)``.
+  ``g_gamma = -s`` (a natural log decay per step) and ``scale = 1.0``, layout ``(B, N, H, D)``;
+  its decode step is ``fused_recurrent_simple_gla`` on one token (FLA's recurrent kernel, what
+  its own layers run for short inputs), the state (B, H, D, E) float32 in and out.
 """
 
 from __future__ import annotations
@@ -43,3 +45,25 @@ def load_fla_chunk():
         return o
 
     return peer_fla_chunk
+
+
+def load_fla_decode():
+    """FLA's decode step (``attnbench.baselines.decode``'s state convention): the token
+    (B, 1, H, D) through ``fused_recurrent_simple_gla`` from the cached state; FLA returns
+    the next state as a new tensor, which replaces the old one in the cache (no copy)."""
+    from fla.ops.simple_gla import fused_recurrent_simple_gla
+
+    last = {}
+
+    def peer_fla_decode(q, k, v, cache, decay=None):
+        g_gamma = None
+        if decay is not None:
+            if last.get("decay") is not decay:
+                last.update(decay=decay, g_gamma=-decay)
+            g_gamma = last["g_gamma"]
+        o, cache[0] = fused_recurrent_simple_gla(q, k, v, g_gamma=g_gamma, scale=1.0,
+                                                 initial_state=cache[0],
+                                                 output_final_state=True)
+        return o
+
+    return peer_fla_decode

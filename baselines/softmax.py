@@ -91,13 +91,14 @@ def _refusal_reasons(backend_name: str, attend, q, k, v) -> list[str]:
     return list(dict.fromkeys(m for m in messages if m))
 
 
-def sdpa_backend_fn(backend_name: str, layout: str = "bhnd"):
+def sdpa_backend_fn(backend_name: str, layout: str = "bhnd", causal: bool = True):
     """``F.scaled_dot_product_attention`` restricted to one backend, so nothing falls back.
 
     ``backend_name`` is a member of ``torch.nn.attention.SDPBackend`` ("MATH",
     "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"). ``layout="bnhd"`` takes
     and returns ``(B, N, H, D)`` tensors, handed to SDPA as ``(B, H, N, D)`` views: the flash
     and efficient kernels work in ``(B, N, H, D)`` memory, so no copy is made either way.
+    ``causal=False``: no mask (a decode step's one query against its whole context).
 
     A backend that refuses the inputs raises ``NotImplementedError`` with PyTorch's reasons.
     """
@@ -108,11 +109,11 @@ def sdpa_backend_fn(backend_name: str, layout: str = "bhnd"):
 
     if layout == "bhnd":
         def attend(q, k, v):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     elif layout == "bnhd":
         def attend(q, k, v):  # [B, N, H, D] -> [B, H, N, D] views -> [B, N, H, E]
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                               v.transpose(1, 2), is_causal=True)
+                                               v.transpose(1, 2), is_causal=causal)
             return o.transpose(1, 2)
     else:
         raise ValueError(f"layout must be 'bhnd' or 'bnhd', not {layout!r}")

@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 from fakes import fake, make_case, make_run, scaled, sleepy
 
+from attnbench import records
 from attnbench.cli import main
 from attnbench.records import Record
 
 TINY = ["run", "--device", "cpu", "--mechanisms", "linear-masked,softmax-naive",
-        "--seq-lens", "64,128", "--heads", "2", "--head-dim", "16", "--max-case-seconds", "60"]
+        "--seq-lens", "64,128", "--heads", "2", "--head-dim", "16", "--max-case-seconds", "60",
+        "--modes", "fwd,bwd"]
 
 
 def cli(monkeypatch, capsys, *args):
@@ -436,3 +438,35 @@ def test_plot_paper_figures_from_the_cli(monkeypatch, capsys, tmp_path, figure):
     assert any(p.suffix == ".png" for p in (tmp_path / "f").iterdir())
     code, out, err = cli(monkeypatch, capsys, "plot", run_dir, "--figure", "nope")
     one_line_error(code, out, err, "unknown figure 'nope'", "choose from sweep", "paper-kernels")
+
+
+def test_decode_run_end_to_end(monkeypatch, capsys, tmp_path):
+    """`attnbench run --modes decode` on the CPU: the references decode (checked, timed,
+    tokens/s = batch / step time, the cache kept recorded), a mechanism without a step is a
+    record that says why; tables say what decode measures; the decode figure is drawn."""
+    run_dir = tmp_path / "decode"
+    code, out, err = cli(monkeypatch, capsys, "run", "--device", "cpu", "--modes", "decode",
+                         "--mechanisms", "linear-recurrent,sdpa-math,linear-cumsum",
+                         "--seq-lens", "64,256", "--batch", "1,3", "--heads", "2",
+                         "--head-dim", "16", "--max-case-seconds", "0.6", "--no-plot",
+                         "--out", run_dir)
+    assert code == 0, err
+    df = records.load(run_dir)
+    assert set(df["mode"]) == {"decode"} and len(df) == 12
+    ok = df[df["status"] == "ok"]
+    assert set(ok["mechanism"]) == {"linear-recurrent", "sdpa-math"} and len(ok) == 8
+    assert (ok["check"] == "pass").all() and (ok["impl"] != "").all()
+    assert ((ok["tokens_per_s"] * ok["time_ms"] / 1e3 - ok["batch"]).abs() < 1e-6).all()
+    state = ok[ok["mechanism"] == "linear-recurrent"]
+    assert (state["cache_mib"] == state["batch"] * 2 * 16 * 16 * 4 / 2**20).all()  # any N
+    kv = ok[ok["mechanism"] == "sdpa-math"]
+    assert (kv["cache_mib"] == kv["batch"] * 2 * (kv["seq_len"] + 1) * 32 * 4 / 2**20).all()
+    cannot = df[df["mechanism"] == "linear-cumsum"]
+    assert (cannot["status"] == "unsupported").all()
+    assert cannot["reason"].str.startswith("linear-cumsum cannot decode: ").all()
+    assert "decode: tokens/s generated, batch / step time" in out
+    assert "KV cache or state kept for the context, MiB" in out  # on the CPU too
+    code, out, err = cli(monkeypatch, capsys, "plot", run_dir, "--figure", "decode",
+                         "--format", "png")
+    assert code == 0 and (run_dir / "decode.png").is_file(), err
+    assert "- batch 3: linear-recurrent step" in out  # the figure's findings

@@ -10,7 +10,8 @@ from fakes import make_case, make_run, run_cli
 from attnbench.records import Record
 
 TINY = ["run", "--device", "cpu", "--mechanisms", "linear-masked", "--seq-lens", "64,128",
-        "--heads", "2", "--head-dim", "16", "--max-case-seconds", "60", "--no-plot"]
+        "--heads", "2", "--head-dim", "16", "--max-case-seconds", "60", "--modes", "fwd,bwd",
+        "--no-plot"]  # --no-plot last: a test drops it
 
 
 def ok_record(mode="fwd", n=64, t=1.0) -> Record:

@@ -11,8 +11,8 @@ from attnbench.prepare import call_flops, prepare_call
 
 
 def test_every_mode_is_known_by_name_and_unknown_ones_are_refused():
-    assert list(modes.MODES) == ["fwd", "bwd", "fwdbwd", "train"]
-    assert [m.name for m in modes.OPERATOR_MODES] == list(registry.MODES)  # run --modes
+    assert list(modes.MODES) == ["fwd", "bwd", "fwdbwd", "decode", "train"]
+    assert [m.name for m in modes.RUN_MODES] == list(registry.MODES)  # run --modes
     for name, mode in modes.MODES.items():
         assert modes.get(name) is mode and modes.of(make_case(mode=name)) is mode
         assert mode.words
@@ -61,6 +61,9 @@ def test_words_in_tables_and_figures_come_from_the_mode():
     assert modes.metric("no-such-mode", "tokens", default) is default  # an old record's
     assert modes.metric("train", "tokens", default)[1].startswith("TGS")
     assert modes.figures(["fwd", "bwd"]) == [] and modes.figures(["train", "fwd"]) == ["tgs"]
+    assert modes.figures(["decode", "fwd"]) == ["decode"]
+    assert modes.metric("decode", "tokens", default)[1].startswith("tokens/s generated")
+    assert modes.metric("decode", "memory", default)[0] == "cache_mib"
 
 
 @pytest.mark.parametrize("attention_err, model_err, kept", [
@@ -87,7 +90,8 @@ def test_a_training_step_is_checked_inside_and_as_a_whole(monkeypatch, attention
     monkeypatch.setattr(check, "check_model", model)
     case = make_case("linear-masked", "train", batch=4, heads=2, seq_len=64, head_dim=8).with_(
         model="tnl", size="tiny", checkpointing=True)
-    result = modes.TRAIN.check(registry.get("linear-masked"), case, "cpu")
+    result = modes.TRAIN.check(registry.get("linear-masked"), modes.TRAIN.check_case(case),
+                               "cpu")
     want = model_err if kept == "model" else attention_err
     assert result.max_rel_err == want or (result.max_rel_err != result.max_rel_err
                                           and want != want)

@@ -16,9 +16,9 @@ REAL_RUN = Path(__file__).resolve().parents[1] / "results" / "h100-paper"
 
 
 def test_figures_by_name():
-    assert tuple(paper.FIGURES) == ("paper-kernels", "tokens", "official", "tgs")
+    assert tuple(paper.FIGURES) == ("paper-kernels", "tokens", "official", "tgs", "decode")
     with pytest.raises(ValueError, match="unknown figure 'fig9'; choose from paper-kernels, "
-                                         "tokens, official, tgs"):
+                                         "tokens, official, tgs, decode"):
         paper.save_figure(paper_frame(), "fig9", ".")
     with pytest.raises(ValueError, match="unknown figure"):
         paper.figure_findings(paper_frame(), "fig9")

@@ -180,6 +180,9 @@ def _ok_row(**changes) -> str:
     (_ok_row(check="maybe"), "unknown check 'maybe'"),
     (_ok_row(device_index=-7), "device_index is -7"),
     (_ok_row(mechanism=""), "mechanism is empty"),
+    (_ok_row(cache_mib=-1.0), "cache_mib is -1.0"),
+    (_ok_row(cache_mib=float("inf")), "cache_mib is inf"),
+    (_ok_row(cache_mib="lots"), "could not convert"),
     ('{"started": {"mechanism": "m", "mode": "fwd", "batch": 1, "heads": 1, "seq_len": '
      'Infinity, "head_dim": 1, "dtype": "fp32", "decay": true}}', "seq_len"),
     ('{"started": null}', "not a case (a JSON null)"),
@@ -201,6 +204,16 @@ def test_a_possible_record_with_infinity_free_values_still_reads(tmp_path):
         f.write(_ok_row() + "\n")
     df = records.load(tmp_path)
     assert 512 in df["seq_len"].tolist() and not df.attrs["problems"]
+
+
+def test_a_decode_record_reads_with_the_cache_it_kept(tmp_path):
+    two_records(tmp_path)
+    with open(tmp_path / "records.jsonl", "a") as f:
+        f.write(_ok_row(mode="decode", cache_mib=16.0) + "\n")
+    df = records.load(tmp_path)
+    assert not df.attrs["problems"]
+    decode = df[df["mode"] == "decode"]
+    assert decode["cache_mib"].tolist() == [16.0] and df["cache_mib"].isna().sum() == 2
 
 
 def test_an_invalid_utf8_line_is_reported_as_such(tmp_path):

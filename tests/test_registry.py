@@ -23,6 +23,13 @@ def test_every_mechanism_is_well_formed(mech):
     assert set(mech.dtypes) <= set(registry.DTYPES)
     assert registry.get(mech.oracle).name != mech.name, "a mechanism cannot be its own oracle"
     assert mech.flops(make_case(batch=2, heads=3, seq_len=64)) > 0
+    # decode: a step over a state or a KV cache, or the reason it has none
+    assert mech.decode.cache in ("", *registry.DECODE_MODELS)
+    assert bool(mech.decode.cache) == (mech.decode.load is not None)
+    assert mech.decode.cache or len(mech.decode.why) > 20
+    assert not (mech.sequence_parallel and mech.decode.cache)
+    if mech.decode.cache == "state":
+        assert mech.family == "linear"
 
 
 def test_get_unknown_lists_known_names():

@@ -66,6 +66,28 @@ def test_shares_of_the_roofs():
     assert roofline.roofline_frame(to_frame([old]), meta)["gbps"].iloc[0] == pytest.approx(640)
 
 
+def test_decode_calls_are_placed_by_their_byte_model(tmp_path):
+    """A decode step: lightning2's state read and written (0.5 FLOP per byte whatever the
+    context), softmax's KV cache read once (1 FLOP per byte in bf16); a record without GB/s
+    gets them from the decode models; the figure draws a decode panel."""
+    from attnbench.records import to_frame
+
+    lin = make_case("lightning2", "decode", batch=32, heads=32, seq_len=1 << 20, head_dim=128,
+                    dtype="bf16")
+    soft = make_case("sdpa-flash", "decode", batch=32, heads=32, seq_len=1 << 15, head_dim=128,
+                     dtype="bf16", decay=False)
+    recs = [Record(lin, "linear", "cuda", "ok", time_ms=0.05, tflops=0.01),
+            Record(soft, "softmax", "cuda", "ok", time_ms=2.0, tflops=1.0)]
+    meta = {"peaks": {"bandwidth_gbps": 3000.0, "matmul_tflops": 700.0}}
+    rf = roofline.roofline_frame(to_frame(recs), meta)
+    state_bytes = 2 * 32 * 32 * 128 * 128 * 4 + 2 * 32 * 32 * 512
+    assert rf["gbps"].iloc[0] == pytest.approx(state_bytes / 0.05e-3 / 1e9)
+    assert rf["gbps"].iloc[1] > 2 * 32 * 32 * 2**15 * 128 * 2 / 2e-3 / 1e9
+    assert any(line.startswith("decode lightning2 at 1m") for line in roofline.findings(rf, meta))
+    fig = roofline.roofline_figure(rf, meta)
+    assert [ax.get_title() for ax in fig.get_axes()] == ["decode"]
+
+
 def test_report_and_figure_of_a_cpu_run(cpu_run, tmp_path):
     meta = read_meta(cpu_run)
     assert roofline.peaks_of(meta) is not None

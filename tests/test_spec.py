@@ -13,6 +13,7 @@ def test_paper_preset_is_the_official_benchmark_shape():
 
 def test_default_preset_by_device():
     assert build_spec(None, "cpu").preset == "cpu"
+    assert build_spec(None, "cpu").modes == ("fwd", "bwd", "decode")  # a small decode set too
     assert build_spec(None, "cuda").preset == "quick"
 
 

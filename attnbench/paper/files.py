@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnbench.decode_figure import decode_figure, decode_findings
 from attnbench.paper.comparison_figure import official_figure
 from attnbench.paper.kernel_figure import paper_kernels
 from attnbench.paper.official import official_summary, official_table
@@ -22,6 +23,7 @@ FIGURES = {
     "official": ("official-comparison", lambda df, title: official_figure(df, title=title),
                  official_summary),
     "tgs": ("tgs", lambda df, title: tgs_figure(df, title=title), tgs_findings),
+    "decode": ("decode", lambda df, title: decode_figure(df, title=title), decode_findings),
 }
 
 
