@@ -12,6 +12,7 @@
 #           recorded oom without being tried); then the decode and roofline figures and the
 #           roofline table
 # Usage: TAG=h100 STEPS="tests tune sweep" bash benchmarks/scripts/decode_device.sh
+#        (the steps' limits add up to 13 minutes: a call of 10 runs "tests tune", then "sweep")
 #        (carry .whl with fla-core's wheel for FLA: ../shared/GPU.md)
 # The run directory is results/<TAG>-decode (in the working tree: a later call with it
 # carried resumes it), archived in $OUT/runs.tgz; logs and tables in $OUT.
@@ -48,6 +49,7 @@ for step in $STEPS; do
       grep -E "^• decode lightning2|measured peaks" "$OUT/roofline.txt" ;;
   esac
   echo "$step: ${SECONDS}s"
+  # after every step: a call stopped by its 10-minute limit keeps what the steps before wrote
+  rm -f results/*/run.lock
+  tar czf "$OUT/runs.tgz" "$DIR" 2>/dev/null
 done
-rm -f results/*/run.lock
-tar czf "$OUT/runs.tgz" "$DIR" 2>/dev/null
