@@ -232,3 +232,40 @@ def test_notebook_committed_without_outputs():
     assert FLAG in code[0].source and "RERUN = False" in code[0].source
     source = "\n".join(c.source for c in code)
     assert "run_sweep(build_train_spec(" in source and "subprocess" not in source
+
+
+def _train_row(model, mech, n, status="ok", tgs=float("nan"), extra=float("nan"),
+               peak=float("nan")):
+    from frames import row
+
+    r = row(mech, "train", n, status=status, ms=1000.0, mem=peak, model=model, size="0.4b",
+            checkpointing=True, batch=max(1, 131072 // n))
+    r["tokens_per_s"] = tgs if status == "ok" else float("nan")
+    r["extra_mem_mib"] = extra if status == "ok" else float("nan")
+    r["peak_mem_mib"] = peak
+    return r
+
+
+def test_findings_compare_the_tnl_lines_and_say_how_far_memory_goes():
+    import pandas as pd
+
+    from attnbench.paper.tgs import tgs_findings
+
+    k, gb = 1024, 1024.0
+    df = pd.DataFrame([
+        _train_row("tnl", "lightning2", 1 * k, tgs=84e3, extra=20 * gb, peak=25 * gb),
+        _train_row("tnl", "lightning2", 64 * k, tgs=82e3, extra=21 * gb, peak=26 * gb),
+        _train_row("tnl", "peer-fla-chunk", 1 * k, tgs=81e3, extra=20 * gb, peak=25 * gb),
+        _train_row("tnl", "peer-fla-chunk", 64 * k, tgs=83e3, extra=20 * gb, peak=25 * gb),
+        _train_row("llama", "flash2", 1 * k, tgs=75e3, extra=30 * gb, peak=35 * gb),
+        _train_row("llama", "flash2", 64 * k, status="oom", peak=90.5 * gb),
+    ])
+    text = "\n".join(tgs_findings(df))
+    assert ("ours, TNL-LA2 (lightning2) / TNL-peer-fla-chunk at 0.4b: 1.04x at 1k, 0.99x at "
+            "64k; behind at 64k.") in text
+    assert ("ours, TNL-LA2 (lightning2) 0.4b: fits at every length it ran, to 64k (21.0 GB "
+            "above the model and its optimizer state, 26.0 GB at its peak).") in text
+    assert ("ours, LLaMA-FA2 (flash2) 0.4b: runs to 1k (30.0 GB above the model and its "
+            "optimizer state, 35.0 GB at its peak); out of memory at 64k (needed more than "
+            "90.5 GB).") in text
+    assert "TNL-LA2 (lightning2) / LLaMA-FA2 (flash2) TGS at 0.4b: 1.12x at 1k." in text

@@ -178,9 +178,60 @@ def _ratios(lines: pd.DataFrame, num: tuple, den: tuple) -> str:
     return ", ".join(f"{r:.2f}x at {format_size(int(n))}" for n, r in both.items())
 
 
+def _versus(mine: pd.DataFrame, size: str) -> list[str]:
+    """TNL with lightning2 against TNL with each other mechanism of the run, at every length
+    both ran: the ratios, and where lightning2 is behind."""
+    tnl = sorted(set(mine.loc[mine["model"] == "tnl", "mechanism"]) - {"lightning2"})
+    if "lightning2" not in set(mine.loc[mine["model"] == "tnl", "mechanism"]):
+        return []
+    out = []
+    for other in tnl:
+        a = mine[(mine["model"] == "tnl") & (mine["mechanism"] == "lightning2")]
+        b = mine[(mine["model"] == "tnl") & (mine["mechanism"] == other)]
+        both = (a.set_index("seq_len")["tgs"] / b.set_index("seq_len")["tgs"]).dropna()
+        if both.empty:
+            continue
+        behind = [format_size(int(n)) for n, r in both.sort_index().items() if r < 1]
+        verdict = ("ahead at every length both ran" if not behind
+                   else f"behind at {', '.join(behind)}")
+        out.append(f"ours, {line_name('tnl', 'lightning2')} / {line_name('tnl', other)} at "
+                   f"{size}: {_ratios(mine, ('tnl', 'lightning2'), ('tnl', other))}; "
+                   f"{verdict}.")
+    return out
+
+
+def memory_findings(df: pd.DataFrame) -> list[str]:
+    """Per size and line of the run: the longest length that ran, with its memory above the
+    model and its optimizer state and its peak, and what the first length out of memory
+    needed at least (where its record says)."""
+    train = modes.rows(df, modes.TRAIN)
+    out = []
+    for (size, model, mech), rows in train.groupby(["size", "model", "mechanism"], sort=True):
+        rows = rows.sort_values("seq_len")
+        ok = rows[rows["status"] == "ok"]
+        if ok.empty:
+            continue
+        last = ok.iloc[-1]
+        oom = rows[(rows["status"] == "oom") & (rows["seq_len"] > last["seq_len"])]
+        longest = format_size(int(last["seq_len"]))
+        text = f"ours, {line_name(model, mech)} {size}: " + (
+            f"runs to {longest}" if len(oom) else f"fits at every length it ran, to {longest}")
+        if last["peak_mem_mib"] == last["peak_mem_mib"]:  # not on the CPU (no allocator stats)
+            text += (f" ({last['extra_mem_mib'] / 1024:.1f} GB above the model and its "
+                     f"optimizer state, {last['peak_mem_mib'] / 1024:.1f} GB at its peak)")
+        if len(oom):
+            first = oom.iloc[0]
+            need = first.get("peak_mem_mib", float("nan"))
+            text += (f"; out of memory at {format_size(int(first['seq_len']))}"
+                     + (f" (needed more than {need / 1024:.1f} GB)" if need == need else ""))
+        out.append(text + ".")
+    return out
+
+
 def tgs_findings(df: pd.DataFrame) -> list[str]:
     """What the TGS figure shows, one sentence per line (ours, then the paper's at the same
-    size), then TNL / LLaMA at each length, ours and the paper's."""
+    size), TNL-LA2 against the run's other TNL lines, TNL / LLaMA at each length (ours and
+    the paper's), and how far each line of ours reaches in memory."""
     table = tgs_table(df)
     out = []
     for size in sorted(table.loc[table["source"] == "ours", "size"].unique()):
@@ -205,4 +256,5 @@ def tgs_findings(df: pd.DataFrame) -> list[str]:
                        f"{size}: {ratios or 'no length where both ran'}.")
         out.append(f"the paper's TNL-LA2 / LLaMA-FA2 at {_paper_size_name(size)}: "
                    f"{_ratios(theirs, ('tnl', 'lightning2'), ('llama', 'flash2'))}.")
-    return out
+        out += _versus(mine, size)
+    return out + memory_findings(df)
