@@ -223,6 +223,33 @@ def test_notebook_runs_on_a_tgs_run(tiny_run):
     assert "the paper's TNL-LA2 / LLaMA-FA2 at 0.4B" in markdown
 
 
+def test_notebook_takes_a_run_per_size(tiny_run):
+    """Table 1 is a run per size: RUN_DIR may list them."""
+    nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat")
+    run_dir = tiny_run[0]
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells[1].source = nb.cells[1].source.replace(
+        FLAG, f'RUN_DIR = ["results/h100-tgs-probe", {str(run_dir)!r}]')
+    outputs = _execute(nb)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "h100-tgs-probe: " in printed and f"{run_dir}: 4 records; tiny: CPU" in printed
+    markdown = "\n".join(o["data"]["text/markdown"] for o in outputs
+                         if "text/markdown" in o.get("data", {}))
+    assert "ours, LLaMA-sdpa-math tiny:" in markdown and " 0.4b: " in markdown
+
+
+def test_notebook_refuses_two_runs_of_the_same_cells(tiny_run):
+    nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat")
+    nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient")
+    run_dir = tiny_run[0]
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells[1].source = nb.cells[1].source.replace(FLAG, f"RUN_DIR = [{str(run_dir)!r}] * 2")
+    with pytest.raises(nbclient.exceptions.CellExecutionError,
+                       match="both measure .* give RUN_DIR one run per size"):
+        _execute(nb)
+
+
 def test_notebook_committed_without_outputs():
     nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat")
     nb = nbformat.read(NOTEBOOK, as_version=4)
