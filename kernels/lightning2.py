@@ -42,6 +42,7 @@ from .common import (
     LOG2E,
     MAX_OFFSET,
     Launcher,
+    aligned,
     check_inputs,
     check_rates,
     default_decay,
@@ -463,14 +464,6 @@ def _plan(d, e, dtype, tf32, config):
     return fwd, dq, dkdv, precision
 
 
-def _aligned(tensors) -> bool:
-    """Every pointer 16-byte aligned (Triton specialises on it): one OR of the addresses."""
-    acc = 0
-    for t in tensors:
-        acc |= t.data_ptr()
-    return acc & 15 == 0
-
-
 def _scan_launch(cfg, shape, dtype, precision, tokens, *, has_decay, segments=None,
                  has_h0=False, store_ht=False, reverse=False, transpose=False,
                  state_only=False, h0_dtype=torch.float32):
@@ -512,7 +505,7 @@ def _dkdv_launch(cfg, shape, dtype, has_decay, has_dht, store_dh0, precision):
 
 def _launch(spec, pointers, device_index):
     launcher, key, grid, rest, nw, ns = spec
-    launcher(key, grid, pointers + rest, nw, ns, device_index, _aligned(pointers))
+    launcher(key, grid, pointers + rest, nw, ns, device_index, aligned(pointers))
 
 
 class _Launches:

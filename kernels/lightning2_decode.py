@@ -29,11 +29,10 @@ import triton
 import triton.language as tl
 
 from .common import (
-    DTYPES,
     LOG2E,
-    MAX_DIM,
-    MIN_DIM,
     Launcher,
+    aligned,
+    check_inputs,
     check_rates,
     input_key,
     interpreted,
@@ -121,46 +120,19 @@ def _decode_config(b: int, h: int, d: int, e: int, sms: int, config: dict | None
 
 
 def _check(q, k, v, state, decay) -> None:
-    """Every limit of a step; ValueError with one clear line."""
-    for name, t in (("q", q), ("k", k), ("v", v), ("state", state)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if q.dim() != 4 or q.shape[2] != 1 or k.shape != q.shape or v.dim() != 4 or (
-            v.shape[:3] != q.shape[:3]):
+    """Every limit of a step: one token, then ``lightning_attn2``'s own checks with the state
+    as its initial state (shape, float32, device), and the state contiguous; ValueError with
+    one clear line."""
+    tokens = all(isinstance(t, torch.Tensor) for t in (q, k, v))
+    if tokens and (q.dim() != 4 or q.shape[2] != 1 or k.shape != q.shape or v.dim() != 4
+                   or v.shape[:3] != q.shape[:3]):
         raise ValueError(f"expected q, k (B, H, 1, D) and v (B, H, 1, E): one token; got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    b, h, _, d = q.shape
-    e = v.shape[-1]
-    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must share one dtype of float16, bfloat16, float32; got "
-                         f"{q.dtype}, {k.dtype}, {v.dtype}")
-    for name, size in (("D", d), ("E", e)):
-        if not MIN_DIM <= size <= MAX_DIM:
-            raise ValueError(f"head dim {name} must be in [{MIN_DIM}, {MAX_DIM}]; got {size}")
-    if b < 1 or h < 1:
-        raise ValueError(f"B and H must be >= 1; got B={b}, H={h}")
-    if state.shape != (b, h, d, e) or state.dtype != torch.float32 or not state.is_contiguous():
-        raise ValueError(f"state must be a contiguous float32 tensor (B, H, D, E) = "
-                         f"{(b, h, d, e)}; got {tuple(state.shape)} {state.dtype}")
-    devices = {t.device for t in (q, k, v, state)}
-    if decay is not None:
-        if not isinstance(decay, torch.Tensor) or not decay.is_floating_point() or (
-                decay.shape != (h,)):
-            raise ValueError(f"decay must be None or a floating tensor of shape (H,) = ({h},)")
-        devices.add(decay.device)
-    if len(devices) > 1:
-        raise ValueError(f"q, k, v, state and decay must be on one device; got {devices}")
-    device = q.device
-    if device.type != "cuda" and not (_ON_CPU and device.type == "cpu"):
-        raise ValueError(f"tensors must be on CUDA (CPU only under TRITON_INTERPRET=1); got "
-                         f"{device}")
-
-
-def _aligned(tensors) -> bool:
-    acc = 0
-    for t in tensors:
-        acc |= t.data_ptr()
-    return acc & 15 == 0
+    if not isinstance(state, torch.Tensor):
+        raise ValueError(f"state must be a torch.Tensor; got {type(state).__name__}")
+    check_inputs(q, k, v, decay, state, on_cpu=_ON_CPU)
+    if not state.is_contiguous():
+        raise ValueError("state must be contiguous (B, H, D, E)")
 
 
 def lightning_attn2_decode(q, k, v, state, decay=None, *, _config=None):
@@ -216,7 +188,7 @@ def lightning_attn2_decode(q, k, v, state, decay=None, *, _config=None):
     pointers = (q, k, v, o, state, q if decay is None else decay)
     strides = (o.stride(0), o.stride(1))
     _DECODE((head, strides, tail, q.dtype), grid, pointers + head + strides + tail, num_warps,
-            1, q.device.index, _aligned(pointers))
+            1, q.device.index, aligned(pointers))
     return o
 
 
