@@ -36,6 +36,7 @@ from .train import (
     lm_step_loss,
     make_train_step,
     matmul_params,
+    seeded_batch,
     train_flops_per_token,
     train_memory_floor,
 )
@@ -104,10 +105,7 @@ def loss_and_gradients(family: str, size: str, mechanism: str, device, dtype_pol
     weights and tokens depend only on ``seed``, so two mechanisms get the same model and batch.
     """
     model = build_model(family, size, mechanism, device, dtype_policy, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1),
-                           generator=generator).to(device)  # [B, N+1]
-    loss = lm_step_loss(model, tokens[:, :-1], tokens[:, 1:])
+    loss = lm_step_loss(model, *seeded_batch(model, batch, seq_len, device, seed))
     loss.backward()
     grads = {name: p.grad.detach().float().cpu() for name, p in model.named_parameters()
              if p.grad is not None}

@@ -114,6 +114,16 @@ class TrainStep:
         return loss.detach()
 
 
+def seeded_batch(model: nn.Module, batch: int, seq_len: int, device, seed: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, N) uniform over the model's vocabulary, drawn from ``seed`` on the CPU
+    (the same on every device), and their targets: the ids shifted by one."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1),
+                           generator=generator).to(device)  # [B, N+1]
+    return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # [B, N] each
+
+
 def make_train_step(model: nn.Module, batch: int, seq_len: int, device,
                     checkpointing: bool = False, *, loss_chunk: int | None = 8192,
                     lr: float = 3e-4,
@@ -137,11 +147,7 @@ def make_train_step(model: nn.Module, batch: int, seq_len: int, device,
     if batch < 1 or seq_len < 1:
         raise ValueError(f"batch and seq_len must be >= 1; got {batch}, {seq_len}")
     device = torch.device(device)
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, model.config.vocab_size, (batch, seq_len + 1),
-                           generator=generator)  # [B, N+1] on the CPU
-    tokens = tokens.to(device)
-    inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # [B, N] each
+    inputs, targets = seeded_batch(model, batch, seq_len, device, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     matrices = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
     groups = [{"params": [p for p in params if id(p) in matrices], "weight_decay": weight_decay},

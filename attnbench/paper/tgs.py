@@ -181,14 +181,13 @@ def _ratios(lines: pd.DataFrame, num: tuple, den: tuple) -> str:
 def _versus(mine: pd.DataFrame, size: str) -> list[str]:
     """TNL with lightning2 against TNL with each other mechanism of the run, at every length
     both ran: the ratios, and where lightning2 is behind."""
-    tnl = sorted(set(mine.loc[mine["model"] == "tnl", "mechanism"]) - {"lightning2"})
-    if "lightning2" not in set(mine.loc[mine["model"] == "tnl", "mechanism"]):
+    tnl = mine[mine["model"] == "tnl"]
+    if "lightning2" not in set(tnl["mechanism"]):
         return []
+    ours = tnl[tnl["mechanism"] == "lightning2"].set_index("seq_len")["tgs"]
     out = []
-    for other in tnl:
-        a = mine[(mine["model"] == "tnl") & (mine["mechanism"] == "lightning2")]
-        b = mine[(mine["model"] == "tnl") & (mine["mechanism"] == other)]
-        both = (a.set_index("seq_len")["tgs"] / b.set_index("seq_len")["tgs"]).dropna()
+    for other in sorted(set(tnl["mechanism"]) - {"lightning2"}):
+        both = (ours / tnl[tnl["mechanism"] == other].set_index("seq_len")["tgs"]).dropna()
         if both.empty:
             continue
         behind = [format_size(int(n)) for n, r in both.sort_index().items() if r < 1]
