@@ -52,4 +52,5 @@ for step in $STEPS; do
   # after every step: a call stopped by its 10-minute limit keeps what the steps before wrote
   rm -f results/*/run.lock
   tar czf "$OUT/runs.tgz" "$DIR" 2>/dev/null
+  save_autotune
 done

@@ -71,4 +71,5 @@ for step in $STEPS; do
   # after every step: a call stopped by its 10-minute limit keeps what the steps before wrote
   rm -f results/*/run.lock
   tar czf "$OUT/runs.tgz" results/$TAG-*split* ${TGS_DIR:-} 2>/dev/null  # the TGS run too
+  save_autotune
 done

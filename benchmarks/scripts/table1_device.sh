@@ -21,3 +21,4 @@ echo "table1 $SIZE: exit $?" | tee -a "$log"
 python3 -m attnbench plot "$dir" --figure tgs --format png >> "$log" 2>&1
 rm -f "$dir/run.lock"
 tar czf "$OUT/run.tgz" "$dir"
+save_autotune
