@@ -30,6 +30,12 @@ clock = time.perf_counter
 MIB = 1024.0 * 1024.0
 MIN_REPS = 10  # at least this many timed repetitions, however long one call takes
 WARMUP_MS, REP_MS = 25.0, 100.0  # do_bench's defaults, raised for slow calls (below)
+# From half a second a call on (a training step: 1.5 to 20 s), do_bench's fixed 5-call estimate
+# and its warm-up would double a case's work for nothing: the case's first two calls already
+# compiled, warmed and estimated it. Such calls are timed LONG_CALL_REPS times, each after an
+# L2 flush, as do_bench times its repetitions (time_long_cuda). Steps vary by well under 1%.
+LONG_CALL_MS = 500.0
+LONG_CALL_REPS = 5
 HOST_PROBE_MAX_MS = 2.0  # calls longer than this are not probed: no launch work is that slow
 # From this ratio of the host's time to issue a call to its GPU time on, host jitter shows in
 # the time. The L2 flush before each do_bench repetition gives the host a head start.
@@ -92,12 +98,25 @@ def first_call_seconds(fn: Callable[[], object], device: str) -> float:
     return clock() - start
 
 
+def planned_calls(call_ms: float, min_reps: int = 1) -> int:
+    """About the calls a case makes when one takes ``call_ms``, what a time budget is checked
+    against: its first two, the timed ones (do_bench's estimate and warm-up besides, for
+    short calls) and the memory call."""
+    if call_ms >= LONG_CALL_MS:
+        return 3 + max(min_reps, LONG_CALL_REPS)
+    return max(min_reps, MIN_REPS) + 6
+
+
 def time_cuda(fn: Callable[[], object], grad_to_none: list[torch.Tensor],
               estimate_ms: float, min_reps: int = 1) -> Timing:
     """do_bench with enough repetitions for a spread: MIN_REPS planned, L2 flushed each time;
     never fewer than ``min_reps`` (do_bench plans its count from its own estimate, which can
-    come out longer than ours: then it is asked again for the rest)."""
+    come out longer than ours: then it is asked again for the rest). Calls of LONG_CALL_MS or
+    more: ``time_long_cuda``."""
     import triton.testing
+
+    if estimate_ms >= LONG_CALL_MS:
+        return _summarise(time_long_cuda(fn, grad_to_none, max(min_reps, LONG_CALL_REPS)))
 
     def bench(reps: int) -> list[float]:
         return triton.testing.do_bench(
@@ -108,6 +127,34 @@ def time_cuda(fn: Callable[[], object], grad_to_none: list[torch.Tensor],
     while len(times) < min_reps:
         times += bench(min_reps - len(times))
     return _summarise(times)
+
+
+def l2_flusher() -> Callable[[], None]:
+    """What do_bench runs before each repetition: a write over a buffer larger than the L2."""
+    from triton import runtime
+
+    driver = runtime.driver.active
+    buffer = driver.get_empty_cache_for_benchmark()
+    return lambda: driver.clear_cache(buffer)
+
+
+def time_long_cuda(fn: Callable[[], object], grad_to_none: list[torch.Tensor],
+                   reps: int) -> list[float]:
+    """``reps`` calls, each between CUDA events after the L2 flush and with the gradients of
+    ``grad_to_none`` dropped, as do_bench's repetitions (ms); the caller has warmed ``fn``."""
+    flush = l2_flusher()
+    events = []
+    for _ in range(reps):
+        for x in grad_to_none:
+            x.grad = None
+        flush()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        events.append((start, end))
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
 
 
 def host_ms_per_call(fn: Callable[[], object], calls: int = 10, repeat: int = 3) -> float:

@@ -37,9 +37,9 @@ from attnbench.records import Record
 from attnbench.spec import SweepSpec, expand
 
 MIB = measure.MIB
-# Measuring a case costs about this many calls (first call, estimate, warm-up, MIN_REPS
-# repetitions, memory): the budget check multiplies the predicted time of one call by it.
-CALLS_PER_CASE = measure.MIN_REPS + 6
+# Measuring a case of short calls costs about this many (measure.planned_calls): the budget
+# check multiplies the predicted time of one call by it.
+CALLS_PER_CASE = measure.planned_calls(0.0)
 
 
 class CudaContextLost(RuntimeError):
@@ -92,10 +92,10 @@ def predicted_ms(mech: registry.Mechanism, case: Case, state: SweepState) -> flo
     return t0 * call_flops(mech, case) / call_flops(mech, done)
 
 
-def too_slow(call_s: float, max_case_seconds: float) -> str:
+def too_slow(call_s: float, max_case_seconds: float, calls: int = CALLS_PER_CASE) -> str:
     """Why a case whose one call took ``call_s`` is not measured ("" if it is): measuring
-    it (about CALLS_PER_CASE calls) would exceed the case budget."""
-    if call_s * CALLS_PER_CASE > max_case_seconds:
+    it (``calls`` calls) would exceed the case budget."""
+    if call_s * calls > max_case_seconds:
         return (f"one call took {call_s:.2f} s; measuring would exceed --max-case-seconds "
                 f"{max_case_seconds:g}")
     return ""
@@ -109,7 +109,8 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
     compile_s = measure.first_call_seconds(call, device)
     estimate_ms = measure.first_call_seconds(call, device) * 1e3
     values = dict(compile_s=compile_s)
-    late = too_slow(estimate_ms / 1e3, max_case_seconds)
+    late = too_slow(estimate_ms / 1e3, max_case_seconds,
+                    measure.planned_calls(estimate_ms, prepared.min_reps))
     if late:
         return dict(values, status="timeout", reason=late)
     if device == "cuda":
@@ -211,7 +212,8 @@ class Sweep:
                                             f"took too long for --max-case-seconds "
                                             f"{spec.max_case_seconds:g}")
         guess = predicted_ms(mech, case, self.state)
-        if guess is not None and guess * CALLS_PER_CASE > spec.max_case_seconds * 1e3:
+        calls = measure.planned_calls(guess, modes.MODES[case.mode].min_reps) if guess else 0
+        if guess is not None and guess * calls > spec.max_case_seconds * 1e3:
             return record("skipped", reason=f"predicted {guess / 1e3:.2f} s per call; measuring "
                                             f"would exceed --max-case-seconds "
                                             f"{spec.max_case_seconds:g}")

@@ -64,3 +64,45 @@ def test_a_sweep_collects_what_each_case_leaves_and_only_that():
             pass
         assert gc.get_freeze_count() >= kept
     assert gc.get_freeze_count() == 0  # after the sweep, everything is collected as ever
+
+
+class _FakeEvent:
+    """A CUDA event that reads the fake clock when recorded (tests/conftest.py)."""
+
+    def __init__(self, enable_timing=False):
+        self.at = None
+
+    def record(self):
+        self.at = measure.clock()
+
+    def elapsed_time(self, end):
+        return (end.at - self.at) * 1e3
+
+
+def test_a_long_call_is_timed_each_time_after_a_flush_without_do_bench(monkeypatch, fake_clock):
+    import triton.testing
+
+    monkeypatch.setattr(triton.testing, "do_bench", lambda *a, **k: pytest.fail("do_bench"))
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    log = []
+    monkeypatch.setattr(measure, "l2_flusher", lambda: lambda: log.append("flush"))
+    weight = torch.zeros(2, requires_grad=True)
+    steps = iter([2.0, 1.0, 1.2, 1.1, 5.0, 1.3])
+
+    def step():
+        log.append("grad" if weight.grad is not None else "call")
+        weight.grad = torch.ones(2)  # a training step leaves gradients behind
+        fake_clock.sleep(next(steps))
+
+    t = measure.time_cuda(step, [weight], estimate_ms=1500.0, min_reps=measure.LONG_CALL_REPS)
+    assert log == ["flush", "call"] * measure.LONG_CALL_REPS  # gradients dropped before each
+    assert t.reps == measure.LONG_CALL_REPS and t.median_ms == pytest.approx(1200.0)
+    assert t.p80_ms < 5000.0  # the slow one is a spread, not the median
+
+
+def test_a_budget_counts_the_calls_each_length_of_call_makes():
+    short, long = measure.planned_calls(10.0), measure.planned_calls(measure.LONG_CALL_MS, 5)
+    assert short == measure.MIN_REPS + 6  # do_bench's estimate, warm-up and repetitions
+    assert long == 3 + measure.LONG_CALL_REPS  # first, estimate, the timed ones, memory
+    assert measure.planned_calls(measure.LONG_CALL_MS, min_reps=12) == 15

@@ -87,13 +87,14 @@ def test_not_implemented_is_unsupported(install):
 
 
 def test_budget_skips_predicted_and_times_out_measured(install, fake_clock):
-    # One call sleeps 0.05 s at n=128, 0.2 s at 256, 0.8 s at 512; a case costs ~16 calls.
+    # One call sleeps 0.05 s at n=128, 0.2 s at 256, 0.8 s at 512; a case costs ~16 calls
+    # of 0.2 s, 8 of 0.8 s (measure.planned_calls).
     install(fake("fake-slow", sleepy(0.05)))
-    recs = by_len(sweep("fake-slow", seq_lens="128,256,512", max_case_seconds=7.0))
+    recs = by_len(sweep("fake-slow", seq_lens="128,256,512", max_case_seconds=5.0))
     assert recs[128].status == "ok" and recs[256].status == "ok"
     assert recs[512].status == "skipped" and "predicted" in recs[512].reason
     assert math.isnan(recs[512].time_ms)  # a prediction is no measurement
-    recs = by_len(sweep("fake-slow", seq_lens="512,1024", max_case_seconds=7.0))
+    recs = by_len(sweep("fake-slow", seq_lens="512,1024", max_case_seconds=5.0))
     assert recs[512].status == "timeout" and "one call took " in recs[512].reason
     assert math.isnan(recs[512].time_ms)
     assert recs[1024].status == "skipped" and recs[1024].reason.startswith("not tried")

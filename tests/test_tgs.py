@@ -132,12 +132,15 @@ def test_table1_is_the_papers_table_for_one_size(size, longest, tokens):
     assert spec.seq_lens == tuple(n * k for n in (1, 2, 4, 8, 16, 32, 64, 80, 92, 128)
                                   if n <= longest)
     assert (spec.sizes, spec.tokens_per_step, spec.checkpointing) == ((size,), tokens * k, True)
+    assert spec.max_case_seconds == 480.0  # a cell is measured, not skipped for a budget of 120
     lines = {(c.model, c.mechanism) for c in expand(spec)}
     assert lines == {("llama", "flash2"), ("llama", "sdpa-cudnn"), ("tnl", "lightning2"),
                      ("tnl", "lightning1"), ("tnl", "peer-fla-chunk")}
     # what is given overrides the table's defaults
-    spec = build_train_spec("cuda", sizes=size, table1=True, seq_lens="1k,2k", models="tnl")
+    spec = build_train_spec("cuda", sizes=size, table1=True, seq_lens="1k,2k", models="tnl",
+                            max_case_seconds=60.0)
     assert spec.seq_lens == (1024, 2048) and spec.models == ("tnl",)
+    assert spec.max_case_seconds == 60.0
 
 
 def test_table1_takes_one_size():
