@@ -212,8 +212,8 @@ class Sweep:
                                             f"took too long for --max-case-seconds "
                                             f"{spec.max_case_seconds:g}")
         guess = predicted_ms(mech, case, self.state)
-        calls = measure.planned_calls(guess, modes.MODES[case.mode].min_reps) if guess else 0
-        if guess is not None and guess * calls > spec.max_case_seconds * 1e3:
+        if guess is not None and guess * measure.planned_calls(
+                guess, modes.MODES[case.mode].min_reps) > spec.max_case_seconds * 1e3:
             return record("skipped", reason=f"predicted {guess / 1e3:.2f} s per call; measuring "
                                             f"would exceed --max-case-seconds "
                                             f"{spec.max_case_seconds:g}")
