@@ -127,7 +127,7 @@ def tgs(
     tokens_per_step: opt(str | None, "Tokens one training step takes (batch = tokens // length, at least 1); default the longest length, so every length trains on as many tokens.") = None,
     checkpointing: opt(bool, "Activation checkpointing: each layer recomputed in the backward (the memory of long lengths).", "--checkpointing") = False,
     dtype: opt(str | None, "Precision policy: bf16 (fp32 weights and AdamW state, bf16 autocast) or fp32; default bf16 on a GPU, fp32 on the CPU.") = None,
-    max_case_seconds: opt(float | None, "Skip lengths predicted to take longer to measure (about 16 calls; 8 of half a second or more); default 120 on a GPU, 10 on the CPU.") = None,
+    max_case_seconds: opt(float | None, "Skip lengths predicted to take longer to measure (about 15 calls; 7 of half a second or more); default 120 on a GPU, 10 on the CPU.") = None,
     line_seconds: opt(float | None, "Seconds one line (model, mechanism) may spend over its lengths; 0 = no limit.") = None,
     table1: opt(bool, "The paper's Table 1 for one --size: LLaMA with flash2 and sdpa-cudnn, TNL with lightning2, lightning1 and peer-fla-chunk, 1k..64k,80k,92k,128k at 128k tokens per step (3b: 1k..32k at 32k), checkpointing; other options override.", "--table1") = False,
     shared: dict = None,

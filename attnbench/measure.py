@@ -100,11 +100,11 @@ def first_call_seconds(fn: Callable[[], object], device: str) -> float:
 
 def planned_calls(call_ms: float, min_reps: int = 1) -> int:
     """About the calls a case makes when one takes ``call_ms``, what a time budget is checked
-    against: its first two, the timed ones (do_bench's estimate and warm-up besides, for
-    short calls) and the memory call."""
+    against: its first two (compilation; the estimate, which measures memory too) and the
+    timed ones (do_bench's estimate and warm-up besides, for short calls)."""
     if call_ms >= LONG_CALL_MS:
-        return 3 + max(min_reps, LONG_CALL_REPS)
-    return max(min_reps, MIN_REPS) + 6
+        return 2 + max(min_reps, LONG_CALL_REPS)
+    return max(min_reps, MIN_REPS) + 5
 
 
 def time_cuda(fn: Callable[[], object], grad_to_none: list[torch.Tensor],
@@ -204,15 +204,25 @@ def peak_memory_mib(fn: Callable[[], object], device: str) -> tuple[float, float
 
     On the CPU torch keeps no allocator statistics: both are NaN.
     """
-    if device != "cuda":
-        return float("nan"), float("nan")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
+    peak, extra, _ = memory_and_seconds(fn, device)
+    return peak, extra
+
+
+def memory_and_seconds(fn: Callable[[], object], device: str) -> tuple[float, float, float]:
+    """One synchronised call's peak memory and the part above what was allocated before (MiB,
+    NaN on the CPU, as ``peak_memory_mib``), and its wall time (s): a case's second call, its
+    estimate, measures its memory too."""
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if cuda else math.nan
+    start = clock()
     fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
-    return peak / MIB, (peak - before) / MIB
+    synchronize(device)
+    seconds = clock() - start
+    peak = torch.cuda.max_memory_allocated() if cuda else math.nan
+    return peak / MIB, (peak - before) / MIB, seconds
 
 
 def available_bytes(device: str) -> float | None:

@@ -107,9 +107,11 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
     prepared = prepare_call(mech, case, device, fn)
     call = prepared.call
     compile_s = measure.first_call_seconds(call, device)
-    estimate_ms = measure.first_call_seconds(call, device) * 1e3
-    values = dict(compile_s=compile_s)
-    late = too_slow(estimate_ms / 1e3, max_case_seconds,
+    prepared.reset_grads()  # so the memory baseline holds no gradients of the first call
+    peak, extra, estimate_s = measure.memory_and_seconds(call, device)
+    estimate_ms = estimate_s * 1e3
+    values = dict(compile_s=compile_s, peak_mem_mib=peak, extra_mem_mib=extra)
+    late = too_slow(estimate_s, max_case_seconds,
                     measure.planned_calls(estimate_ms, prepared.min_reps))
     if late:
         return dict(values, status="timeout", reason=late)
@@ -120,12 +122,10 @@ def measure_case(mech: registry.Mechanism, fn: Callable, case: Case, device: str
                                   min_reps=prepared.min_reps)
     if device == "cuda" and timing.median_ms <= measure.HOST_PROBE_MAX_MS:
         values["host_ms"] = measure.host_ms_per_call(call)
-    prepared.reset_grads()  # so the memory baseline holds no gradients of an earlier call
-    peak, extra = measure.peak_memory_mib(call, device)
     seconds = timing.median_ms / 1e3
     return dict(
         values, status="ok", time_ms=timing.median_ms, time_ms_p20=timing.p20_ms,
-        time_ms_p80=timing.p80_ms, reps=timing.reps, peak_mem_mib=peak, extra_mem_mib=extra,
+        time_ms_p80=timing.p80_ms, reps=timing.reps,
         **prepared.rates(seconds),  # tokens/s, TFLOP/s, GB/s and the cache, as the mode counts
     )
 

@@ -103,6 +103,30 @@ def test_a_long_call_is_timed_each_time_after_a_flush_without_do_bench(monkeypat
 
 def test_a_budget_counts_the_calls_each_length_of_call_makes():
     short, long = measure.planned_calls(10.0), measure.planned_calls(measure.LONG_CALL_MS, 5)
-    assert short == measure.MIN_REPS + 6  # do_bench's estimate, warm-up and repetitions
-    assert long == 3 + measure.LONG_CALL_REPS  # first, estimate, the timed ones, memory
-    assert measure.planned_calls(measure.LONG_CALL_MS, min_reps=12) == 15
+    assert short == measure.MIN_REPS + 5  # do_bench's estimate, warm-up and repetitions
+    assert long == 2 + measure.LONG_CALL_REPS  # first, estimate (and memory), the timed ones
+    assert measure.planned_calls(measure.LONG_CALL_MS, min_reps=12) == 14
+
+
+def test_the_estimate_call_measures_memory_above_what_was_there(monkeypatch, fake_clock):
+    mib = 2**20
+    state = {"allocated": 100 * mib, "peak": 100 * mib, "resets": 0}
+
+    def reset():
+        state["resets"] += 1
+        state["peak"] = state["allocated"]
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: state["peak"])
+    state["peak"] = 900 * mib  # an earlier call's peak, forgotten by the reset
+
+    def call():
+        state["peak"] = max(state["peak"], state["allocated"] + 30 * mib)
+        fake_clock.sleep(0.25)
+
+    peak, extra, seconds = measure.memory_and_seconds(call, "cuda")
+    assert state["resets"] == 1 and (peak, extra) == (130.0, 30.0) and seconds == 0.25
+    peak, extra, seconds = measure.memory_and_seconds(call, "cpu")
+    assert math.isnan(peak) and math.isnan(extra) and seconds == 0.25

@@ -87,8 +87,8 @@ def test_not_implemented_is_unsupported(install):
 
 
 def test_budget_skips_predicted_and_times_out_measured(install, fake_clock):
-    # One call sleeps 0.05 s at n=128, 0.2 s at 256, 0.8 s at 512; a case costs ~16 calls
-    # of 0.2 s, 8 of 0.8 s (measure.planned_calls).
+    # One call sleeps 0.05 s at n=128, 0.2 s at 256, 0.8 s at 512; a case costs ~15 calls
+    # of 0.2 s, 7 of 0.8 s (measure.planned_calls).
     install(fake("fake-slow", sleepy(0.05)))
     recs = by_len(sweep("fake-slow", seq_lens="128,256,512", max_case_seconds=5.0))
     assert recs[128].status == "ok" and recs[256].status == "ok"

@@ -4,7 +4,7 @@
 # into results/$TAG-table1-S (resumed where a carried one exists; a finished one runs nothing),
 # until LIMIT_S seconds are spent; then each size's TGS figure.
 # Usage: TAG=h100 LIMIT_S=540 bash benchmarks/scripts/table1_device.sh   (SIZES="0.4b 1b 3b")
-#        (carry .whl and .triton-cache: device_setup.sh). A case is about 8 training steps
+#        (carry .whl and .triton-cache: device_setup.sh). A case is about 7 training steps
 #        (measure.planned_calls); at 0.4B a step takes 1.6 s (TNL-LA2) to 5.5 s (LLaMA at 80K)
 #        and more at 92K and 128K: expect 20-30 minutes of device time for 0.4B and more than
 #        twice that for 1B, so several calls and sessions; each call resumes the last.
