@@ -37,10 +37,9 @@ from attnbench import check as checking
 from attnbench import registry
 from attnbench.case import Case
 from attnbench.errors import UsageError
+from attnbench.measure import MIB
 from attnbench.registry import Mechanism
 from attnbench.testing import planted_slowdown
-
-MIB = 1024.0 * 1024.0
 
 
 def _count(x: float) -> str:

@@ -207,7 +207,7 @@ def _decoder(attr: str, *args, module: str = "attnbench.baselines.decode"):
 
 def _sdpa_decode(backend: str) -> Decode:
     label = {"MATH": "math", "FLASH_ATTENTION": "flash", "EFFICIENT_ATTENTION": "efficient",
-                  "CUDNN_ATTENTION": "cuDNN"}[backend]
+             "CUDNN_ATTENTION": "cuDNN"}[backend]
     return Decode("kv", _decoder("load_sdpa", backend),
                   impl=f"SDPA {label} backend, one query against the N + 1 cached keys")
 

@@ -213,7 +213,7 @@ class Sweep:
                                             f"{spec.max_case_seconds:g}")
         guess = predicted_ms(mech, case, self.state)
         if guess is not None and guess * measure.planned_calls(
-                guess, modes.MODES[case.mode].min_reps) > spec.max_case_seconds * 1e3:
+                guess, modes.of(case).min_reps) > spec.max_case_seconds * 1e3:
             return record("skipped", reason=f"predicted {guess / 1e3:.2f} s per call; measuring "
                                             f"would exceed --max-case-seconds "
                                             f"{spec.max_case_seconds:g}")
