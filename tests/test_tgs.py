@@ -185,7 +185,7 @@ def test_resume_of_an_operator_run_is_refused(tmp_path):
 # --- notebooks/paper_tgs.ipynb: as shipped (a committed GPU run), and on the tiny CPU run ---
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "paper_tgs.ipynb"
-FLAG = 'RUN_DIR = "results/h100-tgs-probe"'
+FLAG = 'RUN_DIR = "results/h100-table1-0.4b"'
 
 
 def _execute(nb):
@@ -206,7 +206,7 @@ def test_notebook_runs_as_shipped():
     outputs = _execute(nb)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
     printed = "".join(o.get("text", "") for o in outputs)
-    assert "h100-tgs-probe: " in printed and "NVIDIA H100" in printed
+    assert "h100-table1-0.4b: " in printed and "NVIDIA H100" in printed
 
 
 def test_notebook_runs_on_a_tgs_run(tiny_run):
@@ -293,9 +293,28 @@ def test_findings_compare_the_tnl_lines_and_say_how_far_memory_goes():
     text = "\n".join(tgs_findings(df))
     assert ("ours, TNL-LA2 (lightning2) / TNL-peer-fla-chunk at 0.4b: 1.04x at 1k, 0.99x at "
             "64k; behind at 64k.") in text
-    assert ("ours, TNL-LA2 (lightning2) 0.4b: fits at every length it ran, to 64k (21.0 GB "
-            "above the model and its optimizer state, 26.0 GB at its peak).") in text
-    assert ("ours, LLaMA-FA2 (flash2) 0.4b: runs to 1k (30.0 GB above the model and its "
-            "optimizer state, 35.0 GB at its peak); out of memory at 64k (needed more than "
-            "90.5 GB).") in text
+    assert ("ours, TNL-LA2 (lightning2) 0.4b: fits at every length it ran, to 64k (21.0 GiB "
+            "above the model and its optimizer state, 26.0 GiB at its peak).") in text
+    assert ("ours, LLaMA-FA2 (flash2) 0.4b: runs to 1k (30.0 GiB above the model and its "
+            "optimizer state, 35.0 GiB at its peak); out of memory at 64k (needed more than "
+            "90.5 GiB).") in text
     assert "TNL-LA2 (lightning2) / LLaMA-FA2 (flash2) TGS at 0.4b: 1.12x at 1k." in text
+
+
+def test_figure_notes_say_which_lengths_hold_fewer_tokens_and_which_mechanism_stood_in():
+    import pandas as pd
+
+    from attnbench.paper.tgs import stand_in_notes, tokens_per_step_text
+
+    k = 1024
+    rows = [_train_row("llama", "flash2", n * k) for n in (1, 64, 80, 92, 128)]
+    for r in rows:
+        r["impl"] = "torch 2.11.0 SDPA flash (FlashAttention 2.5.7)"
+    rows.append(_train_row("tnl", "lightning2", 80 * k) | {"impl": "lightning_attn2: 8 segments"})
+    train = pd.DataFrame(rows)
+    assert tokens_per_step_text(train) == "128k tokens per step (one sequence at 80k, 92k)"
+    assert tokens_per_step_text(train[train["seq_len"] != 80 * k][:-1]) == \
+        "128k tokens per step (one sequence at 92k)"
+    assert tokens_per_step_text(train[train["seq_len"] <= 64 * k]) == "128k tokens per step"
+    assert stand_in_notes(train) == ["flash2 ran torch 2.11.0 SDPA flash (FlashAttention 2.5.7)"]
+    assert stand_in_notes(train[train["mechanism"] == "lightning2"]) == []

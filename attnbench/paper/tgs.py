@@ -129,11 +129,10 @@ def tgs_figure(df: pd.DataFrame, title: str = ""):
         for ax in (rel_ax, abs_ax):
             ax.set_xlabel("sequence length")
     device = train["device"].iloc[0]
-    tokens = train.loc[train["seq_len"] == train["seq_len"].min(), "batch"].iloc[0] * \
-        train["seq_len"].min()
     notes = ["training speed against length (TGS)" + (f" - {title}" if title else ""),
-             f"{device}, {train['dtype'].iloc[0]}, {format_size(int(tokens))} tokens per step"
-             + (", activation checkpointing" if train["checkpointing"].any() else "")]
+             f"{device}, {train['dtype'].iloc[0]}, {tokens_per_step_text(train)}"
+             + (", activation checkpointing" if train["checkpointing"].any() else ""),
+             *stand_in_notes(train)]
     suptitle(fig, notes, width=110)
     labels = {m: line_name(train.loc[train["mechanism"] == m, "model"].iloc[0], m)
               for m in train["mechanism"].unique()}
@@ -147,6 +146,24 @@ def tgs_figure(df: pd.DataFrame, title: str = ""):
     legend_below(fig, train, style, label=lambda m: labels.get(m, m), ncol=4,
                  extra=paper_handles)
     return fig
+
+
+def tokens_per_step_text(train: pd.DataFrame) -> str:
+    """'128k tokens per step', and the lengths whose step holds fewer (one sequence longer
+    than half the step: 80k and 92k at 128k tokens)."""
+    tokens = train["batch"] * train["seq_len"]
+    step = int(tokens.max())
+    short = sorted({int(n) for n in train.loc[tokens < step, "seq_len"]})
+    return f"{format_size(step)} tokens per step" + (
+        f" (one sequence at {', '.join(format_size(n) for n in short)})" if short else "")
+
+
+def stand_in_notes(train: pd.DataFrame) -> list[str]:
+    """'flash2 ran torch ... SDPA flash (FlashAttention 2.5.7)': a line for each mechanism
+    of the run that ran as another implementation (flash2 without flash-attn installed)."""
+    ran = train[train["impl"].fillna("").str.contains("SDPA")] if "impl" in train else train[:0]
+    return [f"{mech} ran {impl}" for mech, impl in
+            ran.groupby("mechanism", sort=True)["impl"].first().items()]
 
 
 def _paper_size_name(size: str) -> str:
@@ -216,13 +233,13 @@ def memory_findings(df: pd.DataFrame) -> list[str]:
         text = f"ours, {line_name(model, mech)} {size}: " + (
             f"runs to {longest}" if len(oom) else f"fits at every length it ran, to {longest}")
         if last["peak_mem_mib"] == last["peak_mem_mib"]:  # not on the CPU (no allocator stats)
-            text += (f" ({last['extra_mem_mib'] / 1024:.1f} GB above the model and its "
-                     f"optimizer state, {last['peak_mem_mib'] / 1024:.1f} GB at its peak)")
+            text += (f" ({last['extra_mem_mib'] / 1024:.1f} GiB above the model and its "
+                     f"optimizer state, {last['peak_mem_mib'] / 1024:.1f} GiB at its peak)")
         if len(oom):
             first = oom.iloc[0]
             need = first.get("peak_mem_mib", float("nan"))
             text += (f"; out of memory at {format_size(int(first['seq_len']))}"
-                     + (f" (needed more than {need / 1024:.1f} GB)" if need == need else ""))
+                     + (f" (needed more than {need / 1024:.1f} GiB)" if need == need else ""))
         out.append(text + ".")
     return out
 
