@@ -316,5 +316,11 @@ def test_figure_notes_say_which_lengths_hold_fewer_tokens_and_which_mechanism_st
     assert tokens_per_step_text(train[train["seq_len"] != 80 * k][:-1]) == \
         "128k tokens per step (one sequence at 92k)"
     assert tokens_per_step_text(train[train["seq_len"] <= 64 * k]) == "128k tokens per step"
+    longer = pd.DataFrame([_train_row("tnl", "lightning2", n * k) | {"batch": b}
+                           for n, b in ((1, 64), (32, 2), (128, 1))])  # 64k tokens a step
+    assert tokens_per_step_text(longer) == "64k tokens per step (one sequence at 128k)"
+    uneven = pd.DataFrame([_train_row("tnl", "lightning2", n * k) | {"batch": b}
+                           for n, b in ((1, 100), (4, 25), (32, 3))])  # 100k tokens a step
+    assert tokens_per_step_text(uneven) == "100k tokens per step (96k at 32k)"
     assert stand_in_notes(train) == ["flash2 ran torch 2.11.0 SDPA flash (FlashAttention 2.5.7)"]
     assert stand_in_notes(train[train["mechanism"] == "lightning2"]) == []

@@ -149,13 +149,20 @@ def tgs_figure(df: pd.DataFrame, title: str = ""):
 
 
 def tokens_per_step_text(train: pd.DataFrame) -> str:
-    """'128k tokens per step', and the lengths whose step holds fewer (one sequence longer
-    than half the step: 80k and 92k at 128k tokens)."""
+    """'128k tokens per step', the step most lengths take, and the lengths whose step holds
+    another number: one sequence (80k and 92k at 128k tokens a step; a length above the
+    tokens per step), or the batch that fits (96k at 32k for 100k tokens a step)."""
     tokens = train["batch"] * train["seq_len"]
-    step = int(tokens.max())
-    short = sorted({int(n) for n in train.loc[tokens < step, "seq_len"]})
-    return f"{format_size(step)} tokens per step" + (
-        f" (one sequence at {', '.join(format_size(n) for n in short)})" if short else "")
+    counts = tokens.value_counts()
+    step = int(counts[counts == counts.max()].index.max())
+    other = train[tokens != step].drop_duplicates("seq_len").sort_values("seq_len")
+    text = f"{format_size(step)} tokens per step"
+    if other.empty:
+        return text
+    if (other["batch"] == 1).all():
+        return text + f" (one sequence at {', '.join(map(format_size, other['seq_len']))})"
+    return text + " (" + ", ".join(f"{format_size(int(b * n))} at {format_size(int(n))}"
+                                   for b, n in zip(other["batch"], other["seq_len"])) + ")"
 
 
 def stand_in_notes(train: pd.DataFrame) -> list[str]:
