@@ -52,6 +52,7 @@ WHERE = {  # run, profile and tgs: the device and the run directory
 KEEP = {  # run and tgs
     "resume": (opt(Path | None, "Continue the run in this directory; its sweep is kept."), None),
     "plot": (opt(bool, "Write plots at the end.", "--plot/--no-plot"), True),
+    "time_limit": (opt(float | None, "Seconds this call may take: after them no case starts that is predicted (from its line's last length) to end later; those are left for --resume (one process; a fixed-length CI or GPU job)."), None),
 }
 STRICT = {"strict": (opt(bool, "Exit 2 if records.jsonl has a damaged line, instead of warning.", "--strict"), False)}
 RUN_DIR = Annotated[Path, typer.Argument(help="A run directory.")]
@@ -100,6 +101,8 @@ def run(
     dev = choose_device(o["device"])
     build, given = _sweep_spec(o, dev, world_sizes=world_sizes)
     screen.start_notes(dev, gpus)
+    if o["time_limit"] is not None and (gpus is not None or sharded.launched()):
+        raise UsageError("--time-limit is for a run in one process, not a sharded one")
     if gpus is not None:
         stored = (lambda: runner.stored_spec(o["resume"], dev)) if o["resume"] else build
         raise typer.Exit(sharded.launch(gpus, dev, stored, sys.argv[1:]))
@@ -113,7 +116,8 @@ def run(
         screen.cpu_note(shown)
     screen.execute(spec, run_dir, o["resume"] is not None, o["plot"],
                    "run" if ranks is None else f"run --gpus {ranks.world}",
-                   functools.partial(runner.run_sweep, executor=executor), quiet=quiet)
+                   functools.partial(runner.run_sweep, executor=executor,
+                                     time_limit=o["time_limit"]), quiet=quiet)
     if not quiet:
         screen.left_out_note(shown)
 
@@ -149,7 +153,8 @@ def tgs(
         lambda: build_train_spec(dev, checkpointing=checkpointing, table1=table1, **options),
         training=True)
     screen.tgs_notes(dev, shown)
-    screen.execute(spec, run_dir, o["resume"] is not None, o["plot"], "tgs")
+    screen.execute(spec, run_dir, o["resume"] is not None, o["plot"], "tgs",
+                   functools.partial(runner.run_sweep, time_limit=o["time_limit"]))
 
 
 @command(SWEEP, WHERE, ...)

@@ -47,6 +47,8 @@ class SweepResult:
     repaired: list[str] = field(default_factory=list)  # what opening the journal mended
     # The tables written at the end (None where this process wrote none: a rank but 0)
     table: pd.DataFrame | None = field(default=None, repr=False)
+    # cases left unstarted by the time limit, with their predicted seconds: a resume runs them
+    not_started: list[tuple[Case, float]] = field(default_factory=list)
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -123,6 +125,7 @@ def run_sweep(
     on_status: Callable[[str], None] | None = None,
     on_start: Callable[[Path, list[Case], int], None] | None = None,
     executor: LocalExecutor | None = None,
+    time_limit: float | None = None,
 ) -> SweepResult:
     """Run a sweep into a run directory and return what it did.
 
@@ -133,7 +136,9 @@ def run_sweep(
     ``on_status(text)`` before each step, ``on_record(record)`` after each record is on disk.
     ``executor``: where the cases run (default this process; in each rank of a torchrun
     ``attnbench.sharded.ShardedExecutor(attnbench.sharded.init(device))``, every rank calling
-    with the same arguments).
+    with the same arguments). ``time_limit``: seconds from this call after which no case
+    starts that is predicted (from its line's last length) to end past them; such cases get
+    no record and are listed in the result's ``not_started`` for a resume (one process only).
 
     Bad input raises UsageError before any measurement. Ctrl-C (KeyboardInterrupt) and a lost
     CUDA context (CudaContextLost) propagate after the tables of what was recorded are
@@ -144,12 +149,18 @@ def run_sweep(
     """
     with interrupts.signals_interrupt(), measure.quiet_heap():
         return _run_sweep(spec, out, resume=resume, on_record=on_record, on_status=on_status,
-                          on_start=on_start, executor=executor)
+                          on_start=on_start, executor=executor, time_limit=time_limit)
 
 
-def _run_sweep(spec, out, *, resume, on_record, on_status, on_start, executor) -> SweepResult:
+def _run_sweep(spec, out, *, resume, on_record, on_status, on_start, executor, time_limit
+               ) -> SweepResult:
+    deadline = None if time_limit is None else measure.clock() + time_limit
     plant = testing.check_plant()  # a bad ATTNBENCH_PLANT_SLOWDOWN: UsageError before any work
     ex = executor if executor is not None else LocalExecutor()
+    if time_limit is not None and not ex.one_process:
+        raise UsageError("--time-limit is for a run in one process, not a sharded one")
+    if time_limit is not None and not time_limit > 0:  # NaN too
+        raise UsageError(f"--time-limit {time_limit:g}: give a number of seconds above 0")
     started_at = time.time()
     spec, meta = resolve(spec, out, resume)
     ex.admit(spec, meta, out)
@@ -197,7 +208,8 @@ def _run_sweep(spec, out, *, resume, on_record, on_status, on_start, executor) -
             current[:] = [case]
             writer.started(case, time.time())
 
-        sweep = ex.sweep(spec, emit, on_case=on_status or (lambda text: None), started=started)
+        sweep = ex.sweep(spec, emit, on_case=on_status or (lambda text: None), started=started,
+                         **({} if deadline is None else dict(deadline=deadline)))
         try:
             ex.run(sweep, cases, done)
         except KeyboardInterrupt:
@@ -206,7 +218,8 @@ def _run_sweep(spec, out, *, resume, on_record, on_status, on_start, executor) -
             raise
         finally:
             table = _finish_tables(ex, out, mine)
-    return SweepResult(out, ex.total_counts(counts), time.time() - started_at, repaired, table)
+    return SweepResult(out, ex.total_counts(counts), time.time() - started_at, repaired,
+                       not_started=sweep.not_started, table=table)
 
 
 def _finish_tables(ex: LocalExecutor, out: Path, mine: list[Record]):

@@ -568,6 +568,7 @@ class ShardedExecutor(LocalExecutor):
         self.ranks = ranks
         self.journal = records.rank_journal(ranks.rank)
         self.leads = ranks.rank == 0
+        self.one_process = False
         self.torn_note = f"{self.journal}: a last line cut off by a crash was moved aside"
         self._places: list = []
 

@@ -81,6 +81,9 @@ def test_help_shows_no_type_after_flags(monkeypatch, capsys, command):
     (["--modes", "sideways"], "unknown mode"),
     (["--preset", "huge"], "unknown preset"),
     (["--device", "tpu"], "unknown device"),
+    (["--time-limit", "0"], "--time-limit 0: give a number of seconds above 0"),
+    (["--time-limit", "nan"], "--time-limit nan: give a number of seconds above 0"),
+    (["--time-limit", "60", "--gpus", "2"], "--time-limit is for a run in one process"),
 ])
 def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path, args, message):
     out_dir = tmp_path / "run"
@@ -470,3 +473,20 @@ def test_decode_run_end_to_end(monkeypatch, capsys, tmp_path):
                          "--format", "png")
     assert code == 0 and (run_dir / "decode.png").is_file(), err
     assert "- batch 3: linear-recurrent step" in out  # the figure's findings
+
+
+def test_a_run_stopped_by_its_time_limit_says_what_is_left_and_resumes(monkeypatch, capsys,
+                                                                       tmp_path, install,
+                                                                       fake_clock):
+    install(fake("fake-slow", sleepy(0.01)))  # the 512 case: ~2.4 s (test_runner)
+    run_dir = tmp_path / "r"
+    code, out, err = cli(monkeypatch, capsys, "run", "--device", "cpu", "--mechanisms",
+                         "fake-slow", "--seq-lens", "128,256,512", "--head-dim", "16",
+                         "--modes", "fwd", "--out", run_dir, "--no-plot", "--time-limit", "2")
+    said = " ".join((out + err).split())
+    assert code == 0 and "finished in" in said
+    assert ("time limit: 1 case(s) not started (the first, fake-slow fwd n=512, predicted "
+            f"2.4 s); continue with: attnbench run --resume {run_dir}") in said
+    assert len(records.load(run_dir)) == 2
+    code, out, err = cli(monkeypatch, capsys, "run", "--resume", run_dir, "--no-plot")
+    assert code == 0 and "time limit" not in out + err and len(records.load(run_dir)) == 3

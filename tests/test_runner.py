@@ -166,6 +166,38 @@ def small_spec(**kw):
     return build_spec("cpu", "cpu", **args)
 
 
+def test_a_time_limit_leaves_the_cases_predicted_to_end_past_it_to_a_resume(install, fake_clock,
+                                                                           tmp_path):
+    # fake-slow: 0.01 s a call at 128, 0.04 at 256, 0.16 at 512, where a case takes ~15 calls
+    # (2.4 s); the two shorter cases take about a second; fake-quick a hundredth of that.
+    install(fake("fake-slow", sleepy(0.01)), fake("fake-quick", sleepy(0.0001)))
+    spec = small_spec(mechanisms="fake-slow,fake-quick", seq_lens="128,256,512",
+                      head_dims="16")
+    result = runner.run_sweep(spec, tmp_path / "run", time_limit=2.0)
+    (case, need), = result.not_started
+    assert (case.mechanism, case.seq_len) == ("fake-slow", 512) and need > 2.0
+    df = result.frame
+    done = {(m, n): s for m, n, s in zip(df["mechanism"], df["seq_len"], df["status"])}
+    assert done == {("fake-slow", 128): "ok", ("fake-slow", 256): "ok",
+                    ("fake-quick", 128): "ok", ("fake-quick", 256): "ok",
+                    ("fake-quick", 512): "ok"}  # no record of the case left
+    again = runner.run_sweep(None, tmp_path / "run", resume=True)
+    assert again.counts == {"ok": 1} and not again.not_started
+    assert len(again.frame) == 6
+
+
+def test_a_time_limit_is_refused_where_it_cannot_hold(tmp_path):
+    class Sharded(runner.LocalExecutor):
+        one_process = False  # ranks would have to agree on when to stop
+
+    for limit, executor, message in ((0.0, None, "above 0"), (-1.0, None, "above 0"),
+                                     (60.0, Sharded(), "one process")):
+        with pytest.raises(UsageError, match=message):
+            runner.run_sweep(small_spec(), tmp_path / "run", executor=executor,
+                             time_limit=limit)
+        assert not (tmp_path / "run").exists()
+
+
 def test_run_sweep_writes_a_run_and_calls_back(tmp_path, monkeypatch):
     import attnbench
 

@@ -40,9 +40,10 @@ for step in $STEPS; do
     paper)
       dir=results/$TAG-split-paper-all
       if [ -f "$dir/meta.json" ]; then
-        timeout -s INT 540 $R run --resume "$dir" > "$OUT/paper.log" 2>&1
+        timeout -s INT 540 $R run --resume "$dir" --time-limit 500 > "$OUT/paper.log" 2>&1
       else
-        timeout -s INT 540 $R run --preset paper --seq-lens 1k..256k --out "$dir" > "$OUT/paper.log" 2>&1
+        timeout -s INT 540 $R run --preset paper --seq-lens 1k..256k --out "$dir" --time-limit 500 \
+          > "$OUT/paper.log" 2>&1
       fi
       echo "paper: exit $?" ;;
     paper4k)
