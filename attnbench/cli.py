@@ -101,7 +101,7 @@ def run(
     dev = choose_device(o["device"])
     build, given = _sweep_spec(o, dev, world_sizes=world_sizes)
     screen.start_notes(dev, gpus)
-    if o["time_limit"] is not None and (gpus is not None or sharded.launched()):
+    if o["time_limit"] is not None and gpus is not None:  # ranks: run_sweep refuses it
         raise UsageError("--time-limit is for a run in one process, not a sharded one")
     if gpus is not None:
         stored = (lambda: runner.stored_spec(o["resume"], dev)) if o["resume"] else build

@@ -209,7 +209,7 @@ def _run_sweep(spec, out, *, resume, on_record, on_status, on_start, executor, t
             writer.started(case, time.time())
 
         sweep = ex.sweep(spec, emit, on_case=on_status or (lambda text: None), started=started,
-                         **({} if deadline is None else dict(deadline=deadline)))
+                         deadline=deadline)
         try:
             ex.run(sweep, cases, done)
         except KeyboardInterrupt:

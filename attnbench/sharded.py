@@ -564,11 +564,12 @@ class ShardedExecutor(LocalExecutor):
     are dealt to the ranks by whole lines; each rank writes its own journal; rank 0 merges
     them at the end."""
 
+    one_process = False
+
     def __init__(self, ranks: Ranks):
         self.ranks = ranks
         self.journal = records.rank_journal(ranks.rank)
         self.leads = ranks.rank == 0
-        self.one_process = False
         self.torn_note = f"{self.journal}: a last line cut off by a crash was moved aside"
         self._places: list = []
 

@@ -215,9 +215,8 @@ class Sweep:
             return record("skipped", reason=f"not tried: at seq_len {slow_n} one call already "
                                             f"took too long for --max-case-seconds "
                                             f"{spec.max_case_seconds:g}")
-        guess = predicted_ms(mech, case, self.state)
-        if guess is not None and guess * measure.planned_calls(
-                guess, modes.of(case).min_reps) > spec.max_case_seconds * 1e3:
+        guess, case_s = self._predicted(mech, case)
+        if case_s > spec.max_case_seconds:
             return record("skipped", reason=f"predicted {guess / 1e3:.2f} s per call; measuring "
                                             f"would exceed --max-case-seconds "
                                             f"{spec.max_case_seconds:g}")
@@ -259,6 +258,14 @@ class Sweep:
                                 f"tol {result.tol:.2e}")
         return record(values.pop("status"), **checked, **values)
 
+    def _predicted(self, mech: registry.Mechanism, case: Case) -> tuple[float, float]:
+        """(one call's ms, measuring the case's s: its planned calls), scaled from its line's
+        last length (``predicted_ms``); (NaN, 0) where the line has none yet."""
+        guess = predicted_ms(mech, case, self.state)
+        if guess is None:
+            return math.nan, 0.0
+        return guess, guess * measure.planned_calls(guess, modes.of(case).min_reps) / 1e3
+
     def _past_deadline(self, case: Case) -> float | None:
         """The seconds ``case`` is predicted to take if it would end past the deadline (no
         case starts once the deadline has passed), else None: a case with no prediction (the
@@ -268,10 +275,7 @@ class Sweep:
         left = self.deadline - measure.clock()
         if left <= 0:
             return 0.0
-        guess = predicted_ms(self._mech_state(case.mechanism).mech, case, self.state)
-        if guess is None:
-            return None
-        need = guess * measure.planned_calls(guess, modes.of(case).min_reps) / 1e3
+        _, need = self._predicted(self._mech_state(case.mechanism).mech, case)
         return need if left < need <= self.spec.max_case_seconds else None
 
     def _measure(self, mech: registry.Mechanism, fn: Callable, case: Case) -> dict:
