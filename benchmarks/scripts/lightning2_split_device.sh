@@ -4,7 +4,8 @@
 #   tests    the kernel's and lightning2-sp's GPU tests
 #   small    batch 1 / heads 8, 1 / 16, 2 / 8 at 16k..256k beside peer-fla-chunk (one run
 #            each: FLA autotunes per process, compare only inside a run)
-#   paper    the paper preset over every mechanism (about 10 minutes on an H100: two calls)
+#   paper    the paper preset over every mechanism (about 10 minutes on an H100: two calls),
+#            limited to what the call has left of CALL_S (default 570 s)
 #   paper4k  the paper shape's lightning2 forward and backward at 2k..8k again (one minute)
 #   tgs      TNL 0.4B with lightning2 and peer-fla-chunk, checkpointing, 1k..128k at 128k
 #            tokens per step (about 7 minutes on an H100: FLA autotunes at every length), in
@@ -18,6 +19,7 @@ source benchmarks/scripts/device_setup.sh
 TAG=${TAG:-h100}
 STEPS=${STEPS:-"tests small"}
 R="python3 -m attnbench"
+call_end=$(( $(date +%s) + ${CALL_S:-570} ))  # the paper step fits what the call has left
 for step in $STEPS; do
   SECONDS=0
   case $step in
@@ -39,11 +41,13 @@ for step in $STEPS; do
       done ;;
     paper)
       dir=results/$TAG-split-paper-all
+      left=$(( call_end - $(date +%s) ))
+      [ "$left" -gt 540 ] && left=540
       if [ -f "$dir/meta.json" ]; then
-        timeout -s INT 540 $R run --resume "$dir" --time-limit 500 > "$OUT/paper.log" 2>&1
+        timeout -s INT "$left" $R run --resume "$dir" --time-limit $((left - 40)) > "$OUT/paper.log" 2>&1
       else
-        timeout -s INT 540 $R run --preset paper --seq-lens 1k..256k --out "$dir" --time-limit 500 \
-          > "$OUT/paper.log" 2>&1
+        timeout -s INT "$left" $R run --preset paper --seq-lens 1k..256k --out "$dir" \
+          --time-limit $((left - 40)) > "$OUT/paper.log" 2>&1
       fi
       echo "paper: exit $?" ;;
     paper4k)
