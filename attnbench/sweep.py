@@ -68,6 +68,9 @@ class SweepState:
     # sequence split) must not lose its longer lengths to it. A mechanism that recompiles
     # for every length (the official lightning-attn) is bounded by --max-case-seconds alone.
     spent_s: dict = field(default_factory=dict)
+    # peers(case) -> the slowest ok call of the lines that share the case's shape and length:
+    # what a line's first case, which has no time of its own line, is predicted from
+    peer_ms: dict = field(default_factory=dict)
 
     def learn(self, record: Record, seconds: float = 0.0) -> None:
         case = record.case
@@ -81,6 +84,14 @@ class SweepState:
             prev = self.last_ok.get(series)
             if prev is None or case.seq_len >= prev[0].seq_len:
                 self.last_ok[series] = (case, record.time_ms)
+            key = peers(case)
+            self.peer_ms[key] = max(self.peer_ms.get(key, 0.0), record.time_ms)
+
+
+def peers(case: Case) -> tuple:
+    """The key shared by the cases of every line at ``case``'s shape and length: the same
+    call (or training step) with another mechanism, model family or decay."""
+    return dataclasses.replace(case, mechanism="", model="", decay=False).key()
 
 
 def predicted_ms(mech: registry.Mechanism, case: Case, state: SweepState) -> float | None:
@@ -90,6 +101,11 @@ def predicted_ms(mech: registry.Mechanism, case: Case, state: SweepState) -> flo
         return None
     done, t0 = prev
     return t0 * call_flops(mech, case) / call_flops(mech, done)
+
+
+def measuring_seconds(call_ms: float, case: Case) -> float:
+    """Seconds measuring ``case`` takes when one call takes ``call_ms``: its planned calls."""
+    return call_ms * measure.planned_calls(call_ms, modes.of(case).min_reps) / 1e3
 
 
 def too_slow(call_s: float, max_case_seconds: float, calls: int = CALLS_PER_CASE) -> str:
@@ -264,18 +280,22 @@ class Sweep:
         guess = predicted_ms(mech, case, self.state)
         if guess is None:
             return math.nan, 0.0
-        return guess, guess * measure.planned_calls(guess, modes.of(case).min_reps) / 1e3
+        return guess, measuring_seconds(guess, case)
 
     def _past_deadline(self, case: Case) -> float | None:
         """The seconds ``case`` is predicted to take if it would end past the deadline (no
-        case starts once the deadline has passed), else None: a case with no prediction (the
-        first length of its line) or one the budget skips at once runs."""
+        case starts once the deadline has passed), else None. A line's first length is
+        predicted from the slowest other line at its shape and length (on a resume too:
+        from their records); a case with no prediction at all, or one the budget skips at
+        once, runs."""
         if self.deadline is None:
             return None
         left = self.deadline - measure.clock()
         if left <= 0:
             return 0.0
-        _, need = self._predicted(self._mech_state(case.mechanism).mech, case)
+        guess, need = self._predicted(self._mech_state(case.mechanism).mech, case)
+        if math.isnan(guess) and peers(case) in self.state.peer_ms:
+            need = measuring_seconds(self.state.peer_ms[peers(case)], case)
         return need if left < need <= self.spec.max_case_seconds else None
 
     def _measure(self, mech: registry.Mechanism, fn: Callable, case: Case) -> dict:

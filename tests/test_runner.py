@@ -186,6 +186,22 @@ def test_a_time_limit_leaves_the_cases_predicted_to_end_past_it_to_a_resume(inst
     assert len(again.frame) == 6
 
 
+def test_a_time_limit_predicts_a_lines_first_case_from_the_other_lines(install, fake_clock,
+                                                                       tmp_path):
+    # each case at 512 takes ~2.4 s (fake-slow above): the first runs, having nothing to be
+    # predicted from; the second line's, predicted from it, would end past the limit
+    install(fake("fake-slow", sleepy(0.01)), fake("fake-slow-too", sleepy(0.01)))
+    spec = small_spec(mechanisms="fake-slow,fake-slow-too", seq_lens="512", head_dims="16")
+    result = runner.run_sweep(spec, tmp_path / "run", time_limit=3.0)
+    (case, need), = result.not_started
+    assert case.mechanism == "fake-slow-too" and 2.0 < need < 3.0
+    assert list(result.frame["mechanism"]) == ["fake-slow"]
+    # a resume learns the prediction from the records: a limit it cannot meet starts nothing
+    again = runner.run_sweep(None, tmp_path / "run", resume=True, time_limit=1.0)
+    assert [c.mechanism for c, _ in again.not_started] == ["fake-slow-too"]
+    assert len(again.frame) == 1
+
+
 def test_a_time_limit_is_refused_where_it_cannot_hold(tmp_path):
     class Sharded(runner.LocalExecutor):
         one_process = False  # ranks would have to agree on when to stop
