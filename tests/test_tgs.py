@@ -185,7 +185,7 @@ def test_resume_of_an_operator_run_is_refused(tmp_path):
 # --- notebooks/paper_tgs.ipynb: as shipped (a committed GPU run), and on the tiny CPU run ---
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "paper_tgs.ipynb"
-FLAG = 'RUN_DIR = "results/h100-table1-0.4b"'
+FLAG = 'RUN_DIR = ["results/h100-table1-0.4b", "results/h100-table1-1b"]'
 
 
 def _execute(nb):
@@ -200,13 +200,14 @@ def _execute(nb):
 
 
 def test_notebook_runs_as_shipped():
-    """A newcomer opens the notebook and runs it: its RUN_DIR is a run kept in git."""
+    """A newcomer opens the notebook and runs it: its RUN_DIR lists runs kept in git."""
     nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbformat")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     outputs = _execute(nb)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
     printed = "".join(o.get("text", "") for o in outputs)
-    assert "h100-table1-0.4b: " in printed and "NVIDIA H100" in printed
+    assert "h100-table1-0.4b: " in printed and "h100-table1-1b: " in printed
+    assert "NVIDIA H100" in printed
 
 
 def test_notebook_runs_on_a_tgs_run(tiny_run):
