@@ -13,10 +13,10 @@ export PYTHONUNBUFFERED=1
 # compiling and timing its configs (a resumed TGS case took 5 min). Triton can keep its
 # autotune choices on disk (TRITON_CACHE_AUTOTUNING): the scripts bring the small
 # *.autotune.json files back in $OUT/autotune.tgz (save_autotune), and a call that carries
-# .triton-cache finds them (extract autotune.tgz into .triton-cache/ here, carry .triton-cache
-# and .whl). A folder per GPU model: an H200 never takes the H100's choices.
+# .triton-cache finds them (extract autotune.tgz at the repository root here, as runs.tgz;
+# carry .triton-cache and .whl). A folder per GPU model: an H200 never takes the H100's.
 gpu_model=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' '-')
 export TRITON_CACHE_DIR="$PWD/.triton-cache/$gpu_model" TRITON_CACHE_AUTOTUNING=1
 save_autotune() {
-  (cd .triton-cache && find . -name '*.autotune.json' | tar czf "$OUT/autotune.tgz" -T -) 2>/dev/null
+  find .triton-cache -name '*.autotune.json' | tar czf "$OUT/autotune.tgz" -T - 2>/dev/null
 }

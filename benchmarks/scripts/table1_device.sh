@@ -9,7 +9,8 @@
 #        and more at 92K and 128K: expect 20-30 minutes of device time for 0.4B and more than
 #        twice that for 1B, so several calls and sessions; each call resumes the last.
 # What comes back in $OUT: table1-<size>.log (what each run printed), runs.tgz (the run
-# directories: extract at the repository root and commit) and autotune.tgz.
+# directories: extract at the repository root and commit) and autotune.tgz (FLA's autotune
+# choices: extract at the root too, and carry .triton-cache next time).
 set -u
 source benchmarks/scripts/device_setup.sh
 TAG=${TAG:-h100}
