@@ -52,7 +52,7 @@ WHERE = {  # run, profile and tgs: the device and the run directory
 KEEP = {  # run and tgs
     "resume": (opt(Path | None, "Continue the run in this directory; its sweep is kept."), None),
     "plot": (opt(bool, "Write plots at the end.", "--plot/--no-plot"), True),
-    "time_limit": (opt(float | None, "Seconds this call may take: after them no case starts that is predicted (from its line's last length) to end later; those are left for --resume (one process; a fixed-length CI or GPU job)."), None),
+    "time_limit": (opt(float | None, "Seconds this call may take: after them no case starts that is predicted (from its line's last length, or the other lines' at its length) to end later; those are left for --resume (one process; a fixed-length CI or GPU job)."), None),
 }
 STRICT = {"strict": (opt(bool, "Exit 2 if records.jsonl has a damaged line, instead of warning.", "--strict"), False)}
 RUN_DIR = Annotated[Path, typer.Argument(help="A run directory.")]
