@@ -204,8 +204,9 @@ def execute(spec, run_dir: Path, resume: bool = False, plot: bool = True,
     console.print(f"finished in {result.seconds:.0f} s: {summary or 'nothing to run'}")
     if result.not_started:
         case, need = result.not_started[0]
+        why = f"predicted {need:.1f} s" if need > 0 else "the limit had passed"
         warn(f"[yellow]time limit:[/] {len(result.not_started)} case(s) not started (the first, "
-             f"{escape(case.mechanism)} {case.mode} n={case.seq_len}, predicted {need:.1f} s); "
+             f"{escape(case.mechanism)} {case.mode} n={case.seq_len}, {why}); "
              f"continue with: attnbench {command} --resume {escape(str(run_dir))}")
     finish(run_dir, plot=plot, df=result.table)
 

@@ -490,3 +490,15 @@ def test_a_run_stopped_by_its_time_limit_says_what_is_left_and_resumes(monkeypat
     assert len(records.load(run_dir)) == 2
     code, out, err = cli(monkeypatch, capsys, "run", "--resume", run_dir, "--no-plot")
     assert code == 0 and "time limit" not in out + err and len(records.load(run_dir)) == 3
+
+
+def test_a_time_limit_passed_during_a_case_says_so(monkeypatch, capsys, tmp_path, install,
+                                                   fake_clock):
+    install(fake("fake-slow", sleepy(0.01)))  # the 512 case: ~1 s, with nothing to predict it
+    run_dir = tmp_path / "r"
+    code, out, err = cli(monkeypatch, capsys, "run", "--device", "cpu", "--mechanisms",
+                         "fake-slow", "--seq-lens", "512,1024", "--head-dim", "16",
+                         "--modes", "fwd", "--out", run_dir, "--no-plot", "--time-limit", "0.2")
+    said = " ".join((out + err).split())
+    assert code == 0 and ("time limit: 1 case(s) not started (the first, fake-slow fwd "
+                          "n=1024, the limit had passed)") in said
