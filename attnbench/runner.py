@@ -137,8 +137,9 @@ def run_sweep(
     ``executor``: where the cases run (default this process; in each rank of a torchrun
     ``attnbench.sharded.ShardedExecutor(attnbench.sharded.init(device))``, every rank calling
     with the same arguments). ``time_limit``: seconds from this call after which no case
-    starts that is predicted (from its line's last length) to end past them; such cases get
-    no record and are listed in the result's ``not_started`` for a resume (one process only).
+    starts that is predicted (from its line's last length, or the other lines' at its
+    length) to end past them; such cases get no record and are listed in the result's
+    ``not_started`` for a resume (one process only).
 
     Bad input raises UsageError before any measurement. Ctrl-C (KeyboardInterrupt) and a lost
     CUDA context (CudaContextLost) propagate after the tables of what was recorded are

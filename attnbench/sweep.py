@@ -294,8 +294,9 @@ class Sweep:
         if left <= 0:
             return 0.0
         guess, need = self._predicted(self._mech_state(case.mechanism).mech, case)
-        if math.isnan(guess) and peers(case) in self.state.peer_ms:
-            need = measuring_seconds(self.state.peer_ms[peers(case)], case)
+        peer_ms = self.state.peer_ms.get(peers(case))
+        if math.isnan(guess) and peer_ms is not None:
+            need = measuring_seconds(peer_ms, case)
         return need if left < need <= self.spec.max_case_seconds else None
 
     def _measure(self, mech: registry.Mechanism, fn: Callable, case: Case) -> dict:

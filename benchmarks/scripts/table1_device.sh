@@ -24,7 +24,7 @@ for size in ${SIZES:-0.4b 1b 3b}; do
   log="$OUT/table1-$size.log"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$log"
   # --time-limit starts no case predicted to end past it (the timeout is the backstop, for a
-  # line's first length, which has no prediction): no case is cut off and measured again
+  # case with nothing to predict it from and for checks): no case is cut off and measured again
   limit=$((left > 60 ? left - 30 : left / 2))
   if [ -f "$dir/meta.json" ]; then
     timeout -s INT "$left" python3 -m attnbench tgs --resume "$dir" --time-limit "$limit" \
