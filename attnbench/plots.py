@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.transforms as mtransforms  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from attnbench.case import DEFAULTS, FOLLOWS_LENGTH, SHAPE_COLUMNS, view_columns  # noqa: E402
 from attnbench.errors import UsageError  # noqa: E402
@@ -127,8 +127,12 @@ def finish_axis(ax, seq_lens, values: pd.Series | None = None, big: bool = False
         return
     lo, hi = values.min(), values.max()
     decades = math.log10(hi / lo)
-    subs = (1.0,) if decades > 2.5 else (1.0, 2.0, 5.0) if decades > 0.8 else (1, 2, 3, 5, 7)
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    # a narrow range still shows labels across it: finer steps under half a decade, even
+    # steps under a factor of 1.25 (a flat line's 0.98..1.00)
+    subs = ((1.0,) if decades > 2.5 else (1.0, 2.0, 5.0) if decades > 0.8
+            else (1, 2, 3, 5, 7) if decades > 0.45 else (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs) if decades > 0.1
+                               else MaxNLocator(nbins=4))
     ax.yaxis.set_major_formatter(FuncFormatter(number if big else lambda y, _p: f"{y:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     if marks:

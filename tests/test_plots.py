@@ -75,6 +75,19 @@ def test_headroom_keeps_lines_below_the_marks():
     plots.plt.close(fig)
 
 
+@pytest.mark.parametrize("lo, hi", [(7.7e3, 18.2e3), (0.98, 1.0), (1e3, 1e5), (2.0, 9.0)])
+def test_log_axis_labels_two_values_or_more_in_any_range(lo, hi):
+    """3B's TGS spans 7.7k..18.2k, less than half a decade: 10k alone said too little."""
+    fig, ax = plots.plt.subplots()
+    ax.plot([1024, 2048], [lo, hi])
+    plots.finish_axis(ax, [1024, 2048], pd.Series([lo, hi]))
+    fig.canvas.draw()
+    bottom, top = ax.get_ylim()
+    shown = [t for t in ax.get_yticks() if bottom <= t <= top]
+    assert len(shown) >= 2
+    plots.plt.close(fig)
+
+
 def test_plot_run_cpu_in_every_format(tmp_path):
     df = paper_frame(mechanisms=("lightning2", "flash2"), device="cpu")
     paths = plots.plot_run(df, tmp_path, "cpu run", formats=plots.FORMATS)

@@ -185,7 +185,8 @@ def test_resume_of_an_operator_run_is_refused(tmp_path):
 # --- notebooks/paper_tgs.ipynb: as shipped (a committed GPU run), and on the tiny CPU run ---
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "paper_tgs.ipynb"
-FLAG = 'RUN_DIR = ["results/h100-table1-0.4b", "results/h100-table1-1b"]'
+FLAG = ('RUN_DIR = ["results/h100-table1-0.4b", "results/h100-table1-1b", '
+        '"results/h100-table1-3b"]')
 
 
 def _execute(nb):
@@ -206,7 +207,7 @@ def test_notebook_runs_as_shipped():
     outputs = _execute(nb)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 1
     printed = "".join(o.get("text", "") for o in outputs)
-    assert "h100-table1-0.4b: " in printed and "h100-table1-1b: " in printed
+    assert all(f"h100-table1-{size}: " in printed for size in ("0.4b", "1b", "3b"))
     assert "NVIDIA H100" in printed
 
 
@@ -269,9 +270,13 @@ def _train_row(model, mech, n, status="ok", tgs=float("nan"), extra=float("nan")
                peak=float("nan")):
     from frames import row
 
-    r = row(mech, "train", n, status=status, ms=1000.0, mem=peak, model=model, size="0.4b",
-            checkpointing=True, batch=max(1, 131072 // n))
+    batch = max(1, 131072 // n)
+    ms = batch * n / tgs * 1e3 if tgs == tgs else 1000.0
+    r = row(mech, "train", n, status=status, ms=ms, mem=peak, model=model, size="0.4b",
+            checkpointing=True, batch=batch)
     r["tokens_per_s"] = tgs if status == "ok" else float("nan")
+    if status == "ok":  # steps within 0.2% of their median, as on the H100
+        r["time_ms_p20"], r["time_ms_p80"] = 0.998 * ms, 1.002 * ms
     r["extra_mem_mib"] = extra if status == "ok" else float("nan")
     r["peak_mem_mib"] = peak
     return r
@@ -285,15 +290,21 @@ def test_findings_compare_the_tnl_lines_and_say_how_far_memory_goes():
     k, gb = 1024, 1024.0
     df = pd.DataFrame([
         _train_row("tnl", "lightning2", 1 * k, tgs=84e3, extra=20 * gb, peak=25 * gb),
+        _train_row("tnl", "lightning2", 8 * k, tgs=83e3),
         _train_row("tnl", "lightning2", 64 * k, tgs=82e3, extra=21 * gb, peak=26 * gb),
         _train_row("tnl", "peer-fla-chunk", 1 * k, tgs=81e3, extra=20 * gb, peak=25 * gb),
+        _train_row("tnl", "peer-fla-chunk", 8 * k, tgs=82.8e3),  # 0.24% apart: level
         _train_row("tnl", "peer-fla-chunk", 64 * k, tgs=83e3, extra=20 * gb, peak=25 * gb),
+        _train_row("tnl", "lightning1", 1 * k, tgs=80e3),
         _train_row("llama", "flash2", 1 * k, tgs=75e3, extra=30 * gb, peak=35 * gb),
         _train_row("llama", "flash2", 64 * k, status="oom", peak=90.5 * gb),
     ])
     text = "\n".join(tgs_findings(df))
-    assert ("ours, TNL-LA2 (lightning2) / TNL-peer-fla-chunk at 0.4b: 1.04x at 1k, 0.99x at "
-            "64k; behind at 64k.") in text
+    assert ("ours, TNL-LA2 (lightning2) / TNL-peer-fla-chunk at 0.4b: 1.04x at 1k, 1.00x at "
+            "8k, 0.99x at 64k; level at 8k (p20..p80 of the step times overlap); behind at "
+            "64k, ahead at the others.") in text
+    assert ("ours, TNL-LA2 (lightning2) / TNL-LA1 (lightning1) at 0.4b: 1.05x at 1k; ahead at "
+            "every length both ran.") in text
     assert ("ours, TNL-LA2 (lightning2) 0.4b: fits at every length it ran, to 64k (21.0 GiB "
             "above the model and its optimizer state, 26.0 GiB at its peak).") in text
     assert ("ours, LLaMA-FA2 (flash2) 0.4b: runs to 1k (30.0 GiB above the model and its "
@@ -305,7 +316,7 @@ def test_findings_compare_the_tnl_lines_and_say_how_far_memory_goes():
 def test_figure_notes_say_which_lengths_hold_fewer_tokens_and_which_mechanism_stood_in():
     import pandas as pd
 
-    from attnbench.paper.tgs import stand_in_notes, tokens_per_step_text
+    from attnbench.paper.tgs import _steps_by_size, stand_in_notes, tokens_per_step_text
 
     k = 1024
     rows = [_train_row("llama", "flash2", n * k) for n in (1, 64, 80, 92, 128)]
@@ -323,5 +334,10 @@ def test_figure_notes_say_which_lengths_hold_fewer_tokens_and_which_mechanism_st
     uneven = pd.DataFrame([_train_row("tnl", "lightning2", n * k) | {"batch": b}
                            for n, b in ((1, 100), (4, 25), (32, 3))])  # 100k tokens a step
     assert tokens_per_step_text(uneven) == "100k tokens per step (96k at 32k)"
+    sizes = pd.concat([train.assign(size="0.4b"), train.assign(size="1b"),
+                       longer.assign(size="3b")])  # Table 1 in one figure: 3b steps less
+    assert _steps_by_size(sizes) == ("0.4b, 1b: 128k tokens per step (one sequence at 80k, "
+                                     "92k); 3b: 64k tokens per step (one sequence at 128k)")
+    assert _steps_by_size(train) == tokens_per_step_text(train)
     assert stand_in_notes(train) == ["flash2 ran torch 2.11.0 SDPA flash (FlashAttention 2.5.7)"]
     assert stand_in_notes(train[train["mechanism"] == "lightning2"]) == []

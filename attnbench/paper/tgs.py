@@ -130,7 +130,7 @@ def tgs_figure(df: pd.DataFrame, title: str = ""):
             ax.set_xlabel("sequence length")
     device = train["device"].iloc[0]
     notes = ["training speed against length (TGS)" + (f" - {title}" if title else ""),
-             f"{device}, {train['dtype'].iloc[0]}, {tokens_per_step_text(train)}"
+             f"{device}, {train['dtype'].iloc[0]}, {_steps_by_size(train)}"
              + (", activation checkpointing" if train["checkpointing"].any() else ""),
              *stand_in_notes(train)]
     suptitle(fig, notes, width=110)
@@ -163,6 +163,17 @@ def tokens_per_step_text(train: pd.DataFrame) -> str:
         return text + f" (one sequence at {', '.join(map(format_size, other['seq_len']))})"
     return text + " (" + ", ".join(f"{format_size(int(b * n))} at {format_size(int(n))}"
                                    for b, n in zip(other["batch"], other["seq_len"])) + ")"
+
+
+def _steps_by_size(train: pd.DataFrame) -> str:
+    """``tokens_per_step_text`` of each size, where a figure's sizes step differently ('0.4b,
+    1b: 128k tokens per step (...); 3b: 32k tokens per step')."""
+    sizes: dict[str, list[str]] = {}
+    for size, rows in train.groupby("size", sort=True):
+        sizes.setdefault(tokens_per_step_text(rows), []).append(size)
+    if len(sizes) == 1:
+        return next(iter(sizes))
+    return "; ".join(f"{', '.join(names)}: {text}" for text, names in sizes.items())
 
 
 def stand_in_notes(train: pd.DataFrame) -> list[str]:
@@ -202,21 +213,34 @@ def _ratios(lines: pd.DataFrame, num: tuple, den: tuple) -> str:
     return ", ".join(f"{r:.2f}x at {format_size(int(n))}" for n, r in both.items())
 
 
-def _versus(mine: pd.DataFrame, size: str) -> list[str]:
+def _versus(mine: pd.DataFrame, train: pd.DataFrame, size: str) -> list[str]:
     """TNL with lightning2 against TNL with each other mechanism of the run, at every length
-    both ran: the ratios, and where lightning2 is behind."""
+    both ran: the ratios, and where lightning2 is behind or level (the two steps' p20..p80
+    time bands overlap, so the median's order is noise) out of ``train``, the size's
+    records."""
     tnl = mine[mine["model"] == "tnl"]
     if "lightning2" not in set(tnl["mechanism"]):
         return []
     ours = tnl[tnl["mechanism"] == "lightning2"].set_index("seq_len")["tgs"]
+    ok = train[(train["model"] == "tnl") & (train["status"] == "ok")]
+    band = ok.set_index(["mechanism", "seq_len"])[["time_ms_p20", "time_ms_p80"]]
     out = []
     for other in sorted(set(tnl["mechanism"]) - {"lightning2"}):
         both = (ours / tnl[tnl["mechanism"] == other].set_index("seq_len")["tgs"]).dropna()
         if both.empty:
             continue
-        behind = [format_size(int(n)) for n, r in both.sort_index().items() if r < 1]
-        verdict = ("ahead at every length both ran" if not behind
-                   else f"behind at {', '.join(behind)}")
+        level, behind = [], []
+        for n, ratio in both.sort_index().items():
+            a, b = band.loc[("lightning2", n)], band.loc[(other, n)]
+            if a["time_ms_p20"] <= b["time_ms_p80"] and b["time_ms_p20"] <= a["time_ms_p80"]:
+                level.append(format_size(int(n)))
+            elif ratio < 1:
+                behind.append(format_size(int(n)))
+        verdict = "; ".join(
+            [f"level at {', '.join(level)} (p20..p80 of the step times overlap)"] * bool(level)
+            + [f"behind at {', '.join(behind)}"] * bool(behind)) or "ahead at every length both ran"
+        if level or behind:
+            verdict += (", ahead at the others" if len(level) + len(behind) < len(both) else "")
         out.append(f"ours, {line_name('tnl', 'lightning2')} / {line_name('tnl', other)} at "
                    f"{size}: {_ratios(mine, ('tnl', 'lightning2'), ('tnl', other))}; "
                    f"{verdict}.")
@@ -255,7 +279,7 @@ def tgs_findings(df: pd.DataFrame) -> list[str]:
     """What the TGS figure shows, one sentence per line (ours, then the paper's at the same
     size), TNL-LA2 against the run's other TNL lines, TNL / LLaMA at each length (ours and
     the paper's), and how far each line of ours reaches in memory."""
-    table = tgs_table(df)
+    table, train = tgs_table(df), modes.rows(df, modes.TRAIN)
     out = []
     for size in sorted(table.loc[table["source"] == "ours", "size"].unique()):
         mine = table[(table["source"] == "ours") & (table["size"] == size)]
@@ -279,5 +303,5 @@ def tgs_findings(df: pd.DataFrame) -> list[str]:
                        f"{size}: {ratios or 'no length where both ran'}.")
         out.append(f"the paper's TNL-LA2 / LLaMA-FA2 at {_paper_size_name(size)}: "
                    f"{_ratios(theirs, ('tnl', 'lightning2'), ('llama', 'flash2'))}.")
-        out += _versus(mine, size)
+        out += _versus(mine, train[train["size"] == size], size)
     return out + memory_findings(df)
