@@ -6,9 +6,9 @@
 # Usage: TAG=h100 LIMIT_S=540 bash benchmarks/scripts/table1_device.sh   (SIZES="0.4b 1b 3b")
 #        (carry .whl and .triton-cache: device_setup.sh). A case is about 7 training steps
 #        (measure.planned_calls); at 0.4B a step takes 1.6 s (TNL-LA2) to 5.5 s (LLaMA at 80K)
-#        and more at 92K and 128K. Measured on the H100: 0.4B's 50 cells took about 18 minutes
-#        of case time, 1B's first 39 about 24 (2.7 s a step for TNL-LA2, 18 s for LLaMA-FA2 at
-#        128K): several calls and sessions; each call resumes the last.
+#        and more at 92K and 128K. Measured on the H100, case time: 0.4B's 50 cells 18 minutes,
+#        1B's 50 cells 27 (2.7 s a step for TNL-LA2, 18 s for LLaMA-FA2 at 128K), 3B's 30 cells
+#        8: several calls and sessions; each call resumes the last.
 # What comes back in $OUT: table1-<size>.log (what each run printed), runs.tgz (the run
 # directories: extract at the repository root and commit) and autotune.tgz (FLA's autotune
 # choices: extract at the root too, and carry .triton-cache next time).
