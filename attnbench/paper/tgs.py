@@ -236,11 +236,13 @@ def _versus(mine: pd.DataFrame, train: pd.DataFrame, size: str) -> list[str]:
                 level.append(format_size(int(n)))
             elif ratio < 1:
                 behind.append(format_size(int(n)))
-        verdict = "; ".join(
-            [f"level at {', '.join(level)} (p20..p80 of the step times overlap)"] * bool(level)
-            + [f"behind at {', '.join(behind)}"] * bool(behind)) or "ahead at every length both ran"
-        if level or behind:
-            verdict += (", ahead at the others" if len(level) + len(behind) < len(both) else "")
+        parts = ([f"level at {', '.join(level)} (p20..p80 of the step times overlap)"]
+                 if level else []) + ([f"behind at {', '.join(behind)}"] if behind else [])
+        if not parts:
+            verdict = "ahead at every length both ran"
+        else:
+            ahead = len(both) - len(level) - len(behind)
+            verdict = "; ".join(parts) + (", ahead at the others" if ahead else "")
         out.append(f"ours, {line_name('tnl', 'lightning2')} / {line_name('tnl', other)} at "
                    f"{size}: {_ratios(mine, ('tnl', 'lightning2'), ('tnl', other))}; "
                    f"{verdict}.")
