@@ -81,7 +81,6 @@ def draw_series(ax, part: pd.DataFrame, column: str, style: dict[str, dict], ban
     correctness check is drawn dashed. ``band`` shades the p20-p80 spread of ``time_ms``.
     """
     statuses = [s for s in STATUS_MARKS if (part["status"] == s).any()]
-    top = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
     for mech, rows in part.groupby("mechanism", sort=True):
         st = style[mech]
         good = (rows["status"] == "ok") & rows[column].notna()
@@ -99,12 +98,18 @@ def draw_series(ax, part: pd.DataFrame, column: str, style: dict[str, dict], ban
                                 rows["time_ms_p80"].where(good), color=st["color"], alpha=0.2,
                                 linewidth=0)
         for i, status in enumerate(statuses):
-            xs = rows.loc[rows["status"] == status, "seq_len"]
-            if len(xs):
-                ax.scatter(xs, [_MARK_TOP - i * _MARK_STEP] * len(xs), transform=top,
-                           marker=STATUS_MARKS[status][0], color=st["color"],
-                           s=40 if status == "oom" else 45, linewidths=1.2, clip_on=False)
+            mark_top(ax, rows.loc[rows["status"] == status, "seq_len"], i, status, st["color"])
     return len(statuses)
+
+
+def mark_top(ax, xs, row: int, status: str, color) -> None:
+    """``status``'s mark (``STATUS_MARKS``) at each length of ``xs``, in mark row ``row`` at
+    the top edge (``finish_axis(marks=...)`` keeps the lines below the rows)."""
+    if len(xs):
+        top = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(xs, [_MARK_TOP - row * _MARK_STEP] * len(xs), transform=top,
+                   marker=STATUS_MARKS[status][0], color=color,
+                   s=40 if status == "oom" else 45, linewidths=1.2, clip_on=False)
 
 
 def finish_axis(ax, seq_lens, values: pd.Series | None = None, big: bool = False,
@@ -144,9 +149,9 @@ def finish_axis(ax, seq_lens, values: pd.Series | None = None, big: bool = False
 
 def draw_panel(ax, part: pd.DataFrame, column: str, style: dict[str, dict], seq_lens,
                band: bool = False, label: Callable[[str], str] = str,
-               empty: str = "no measurement") -> None:
+               empty: str = "no measurement") -> int:
     """``draw_series`` then ``finish_axis`` on what it drew (k/M/G ticks for tokens/s); a
-    panel with no measured value says ``empty`` in its middle."""
+    panel with no measured value says ``empty`` in its middle. Returns the mark rows drawn."""
     marks = draw_series(ax, part, column, style, band=band, label=label)
     ok = part[part["status"] == "ok"]
     values = ok[column].dropna()
@@ -155,6 +160,7 @@ def draw_panel(ax, part: pd.DataFrame, column: str, style: dict[str, dict], seq_
                 big=column == "tokens_per_s", marks=marks)
     if len(values) == 0:
         ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.4")
+    return marks
 
 
 def number(y: float, _pos=None) -> str:

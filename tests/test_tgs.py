@@ -341,3 +341,23 @@ def test_figure_notes_say_which_lengths_hold_fewer_tokens_and_which_mechanism_st
     assert _steps_by_size(train) == tokens_per_step_text(train)
     assert stand_in_notes(train) == ["flash2 ran torch 2.11.0 SDPA flash (FlashAttention 2.5.7)"]
     assert stand_in_notes(train[train["mechanism"] == "lightning2"]) == []
+
+
+def test_figure_marks_where_the_paper_ran_out_of_memory():
+    """The paper's 1B stops at 92K (OOM): a mark there, in the legend too, not a bare tick."""
+    import pandas as pd
+
+    from attnbench.paper.tgs import tgs_figure
+    from attnbench.plots import plt
+
+    k = 1024
+    df = pd.DataFrame([_train_row(m, mech, n * k, tgs=50e3 / n) | {"size": "1b", "impl": ""}
+                       for m, mech in (("tnl", "lightning2"), ("llama", "flash2"))
+                       for n in (1, 128)])
+    fig = tgs_figure(df)
+    rel_ax = fig.axes[0]
+    marked = {x for c in rel_ax.collections for x, _ in c.get_offsets()}
+    assert marked == {92 * k}  # every paper line's first OOM length; none of ours
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "paper: out of memory (top edge)" in legend
+    plt.close(fig)

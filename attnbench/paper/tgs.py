@@ -18,7 +18,17 @@ import pandas as pd
 
 from attnbench import modes
 from attnbench.paper.selection import lengths
-from attnbench.plots import draw_panel, finish_axis, legend_below, number, plt, styles, suptitle
+from attnbench.plots import (
+    STATUS_MARKS,
+    draw_panel,
+    finish_axis,
+    legend_below,
+    mark_top,
+    number,
+    plt,
+    styles,
+    suptitle,
+)
 from attnbench.sizes import format_size
 
 TABLE1_CSV = Path(__file__).resolve().parents[1] / "data" / "tgs_table1.csv"
@@ -109,16 +119,20 @@ def tgs_figure(df: pd.DataFrame, title: str = ""):
         rel = part.assign(relative=mine["relative"].to_numpy())
         # ticks: our lengths and the paper's powers of two (its 80K and 92K would crowd 64K)
         seq_lens = sorted(set(part["seq_len"]) | {n for n in theirs["seq_len"] if not n & (n - 1)})
-        draw_panel(rel_ax, rel, "relative", style, sorted(part["seq_len"].unique()),
-                   label=lambda m, p=part: line_name(p.loc[p["mechanism"] == m, "model"].iloc[0],
-                                                     m))
+        marks = draw_panel(rel_ax, rel, "relative", style, sorted(part["seq_len"].unique()),
+                           label=lambda m, p=part: line_name(
+                               p.loc[p["mechanism"] == m, "model"].iloc[0], m))
         for mech, rows in theirs.groupby("mechanism"):
             ok = rows[rows["status"] == "ok"]
             rel_ax.plot(ok["seq_len"], ok["relative"], color=style[mech]["color"],
                         linestyle="--", marker=style[mech]["marker"], markersize=3,
                         markerfacecolor="none", linewidth=1.2)
+            # the paper's out of memory: a row of marks below ours
+            mark_top(rel_ax, rows.loc[rows["status"] == "oom", "seq_len"], marks, "oom",
+                     style[mech]["color"])
         values = pd.concat([mine["relative"], theirs["relative"]]).dropna()
-        finish_axis(rel_ax, seq_lens, values)
+        finish_axis(rel_ax, seq_lens, values,
+                    marks=marks + (theirs["status"] == "oom").any())
         every = set(part["seq_len"]) | set(theirs["seq_len"])
         rel_ax.set_xlim(min(every) / 1.25, max(every) * 1.25)
         rel_ax.axhline(1.0, color="0.5", linewidth=0.8, linestyle=":")
@@ -143,6 +157,10 @@ def tgs_figure(df: pd.DataFrame, title: str = ""):
                             marker=style[m]["marker"], markerfacecolor="none", markersize=4,
                             label=f"paper: {line_name(model, m)}")
                      for model, m in PAPER_LINES.values() if m in set(shown["mechanism"])]
+    if (shown["status"] == "oom").any():
+        paper_handles.append(Line2D([], [], color="0.3", marker=STATUS_MARKS["oom"][0],
+                                    linestyle="none", markersize=7,
+                                    label=f"paper: {STATUS_MARKS['oom'][1]} (top edge)"))
     legend_below(fig, train, style, label=lambda m: labels.get(m, m), ncol=4,
                  extra=paper_handles)
     return fig
