@@ -102,7 +102,7 @@ def run(
     build, given = _sweep_spec(o, dev, world_sizes=world_sizes)
     screen.start_notes(dev, gpus)
     if o["time_limit"] is not None and gpus is not None:  # ranks: run_sweep refuses it
-        raise UsageError("--time-limit is for a run in one process, not a sharded one")
+        raise UsageError(runner.ONE_PROCESS_LIMIT)
     if gpus is not None:
         stored = (lambda: runner.stored_spec(o["resume"], dev)) if o["resume"] else build
         raise typer.Exit(sharded.launch(gpus, dev, stored, sys.argv[1:]))

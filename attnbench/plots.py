@@ -171,6 +171,14 @@ def number(y: float, _pos=None) -> str:
     return f"{y:.3g}"
 
 
+def status_handle(status: str, whose: str = "") -> Line2D:
+    """A legend entry for ``status``'s top-edge mark ('out of memory (top edge)'), ``whose``
+    before it ('paper: ')."""
+    marker, text = STATUS_MARKS[status]
+    return Line2D([], [], color="0.3", marker=marker, linestyle="none", markersize=7,
+                  label=f"{whose}{text} (top edge)")
+
+
 def legend_below(fig, part: pd.DataFrame, style: dict[str, dict],
                  label: Callable[[str], str] = str, ncol: int = 3, extra=()) -> None:
     """One legend in a strip under the panels (never over data): every mechanism of ``part``
@@ -183,10 +191,7 @@ def legend_below(fig, part: pd.DataFrame, style: dict[str, dict],
         handles.append(Line2D([], [], color=style[mech]["color"], marker=style[mech]["marker"],
                               markersize=5, linestyle="--" if failed else "-",
                               label=label(mech) + (" (failed check)" if failed else "")))
-    for status, (marker, text) in STATUS_MARKS.items():
-        if (part["status"] == status).any():
-            handles.append(Line2D([], [], color="0.3", marker=marker, linestyle="none",
-                                  markersize=7, label=f"{text} (top edge)"))
+    handles += [status_handle(s) for s in STATUS_MARKS if (part["status"] == s).any()]
     handles += list(extra)
     bottom = 0.0
     renderer = fig.canvas.get_renderer()

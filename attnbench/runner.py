@@ -37,6 +37,8 @@ from attnbench.sweep import (  # noqa: F401 (importable from here, as before)
 
 KILLED = ("process killed while measuring this case (out of host memory, or killed by the "
           "system); not tried again")
+# ranks would have to agree on when to stop: the CLI refuses it before torchrun starts them
+ONE_PROCESS_LIMIT = "--time-limit is for a run in one process, not a sharded one"
 
 
 @dataclass
@@ -159,7 +161,7 @@ def _run_sweep(spec, out, *, resume, on_record, on_status, on_start, executor, t
     plant = testing.check_plant()  # a bad ATTNBENCH_PLANT_SLOWDOWN: UsageError before any work
     ex = executor if executor is not None else LocalExecutor()
     if time_limit is not None and not ex.one_process:
-        raise UsageError("--time-limit is for a run in one process, not a sharded one")
+        raise UsageError(ONE_PROCESS_LIMIT)
     if time_limit is not None and not time_limit > 0:  # NaN too
         raise UsageError(f"--time-limit {time_limit:g}: give a number of seconds above 0")
     started_at = time.time()

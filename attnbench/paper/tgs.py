@@ -19,13 +19,13 @@ import pandas as pd
 from attnbench import modes
 from attnbench.paper.selection import lengths
 from attnbench.plots import (
-    STATUS_MARKS,
     draw_panel,
     finish_axis,
     legend_below,
     mark_top,
     number,
     plt,
+    status_handle,
     styles,
     suptitle,
 )
@@ -158,9 +158,7 @@ def tgs_figure(df: pd.DataFrame, title: str = ""):
                             label=f"paper: {line_name(model, m)}")
                      for model, m in PAPER_LINES.values() if m in set(shown["mechanism"])]
     if (shown["status"] == "oom").any():
-        paper_handles.append(Line2D([], [], color="0.3", marker=STATUS_MARKS["oom"][0],
-                                    linestyle="none", markersize=7,
-                                    label=f"paper: {STATUS_MARKS['oom'][1]} (top edge)"))
+        paper_handles.append(status_handle("oom", "paper: "))
     legend_below(fig, train, style, label=lambda m: labels.get(m, m), ncol=4,
                  extra=paper_handles)
     return fig
