@@ -3,7 +3,8 @@
 # benchmarks/notes/lightning2.md), by step, each resumable across calls of 10 minutes:
 #   tests    the kernel's and lightning2-sp's GPU tests
 #   small    batch 1 / heads 8, 1 / 16, 2 / 8 at 16k..256k beside peer-fla-chunk (one run
-#            each: FLA autotunes per process, compare only inside a run)
+#            each: FLA autotunes per process, compare only inside a run); SHAPES="1x8"
+#            runs only those (default "1x8 1x16 2x8")
 #   paper    the paper preset over every mechanism (about 10 minutes on an H100: two calls),
 #            limited to what the call has left of CALL_S (default 570 s)
 #   paper4k  the paper shape's lightning2 forward and backward at 2k..8k again (one minute)
@@ -27,8 +28,8 @@ for step in $STEPS; do
       timeout 200 python3 -m pytest -q -m gpu tests/test_lightning2.py tests/test_sequence_parallel.py \
         > "$OUT/tests.log" 2>&1; echo "tests: exit $?"; tail -3 "$OUT/tests.log" ;;
     small)
-      for shape in "1 8" "1 16" "2 8"; do
-        set -- $shape
+      for shape in ${SHAPES:-1x8 1x16 2x8}; do
+        set -- ${shape/x/ }
         dir=results/$TAG-split-b$1h$2
         if [ -f "$dir/meta.json" ]; then
           timeout -s INT 170 $R run --resume "$dir" --no-plot > "$OUT/small-b$1h$2.log" 2>&1
