@@ -443,17 +443,20 @@ def segment_length(b: int, h: int, n: int, d: int, e: int, dtype: torch.dtype,
 
 def _plan(d, e, dtype, tf32, config):
     """Launch settings of one call shape: (forward scan, dq scan, fused dk/dv or None,
-    precision). ``config`` overrides tiles for benchmarks: BLOCK_N, BLOCK_E, num_warps,
-    num_stages of the scans; dkdv_BLOCK_N, dkdv_num_warps, dkdv_num_stages of the fused
-    scan; fused=True for the two-scan backward (dq, then dk and dv sharing dS)."""
-    over = {kk: vv for kk, vv in (config or {}).items()
-            if kk in ("BLOCK_N", "BLOCK_E", "num_warps", "num_stages")}
+    state-only scan, precision). ``config`` overrides tiles for benchmarks: BLOCK_N,
+    BLOCK_E, num_warps, num_stages of the scans; the same keys prefixed ``state_`` for the
+    state-only scans of a split call alone; dkdv_BLOCK_N, dkdv_num_warps, dkdv_num_stages
+    of the fused scan; fused=True for the two-scan backward (dq, then dk and dv sharing dS)."""
+    tiles = ("BLOCK_N", "BLOCK_E", "num_warps", "num_stages")
+    over = {kk: vv for kk, vv in (config or {}).items() if kk in tiles}
     fwd = {**_scan_config(d, e, dtype, tf32), **over}
     dq = {**_scan_config(e, d, dtype, tf32), **over}  # the dq scan's (D, E) are (E, D)
+    state = {**fwd, **{kk: (config or {}).get("state_" + kk, fwd[kk]) for kk in tiles}}
     # Integers the launches need, computed once here (triton.cdiv and next_power_of_2 are
     # @jit helpers costing ~10 us each when called from Python).
     fwd.update(BLOCK_D=pow2(d), NUM_E=-(-e // fwd["BLOCK_E"]))
     dq.update(BLOCK_D=pow2(e), NUM_E=-(-d // dq["BLOCK_E"]))
+    state.update(BLOCK_D=pow2(d), NUM_E=-(-e // state["BLOCK_E"]))
     dkdv = None
     if config and config.get("fused"):
         dkdv = _dkdv_config(d, e, dtype, tf32)
@@ -461,7 +464,7 @@ def _plan(d, e, dtype, tf32, config):
             dkdv.update({kk[5:]: vv for kk, vv in config.items() if kk.startswith("dkdv_")})
             dkdv.update(BLOCK_D=pow2(d), BLOCK_E=pow2(e))
     precision = ("tf32" if tf32 else "ieee") if dtype == torch.float32 else "tf32"
-    return fwd, dq, dkdv, precision
+    return fwd, dq, dkdv, state, precision
 
 
 def _scan_launch(cfg, shape, dtype, precision, tokens, *, has_decay, segments=None,
@@ -527,7 +530,7 @@ class _Launches:
         self.has_decay, self.has_h0 = has_decay, has_h0
         self.tokens, self.copy = tokens, copy
         qn, kn, vn = tokens
-        fwd_cfg, _, _, precision = plan
+        fwd_cfg, _, _, state_cfg, precision = plan
         b, h, n, d, e = shape
         self.segments = None
         self.state_dtype = state_dtype(dtype)
@@ -543,8 +546,8 @@ class _Launches:
                                      store_ht=output_final_state, **common),)
         else:
             self.fwd = (
-                _scan_launch(fwd_cfg, shape, dtype, precision, (kn, kn, vn, kn), store_ht=True,
-                             state_only=True, **common),
+                _scan_launch(state_cfg, shape, dtype, precision, (kn, kn, vn, kn),
+                             store_ht=True, state_only=True, **common),
                 _combine_launch((b, h, d, e), self.combine_segments, has_decay=has_decay,
                                 has_h0=has_h0, store_ht=output_final_state, reverse=False,
                                 dtype=self.state_dtype),
@@ -558,7 +561,7 @@ class _Launches:
         spec = self._bwd.get((has_dht, need_dh0, don))
         if spec is not None:
             return spec
-        fwd_cfg, dq_cfg, dkdv, precision = self.plan
+        fwd_cfg, dq_cfg, dkdv, state_cfg, precision = self.plan
         b, h, n, d, e = self.shape
         qn, kn, vn = self.tokens
         flip = (b, h, n, e, d)  # the dq and dk scans' (D, E) are (E, D)
@@ -582,7 +585,7 @@ class _Launches:
             dq = _scan_launch(dq_cfg, flip, self.dtype, precision, dq_roles, transpose=True,
                               **starts, **common)
             rest = (
-                _scan_launch(fwd_cfg, self.shape, self.dtype, precision, (qn, qn, don, qn),
+                _scan_launch(state_cfg, self.shape, self.dtype, precision, (qn, qn, don, qn),
                              store_ht=True, reverse=True, state_only=True, **common),
                 _combine_launch((b, h, d, e), self.combine_segments, has_decay=self.has_decay,
                                 has_h0=has_dht, store_ht=need_dh0, reverse=True,

@@ -64,6 +64,18 @@ def test_split_sequence_matches_oracle(case):
                          KERNEL_DEVICE)
 
 
+def test_split_with_own_state_tiles_matches_oracle():
+    """The state-only scans of a split call on tiles of their own (``state_`` config keys:
+    one program for all of E, blocks shorter than the output scan's): output and gradients."""
+    cfg = {"segment": 33, "state_BLOCK_E": 128, "state_BLOCK_N": 16}
+    fn = lambda q, k, v, s: lightning_attn2(q, k, v, s, _config=cfg)  # noqa: E731
+    check_against_oracle(fn, 1, 2, 130, 64, 96, torch.float32, default_decay(2, KERNEL_DEVICE),
+                         KERNEL_DEVICE)
+    plan = lightning2._plan(64, 96, torch.float32, False, cfg)
+    assert (plan[3]["BLOCK_E"], plan[3]["NUM_E"], plan[3]["BLOCK_N"]) == (128, 1, 16)
+    assert (plan[0]["BLOCK_E"], plan[0]["NUM_E"]) == (32, 3)  # the output scan's own
+
+
 def test_fused_dkdv_backward_matches_oracle():
     """The opt-in two-scan backward (dk and dv in one scan sharing dS), D = E = 64 and 48/40."""
     fn = lambda q, k, v, s: lightning_attn2(q, k, v, s, _config={"fused": True})  # noqa: E731

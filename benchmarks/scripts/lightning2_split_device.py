@@ -12,6 +12,11 @@ flushed, median and p20/p80); M tokens/s, and per head and token the share of th
 batch 4 / heads 32 whole-sequence rate. Then the memory above the inputs of the default
 plan. A table (markdown) and the rows (JSON) are rewritten after each shape, so a run
 cut off by ``--deadline`` still reports.
+
+``--state-tiles``: instead of segment counts, the default split with the state-only scans
+(each segment's own state, forward and backward) on other tiles (``state_`` keys of
+``_config``), at the small shapes; each variant's output and gradients are first compared
+with the default tiles' on the same inputs (``agree``: max relative difference).
 """
 
 from __future__ import annotations
@@ -43,10 +48,36 @@ def seg_of(n: int, count) -> int | None:
     return min(n, -(-per // 64) * 64)
 
 
-def time_call(b, h, n, mode, seg):
+# the state-only scans' tiles (the output scans keep BLOCK_N 64, BLOCK_E 64, 4 warps, 4 stages)
+STATE_TILES = {
+    "default": None,
+    "E128-w4": {"state_BLOCK_E": 128},
+    "E128-w8": {"state_BLOCK_E": 128, "state_num_warps": 8},
+    "N128-s3": {"state_BLOCK_N": 128, "state_num_stages": 3},
+    "E128-N128-w8-s2": {"state_BLOCK_E": 128, "state_BLOCK_N": 128, "state_num_warps": 8,
+                        "state_num_stages": 2},
+}
+STATE_SHAPES = [(1, 8, 32768), (1, 8, 131072), (1, 16, 32768), (2, 8, 32768)]
+
+
+def agree(b, h, n, cfg) -> float:
+    """Max relative difference of o, dq, dk, dv between ``cfg`` and the default tiles."""
+    torch.manual_seed(0)
+    q, k, v, do = (torch.randn(b, h, n, D, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(4))
+    decay = lightning2.default_decay(h, "cuda")
+    outs = []
+    for c in (None, cfg):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        o = lightning2.lightning_attn2(*leaves, decay, _config=c)
+        o.backward(do)
+        outs.append([o.float()] + [t.grad.float() for t in leaves])
+    return max(((x - y).norm() / y.norm()).item() for x, y in zip(*outs, strict=True))
+
+
+def time_call(b, h, n, mode, cfg):
     case = Case(mechanism="lightning2", mode=mode, batch=b, heads=h, seq_len=n, head_dim=D,
                 value_dim=E, dtype="bf16", decay=True)
-    cfg = None if seg is None else {"segment": seg}
     fn = functools.partial(lightning2.lightning_attn2, _config=cfg)
     call = prepare_call(registry.get("lightning2"), case, "cuda", fn=fn)
     call.call()  # first call: compilation kept out of the timing
@@ -87,6 +118,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--deadline", type=float, default=300)
+    ap.add_argument("--state-tiles", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,22 +127,30 @@ def main():
     sms = lightning2.sm_count(torch.device("cuda", 0))
     print(f"{torch.cuda.get_device_name()} ({sms} SMs), torch {torch.__version__}, "
           f"triton {triton.__version__}", flush=True)
-    for b, h, n in SHAPES:
-        for count in COUNTS:
+    if args.state_tiles:
+        variants = [(name, cfg, cfg) for name, cfg in STATE_TILES.items()]
+    else:
+        variants = [(str(c), None, None) for c in COUNTS]
+    for b, h, n in STATE_SHAPES if args.state_tiles else SHAPES:
+        for name, cfg, tiles in variants:
             if time.time() - t0 > args.deadline:
                 break
-            seg = seg_of(n, count)
-            plan = seg if seg is not None else lightning2.segment_length(
+            if not args.state_tiles:
+                seg = seg_of(n, name if name == "default" else int(name))
+                cfg = None if seg is None else {"segment": seg}
+            plan = (cfg or {}).get("segment") or lightning2.segment_length(
                 b, h, n, D, E, torch.bfloat16, sms)
-            row = dict(batch=b, heads=h, seq_len=n, split=str(count), segment=plan,
+            row = dict(batch=b, heads=h, seq_len=n, split=name, segment=plan,
                        segments=-(-n // plan))
             try:
+                if tiles:
+                    row["max_rel_diff"] = agree(b, h, n, tiles)
                 for mode in ("fwd", "bwd"):
-                    ms, p20, p80 = time_call(b, h, n, mode, seg)
+                    ms, p20, p80 = time_call(b, h, n, mode, cfg)
                     row[f"{mode}_ms"], row[f"{mode}_p20"], row[f"{mode}_p80"] = ms, p20, p80
                     row[f"{mode}_mtok"] = b * n / ms / 1e3
-                if count == "default":
-                    row.update(extra_memory(b, h, n, seg))
+                if name == "default":
+                    row.update(extra_memory(b, h, n, None))
             except Exception as e:  # noqa: BLE001 - a failed variant is a row, the sweep goes on
                 row["error"] = f"{type(e).__name__}: {e}"[:300]
             torch.cuda.empty_cache()
@@ -128,7 +168,8 @@ def write(out: Path, rows: list[dict], sms: int):
     lines = [f"{sms} SMs. M tokens/s; share = per head-token rate / batch 4, heads 32, 32k "
              "whole-sequence rate", "",
              "| B | H | N | split | segments x tokens | fwd | fwd share | bwd | bwd share "
-             "| fwd extra MiB | bwd extra MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| fwd extra MiB | bwd extra MiB | vs default tiles |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["batch"], r["heads"], r["seq_len"], r["split"],
                  f"{r['segments']} x {r['segment']}"]
@@ -140,7 +181,8 @@ def write(out: Path, rows: list[dict], sms: int):
             else:
                 cells += [r.get("error", "-"), ""]
         cells += [f"{r['fwd_extra_mib']:.1f}" if "fwd_extra_mib" in r else "",
-                  f"{r['bwd_extra_mib']:.1f}" if "bwd_extra_mib" in r else ""]
+                  f"{r['bwd_extra_mib']:.1f}" if "bwd_extra_mib" in r else "",
+                  f"{r['max_rel_diff']:.1e}" if "max_rel_diff" in r else ""]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     (out / "split.md").write_text("\n".join(lines) + "\n")
 

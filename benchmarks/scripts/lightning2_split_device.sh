@@ -12,6 +12,8 @@
 #            tokens per step (about 7 minutes on an H100: FLA autotunes at every length), in
 #            TGS_DIR (default results/<TAG>-tgs-split)
 #   profile  attnbench profile --ncu of lightning2 at 32k, paper shape and batch 1 / heads 8
+#   statetiles  the split's state-only scans on other tiles, at the small shapes (about 2
+#            minutes; $OUT/statetiles/split.md)
 # Usage: STEPS="tests small" TAG=h200 bash benchmarks/scripts/lightning2_split_device.sh
 # Run directories go under results/<TAG>-split-* (carried back in $OUT/runs.tgz; a later
 # call resumes them when they are carried again: they live in the working tree).
@@ -72,6 +74,10 @@ for step in $STEPS; do
         echo "profile b$1h$2: exit $?"
         $R plot --figure roofline "results/$TAG-split-profile-b$1h$2" --format png >> "$OUT/profile-b$1h$2.log" 2>&1
       done ;;
+    statetiles)
+      timeout -s INT 240 python3 benchmarks/scripts/lightning2_split_device.py --state-tiles \
+        --out "$OUT/statetiles" --deadline 200 > "$OUT/statetiles.log" 2>&1
+      echo "statetiles: exit $?"; cat "$OUT/statetiles/split.md" ;;
   esac
   echo "$step: ${SECONDS}s"
   # after every step: a call stopped by its 10-minute limit keeps what the steps before wrote
