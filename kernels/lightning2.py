@@ -447,11 +447,12 @@ def _plan(d, e, dtype, tf32, config):
     BLOCK_E, num_warps, num_stages of the scans; the same keys prefixed ``state_`` for the
     state-only scans of a split call alone; dkdv_BLOCK_N, dkdv_num_warps, dkdv_num_stages
     of the fused scan; fused=True for the two-scan backward (dq, then dk and dv sharing dS)."""
-    tiles = ("BLOCK_N", "BLOCK_E", "num_warps", "num_stages")
-    over = {kk: vv for kk, vv in (config or {}).items() if kk in tiles}
+    over = {kk: vv for kk, vv in (config or {}).items()
+            if kk in ("BLOCK_N", "BLOCK_E", "num_warps", "num_stages")}
     fwd = {**_scan_config(d, e, dtype, tf32), **over}
     dq = {**_scan_config(e, d, dtype, tf32), **over}  # the dq scan's (D, E) are (E, D)
-    state = {**fwd, **{kk: (config or {}).get("state_" + kk, fwd[kk]) for kk in tiles}}
+    state = {**fwd, **{kk[6:]: vv for kk, vv in (config or {}).items()
+                       if kk.startswith("state_")}}
     # Integers the launches need, computed once here (triton.cdiv and next_power_of_2 are
     # @jit helpers costing ~10 us each when called from Python).
     fwd.update(BLOCK_D=pow2(d), NUM_E=-(-e // fwd["BLOCK_E"]))

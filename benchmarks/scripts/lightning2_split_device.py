@@ -60,6 +60,14 @@ STATE_TILES = {
 STATE_SHAPES = [(1, 8, 32768), (1, 8, 131072), (1, 16, 32768), (2, 8, 32768)]
 
 
+def variants(n: int, state_tiles: bool) -> list[tuple[str, dict | None]]:
+    """(name, ``_config``) of each variant timed at length ``n``."""
+    if state_tiles:
+        return list(STATE_TILES.items())
+    segs = [(str(c), seg_of(n, c)) for c in COUNTS]
+    return [(name, None if seg is None else {"segment": seg}) for name, seg in segs]
+
+
 def agree(b, h, n, cfg) -> float:
     """Max relative difference of o, dq, dk, dv between ``cfg`` and the default tiles."""
     torch.manual_seed(0)
@@ -127,24 +135,17 @@ def main():
     sms = lightning2.sm_count(torch.device("cuda", 0))
     print(f"{torch.cuda.get_device_name()} ({sms} SMs), torch {torch.__version__}, "
           f"triton {triton.__version__}", flush=True)
-    if args.state_tiles:
-        variants = [(name, cfg, cfg) for name, cfg in STATE_TILES.items()]
-    else:
-        variants = [(str(c), None, None) for c in COUNTS]
     for b, h, n in STATE_SHAPES if args.state_tiles else SHAPES:
-        for name, cfg, tiles in variants:
+        for name, cfg in variants(n, args.state_tiles):
             if time.time() - t0 > args.deadline:
                 break
-            if not args.state_tiles:
-                seg = seg_of(n, name if name == "default" else int(name))
-                cfg = None if seg is None else {"segment": seg}
             plan = (cfg or {}).get("segment") or lightning2.segment_length(
                 b, h, n, D, E, torch.bfloat16, sms)
             row = dict(batch=b, heads=h, seq_len=n, split=name, segment=plan,
                        segments=-(-n // plan))
             try:
-                if tiles:
-                    row["max_rel_diff"] = agree(b, h, n, tiles)
+                if args.state_tiles and cfg:
+                    row["max_rel_diff"] = agree(b, h, n, cfg)
                 for mode in ("fwd", "bwd"):
                     ms, p20, p80 = time_call(b, h, n, mode, cfg)
                     row[f"{mode}_ms"], row[f"{mode}_p20"], row[f"{mode}_p80"] = ms, p20, p80
