@@ -17,6 +17,11 @@ cut off by ``--deadline`` still reports.
 (each segment's own state, forward and backward) on other tiles (``state_`` keys of
 ``_config``), at the small shapes; each variant's output and gradients are first compared
 with the default tiles' on the same inputs (``agree``: max relative difference).
+
+``--fused``: whether the fused dk/dv scan (one program a head holding dS whole) gains from
+two programs per SM, the premise of round four's next idea: the three-scan backward beside
+the fused one on 1 and 2 pipeline stages (two programs fit an SM's shared memory only on
+one), at batch 4 and 8 with heads 32 (128 and 256 programs), checked with ``agree`` first.
 """
 
 from __future__ import annotations
@@ -58,12 +63,22 @@ STATE_TILES = {
                         "state_num_stages": 2},
 }
 STATE_SHAPES = [(1, 8, 32768), (1, 8, 131072), (1, 16, 32768), (2, 8, 32768)]
+FUSED = {
+    "default": None,
+    "fused-s2": {"fused": True},
+    "fused-s1": {"fused": True, "dkdv_num_stages": 1},
+    "fused-s1-w8": {"fused": True, "dkdv_num_stages": 1, "dkdv_num_warps": 8},
+}
+FUSED_SHAPES = [(4, 32, 32768), (8, 32, 32768), (4, 32, 131072)]
 
 
-def variants(n: int, state_tiles: bool) -> list[tuple[str, dict | None]]:
-    """(name, ``_config``) of each variant timed at length ``n``."""
-    if state_tiles:
+def variants(n: int, which: str) -> list[tuple[str, dict | None]]:
+    """(name, ``_config``) of each variant timed at length ``n``: ``which`` is "segments",
+    "state-tiles" or "fused"."""
+    if which == "state-tiles":
         return list(STATE_TILES.items())
+    if which == "fused":
+        return list(FUSED.items())
     segs = [(str(c), seg_of(n, c)) for c in COUNTS]
     return [(name, None if seg is None else {"segment": seg}) for name, seg in segs]
 
@@ -127,7 +142,10 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--deadline", type=float, default=300)
     ap.add_argument("--state-tiles", action="store_true")
+    ap.add_argument("--fused", action="store_true")
     args = ap.parse_args()
+    which = "fused" if args.fused else "state-tiles" if args.state_tiles else "segments"
+    shapes = {"segments": SHAPES, "state-tiles": STATE_SHAPES, "fused": FUSED_SHAPES}[which]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -135,8 +153,8 @@ def main():
     sms = lightning2.sm_count(torch.device("cuda", 0))
     print(f"{torch.cuda.get_device_name()} ({sms} SMs), torch {torch.__version__}, "
           f"triton {triton.__version__}", flush=True)
-    for b, h, n in STATE_SHAPES if args.state_tiles else SHAPES:
-        for name, cfg in variants(n, args.state_tiles):
+    for b, h, n in shapes:
+        for name, cfg in variants(n, which):
             if time.time() - t0 > args.deadline:
                 break
             plan = (cfg or {}).get("segment") or lightning2.segment_length(
@@ -144,9 +162,9 @@ def main():
             row = dict(batch=b, heads=h, seq_len=n, split=name, segment=plan,
                        segments=-(-n // plan))
             try:
-                if args.state_tiles and cfg:
+                if which != "segments" and cfg:
                     row["max_rel_diff"] = agree(b, h, n, cfg)
-                for mode in ("fwd", "bwd"):
+                for mode in ("fwd", "bwd") if which != "fused" else ("bwd",):
                     ms, p20, p80 = time_call(b, h, n, mode, cfg)
                     row[f"{mode}_ms"], row[f"{mode}_p20"], row[f"{mode}_p80"] = ms, p20, p80
                     row[f"{mode}_mtok"] = b * n / ms / 1e3
@@ -164,8 +182,9 @@ def write(out: Path, rows: list[dict], sms: int):
     (out / "split.json").write_text(json.dumps(rows, indent=1))
     # per head-token rate = tokens/s x heads (tokens = batch x length)
     ref = {m: next((r[f"{m}_mtok"] * 32 for r in rows
-                    if (r["batch"], r["heads"], r["seq_len"], r["split"]) == (4, 32, 32768, "1")
-                    and f"{m}_mtok" in r), None) for m in ("fwd", "bwd")}
+                    if (r["batch"], r["heads"], r["seq_len"]) == (4, 32, 32768)
+                    and r["split"] in ("1", "default") and f"{m}_mtok" in r), None)
+           for m in ("fwd", "bwd")}
     lines = [f"{sms} SMs. M tokens/s; share = per head-token rate / batch 4, heads 32, 32k "
              "whole-sequence rate", "",
              "| B | H | N | split | segments x tokens | fwd | fwd share | bwd | bwd share "

@@ -14,6 +14,8 @@
 #   profile  attnbench profile --ncu of lightning2 at 32k, paper shape and batch 1 / heads 8
 #   statetiles  the split's state-only scans on other tiles, at the small shapes (about 2
 #            minutes; $OUT/statetiles/split.md)
+#   fused    the fused dk/dv backward on 1 and 2 stages beside the three scans, batch 4 and
+#            8 / heads 32 (about 1 minute; $OUT/fused/split.md)
 # Usage: STEPS="tests small" TAG=h200 bash benchmarks/scripts/lightning2_split_device.sh
 # Run directories go under results/<TAG>-split-* (carried back in $OUT/runs.tgz; a later
 # call resumes them when they are carried again: they live in the working tree).
@@ -78,6 +80,10 @@ for step in $STEPS; do
       timeout -s INT 240 python3 benchmarks/scripts/lightning2_split_device.py --state-tiles \
         --out "$OUT/statetiles" --deadline 200 > "$OUT/statetiles.log" 2>&1
       echo "statetiles: exit $?"; cat "$OUT/statetiles/split.md" ;;
+    fused)
+      timeout -s INT 150 python3 benchmarks/scripts/lightning2_split_device.py --fused \
+        --out "$OUT/fused" --deadline 110 > "$OUT/fused.log" 2>&1
+      echo "fused: exit $?"; cat "$OUT/fused/split.md" ;;
   esac
   echo "$step: ${SECONDS}s"
   # after every step: a call stopped by its 10-minute limit keeps what the steps before wrote
