@@ -15,7 +15,7 @@
 #   statetiles  the split's state-only scans on other tiles, at the small shapes (about 2
 #            minutes; $OUT/statetiles/split.md)
 #   fused    the fused dk/dv backward on 1 and 2 stages beside the three scans, batch 4 and
-#            8 / heads 32 (about 1 minute; $OUT/fused/split.md)
+#            8 / heads 32, 32k (20 s on an H100; $OUT/fused/split.md)
 # Usage: STEPS="tests small" TAG=h200 bash benchmarks/scripts/lightning2_split_device.sh
 # Run directories go under results/<TAG>-split-* (carried back in $OUT/runs.tgz; a later
 # call resumes them when they are carried again: they live in the working tree).
